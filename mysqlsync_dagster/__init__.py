@@ -1,0 +1,1 @@
+"""mysqlsync-dagster: keep MySQL/MariaDB tables in sync, as a Dagster code location on dlt."""

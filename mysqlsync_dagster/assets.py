@@ -1,0 +1,193 @@
+"""The asset factory: one dlt-backed Dagster asset per configured table.
+
+Building definitions never touches a database: specs come from tables.json alone. At run time
+the asset prepares a `TableSync`, runs its dlt pipeline through `DagsterDltResource.run`, and
+reports what happened as numeric metadata the UI can plot.
+"""
+
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster_dlt import DagsterDltResource, DagsterDltTranslator
+from dagster_dlt.translator import DltResourceTranslatorData
+
+from mysqlsync_dagster.config import TableConfig, dagster_safe_name
+from mysqlsync_dagster.db import is_transient, redact
+from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.schema import SchemaError, quote
+from mysqlsync_dagster.sync import SyncError, SyncResult, TableSync
+
+GROUP = "mysqlsync"
+SOURCE_GROUP = "mysql_source"
+
+
+def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
+    return dg.AssetKey([cfg.key])
+
+
+def source_asset_key(cfg: TableConfig) -> dg.AssetKey:
+    return dg.AssetKey(["source", dagster_safe_name(cfg.table)])
+
+
+def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=source_asset_key(cfg),
+        description=f"Table `{cfg.table}` in the source database (read, never written).",
+        group_name=SOURCE_GROUP,
+        kinds={"mysql"},
+        metadata={"dagster/table_name": cfg.table},
+    )
+
+
+def freshness_minutes(cfg: TableConfig, interval_seconds: int) -> float:
+    return cfg.freshness_minutes or 2 * interval_seconds / 60
+
+
+def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
+    strategy = (
+        f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
+    )
+    return dg.AssetSpec(
+        key=target_asset_key(cfg),
+        deps=[source_asset_key(cfg)],
+        description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
+        group_name=GROUP,
+        kinds={"dlt", "mysql"},
+        freshness_policy=dg.FreshnessPolicy.time_window(
+            fail_window=dt.timedelta(minutes=freshness_minutes(cfg, interval_seconds))
+        ),
+        metadata={
+            "source_table": cfg.table,
+            "target_table": cfg.target,
+            "primary_key": ", ".join(cfg.primary_key),
+            "modifier": cfg.modifier or "",
+            "mode": cfg.mode,
+            "strategy": "incremental" if cfg.incremental else "full_refresh",
+            "batch_size": dg.MetadataValue.int(cfg.batch_size),
+            "dagster/table_name": cfg.target,
+        },
+    )
+
+
+class TableTranslator(DagsterDltTranslator):
+    """Maps this table's dlt resource to its asset spec (the same at build and run time)."""
+
+    def __init__(self, cfg: TableConfig, interval_seconds: int) -> None:
+        self.spec = table_asset_spec(cfg, interval_seconds)
+
+    def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
+        return self.spec
+
+
+def result_metadata(
+    result: SyncResult, target_db: str, row_count: int, dlt_meta: dict[str, Any]
+) -> dict[str, Any]:
+    columns = [
+        dg.TableColumn(
+            name=name,
+            type=column_type,
+            constraints=dg.TableColumnConstraints(nullable=nullable),
+        )
+        for name, column_type, nullable in result.columns
+    ]
+    rows_loaded = dlt_meta.get("rows_loaded")
+    rows_extracted = int(getattr(rows_loaded, "value", rows_loaded) or result.rows_written)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(row_count),
+        "dagster/table_name": f"{target_db}.{result.target}",
+        "dagster/column_schema": dg.TableSchema(columns=columns),
+        "strategy": result.strategy,
+        "rows_extracted": dg.MetadataValue.int(rows_extracted),
+        "rows_written": dg.MetadataValue.int(result.rows_written),
+        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+        "rows_per_second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
+        "batches": dg.MetadataValue.int(result.load.batches),
+        "files": dg.MetadataValue.int(result.load.files),
+        "bytes_loaded": dg.MetadataValue.int(result.load.csv_bytes),
+        "zero_dates_to_null": dg.MetadataValue.int(result.load.zero_dates),
+        "cursor_before": result.cursor_before or "",
+        "cursor_after": result.cursor_after or "",
+        "columns_added": ", ".join(result.schema_changes.added),
+        "columns_changed": ", ".join(result.schema_changes.modified),
+        "columns_dropped_in_source": ", ".join(result.schema_changes.dropped_in_source),
+    }
+    if result.source_rows_estimate is not None:
+        metadata["source_rows_estimate"] = dg.MetadataValue.int(int(result.source_rows_estimate))
+    return metadata
+
+
+def target_row_count(engine: sa.Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quote(conn, table)}").scalar_one())
+
+
+def run_table_sync(
+    context: dg.AssetExecutionContext,
+    cfg: TableConfig,
+    translator: TableTranslator,
+    dlt: DagsterDltResource,
+    source_db: MySQLResource,
+    target_db: MySQLResource,
+) -> Iterator[dg.MaterializeResult]:
+    source_settings = source_db.settings()
+    secrets = source_settings.secrets + target_db.settings().secrets
+    try:
+        with TableSync(
+            cfg, source_settings, source_db.engine, target_db.engine, log=context.log
+        ) as sync:
+            dlt_meta: dict[str, Any] = {}
+            for event in dlt.run(
+                context=context,
+                dlt_source=sync.dlt_source(),
+                dlt_pipeline=sync.dlt_pipeline(),
+                dagster_dlt_translator=translator,
+            ):
+                dlt_meta = dict(event.metadata or {})
+            result = sync.finalize()
+        row_count = (
+            result.rows_written
+            if result.strategy == "swap"
+            else target_row_count(target_db.engine, cfg.target)
+        )
+    except (SchemaError, SyncError) as error:
+        raise dg.Failure(description=redact(str(error), secrets)) from None
+    except Exception as error:
+        message = redact(f"{type(error).__name__}: {error}", secrets)
+        if is_transient(error):
+            raise SyncError(f"table {cfg.table!r}: transient database error: {message}") from None
+        raise SyncError(f"table {cfg.table!r}: {message}") from None
+    context.log.info(
+        "%s: %s rows written in %.1fs (%s)",
+        cfg.table,
+        f"{result.rows_written:,}",
+        result.seconds,
+        result.strategy,
+    )
+    yield dg.MaterializeResult(
+        asset_key=target_asset_key(cfg),
+        metadata=result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta),
+    )
+
+
+def build_table_asset(cfg: TableConfig, interval_seconds: int) -> dg.AssetsDefinition:
+    translator = TableTranslator(cfg, interval_seconds)
+
+    @dg.multi_asset(
+        name=f"sync_{cfg.key}",
+        specs=[translator.spec],
+        pool="mysqlsync_target",
+        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
+    )
+    def sync_table(
+        context: dg.AssetExecutionContext,
+        dlt: DagsterDltResource,
+        source_db: MySQLResource,
+        target_db: MySQLResource,
+    ) -> Iterator[dg.MaterializeResult]:
+        yield from run_table_sync(context, cfg, translator, dlt, source_db, target_db)
+
+    return sync_table

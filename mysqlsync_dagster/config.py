@@ -1,0 +1,252 @@
+"""tables.json: the user's table list, validated once into typed `TableConfig` objects.
+
+Everything downstream receives `TableConfig`, never raw dicts. Validation errors name the file,
+the table (or entry number) and the key, so a bad edit is found without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_TABLES_CONFIG = "tables.json"
+DEFAULT_INTERVAL_SECONDS = 300
+MAX_IDENTIFIER_LENGTH = 64  # MySQL/MariaDB limit for table and column names
+
+PartitionGrain = Literal["none", "hourly", "daily", "weekly", "monthly"]
+
+
+class ConfigError(ValueError):
+    """tables.json (or the environment) is not valid; the message says where and why."""
+
+
+def _check_identifier(value: str, what: str) -> str:
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise ValueError(f"{what} {value!r} is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    if "\x00" in value:
+        raise ValueError(f"{what} {value!r} contains a NUL character")
+    if value != value.rstrip(" "):
+        raise ValueError(f"{what} {value!r} ends with a space, which MySQL does not allow")
+    return value
+
+
+Identifier = Annotated[StrictStr, Field(min_length=1)]
+
+
+class TableConfig(BaseModel):
+    """One entry of tables.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: Identifier
+    primary_key: tuple[Identifier, ...]
+    modifier: Identifier | None = None
+    mode: Literal["direct", "staging"] = "direct"
+    batch_size: Annotated[StrictInt, Field(gt=0, le=10_000_000)] = 50_000
+    partitions: PartitionGrain = "none"
+    partition_start: dt.date | None = None
+    schedule: StrictStr | None = None
+    freshness_minutes: Annotated[StrictInt | float, Field(gt=0)] | None = None
+    detect_deletes: StrictBool = False
+    checksum: StrictBool = True
+    target_table: Identifier | None = None
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the primary key list is empty; name at least one column")
+            return tuple(value)
+        raise ValueError(
+            f"expected a column name or a list of column names, got {type(value).__name__}"
+        )
+
+    @field_validator("primary_key")
+    @classmethod
+    def _key_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for column in value:
+            _check_identifier(column, "primary key column")
+        duplicates = sorted({c for c in value if value.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"primary key lists {duplicates} more than once")
+        return value
+
+    @field_validator("table", "target_table", "modifier")
+    @classmethod
+    def _identifier(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            _check_identifier(value, info.field_name.replace("_", " "))
+        return value
+
+    @field_validator("partition_start", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dt.date):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"expected an ISO date string like '2024-01-01', got {value!r}")
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO date like '2024-01-01'") from None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @model_validator(mode="after")
+    def _partitioning(self) -> TableConfig:
+        if self.partitions != "none":
+            if self.modifier is None:
+                raise ValueError(
+                    f"partitions={self.partitions!r} needs a 'modifier' column to window over"
+                )
+            if self.partition_start is None:
+                raise ValueError(f"partitions={self.partitions!r} needs 'partition_start'")
+        return self
+
+    # -- derived names -------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        """Name of the table in the target database."""
+        return self.target_table or self.table
+
+    @property
+    def incremental(self) -> bool:
+        return self.modifier is not None
+
+    @property
+    def key(self) -> str:
+        """A Dagster-safe name for this table (asset key part, op and job names).
+
+        Letters, digits and underscores are kept; anything else becomes `_` and a short hash of
+        the real name is appended so that two different tables never share a key.
+        """
+        return dagster_safe_name(self.target)
+
+
+def dagster_safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if safe != name or not safe[0].isalpha():
+        digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
+        safe = f"t_{safe}_{digest}" if not safe[0].isalpha() else f"{safe}_{digest}"
+    return safe
+
+
+def _location(index: int, raw: Any) -> str:
+    if isinstance(raw, dict) and isinstance(raw.get("table"), str):
+        return f"table {raw['table']!r}"
+    return f"entry #{index + 1}"
+
+
+def _format_validation_error(path: str, where: str, error: ValidationError) -> list[str]:
+    messages = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"] if not isinstance(p, int)) or "(entry)"
+        text = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            text = "unknown key (allowed: " + ", ".join(TableConfig.model_fields) + ")"
+        elif item["type"] == "missing":
+            text = "required key is missing"
+        messages.append(f"{path}: {where}: key {key!r}: {text}")
+    return messages
+
+
+def parse_tables_config(raw: Any, path: str = DEFAULT_TABLES_CONFIG) -> list[TableConfig]:
+    """Validate already-decoded JSON; raises ConfigError listing every problem found."""
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{path}: expected a JSON list of table objects, got {type(raw).__name__}"
+        )
+    problems: list[str] = []
+    tables: list[TableConfig] = []
+    for index, entry in enumerate(raw):
+        where = _location(index, entry)
+        if not isinstance(entry, dict):
+            problems.append(f"{path}: {where}: expected an object, got {type(entry).__name__}")
+            continue
+        try:
+            tables.append(TableConfig.model_validate(entry))
+        except ValidationError as error:
+            problems.extend(_format_validation_error(path, where, error))
+    problems.extend(_duplicates(path, tables))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return tables
+
+
+def _duplicates(path: str, tables: Sequence[TableConfig]) -> list[str]:
+    """Two entries may not read the same source table nor write the same target table.
+
+    Names are compared case-folded: MySQL table names are case-insensitive on many platforms.
+    """
+    problems = []
+    for key, name_of in (("table", lambda c: c.table), ("target_table", lambda c: c.target)):
+        seen: set[str] = set()
+        for cfg in tables:
+            folded = name_of(cfg).casefold()
+            if folded in seen:
+                problems.append(
+                    f"{path}: table {cfg.table!r}: key {key!r}: "
+                    f"{name_of(cfg)!r} is configured twice"
+                )
+            seen.add(folded)
+    return problems
+
+
+def load_tables_config(path: str | os.PathLike[str] | None = None) -> list[TableConfig]:
+    """Read and validate tables.json (default: `$TABLES_CONFIG`, then ./tables.json)."""
+    resolved = Path(path or os.environ.get("TABLES_CONFIG") or DEFAULT_TABLES_CONFIG)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{resolved}: file not found (set TABLES_CONFIG or run from the directory that "
+            "holds tables.json)"
+        ) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{resolved}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    return parse_tables_config(raw, str(resolved))
+
+
+def interval_seconds(environ: dict[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    raw = env.get("INTERVAL", str(DEFAULT_INTERVAL_SECONDS))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"INTERVAL: expected whole seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"INTERVAL: must be positive, got {value}")
+    return value

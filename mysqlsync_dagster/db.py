@@ -1,0 +1,230 @@
+"""The one place that builds database URLs and SQLAlchemy engines, and classifies MySQL errors.
+
+Sessions opened here always run with `time_zone = '+00:00'` and utf8mb4, so TIMESTAMP values are
+read and written as the same instant on both sides whatever the servers' own time zones are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+# MySQL/MariaDB error codes worth retrying: the same statement can succeed a moment later.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout exceeded
+        1213,  # deadlock found
+        1927,  # connection was killed (MariaDB)
+        2003,  # can't connect (server restarting)
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2014,  # commands out of sync after a broken connection
+        2055,  # lost connection (SSL)
+        4031,  # disconnected by the server because of inactivity
+    }
+)
+_TRANSIENT_TEXT = re.compile(
+    r"Lost connection|server has gone away|Connection refused|Broken pipe|Connection reset|"
+    r"Deadlock found|Lock wait timeout|QueuePool limit",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Everything needed to connect to one side (source or target)."""
+
+    url: URL
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    ssl_verify: bool = True
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: int = 3600
+    connect_timeout: int = 10
+    read_timeout: int | None = None
+    write_timeout: int | None = None
+    extra_connect_args: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def database(self) -> str:
+        if not self.url.database:
+            raise ValueError(f"{redact_url(self.url)}: the URL names no database")
+        return self.url.database
+
+    @property
+    def ssl(self) -> dict[str, object] | None:
+        if not (self.ssl_ca or self.ssl_cert or self.ssl_key):
+            return None
+        ssl: dict[str, object] = {}
+        if self.ssl_ca:
+            ssl["ca"] = self.ssl_ca
+        if self.ssl_cert:
+            ssl["cert"] = self.ssl_cert
+        if self.ssl_key:
+            ssl["key"] = self.ssl_key
+        ssl["check_hostname"] = self.ssl_verify
+        if not self.ssl_verify:
+            ssl["verify_mode"] = False
+        return ssl
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.url.password] if self.url.password else []
+
+    def connectorx_url(self) -> str:
+        """A `mysql://` URL for connectorx (Rust driver): same credentials, no SQLAlchemy driver."""
+        user = quote(self.url.username or "", safe="")
+        password = quote(self.url.password or "", safe="")
+        auth = f"{user}:{password}@" if password else f"{user}@"
+        host = self.url.host or "127.0.0.1"
+        port = self.url.port or 3306
+        return f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}"
+
+
+def normalize_url(raw: str | URL) -> URL:
+    """Accept mysql://, mariadb://, mysql+pymysql:// ...; always drive through PyMySQL."""
+    url = sa.make_url(raw) if isinstance(raw, str) else raw
+    backend = url.get_backend_name()
+    if backend not in ("mysql", "mariadb"):
+        raise ValueError(f"{redact_url(url)}: expected a mysql:// or mariadb:// URL")
+    return url.set(drivername="mysql+pymysql")
+
+
+def url_from_parts(
+    host: str,
+    port: int | str | None,
+    database: str,
+    user: str | None,
+    password: str | None,
+) -> URL:
+    """Build a URL from parts; passwords with @ : / % need no escaping by the user."""
+    return URL.create(
+        "mysql+pymysql",
+        username=user or None,
+        password=password or None,
+        host=host,
+        port=int(port) if port not in (None, "") else 3306,
+        database=database,
+    )
+
+
+def _env_bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on", "required", "verify")
+
+
+def settings_from_env(side: str, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+    """Settings for `side` ("SOURCE" or "TARGET") from `<SIDE>_DB_URL` or the `<SIDE>_DB_*` parts."""
+    env = os.environ if environ is None else environ
+    prefix = f"{side.upper()}_DB_"
+    if env.get(prefix + "URL"):
+        url = normalize_url(env[prefix + "URL"])
+    else:
+        missing = [k for k in ("HOST", "NAME") if not env.get(prefix + k)]
+        if missing:
+            raise ValueError(
+                f"{side.lower()} database not configured: set {prefix}URL or "
+                + ", ".join(prefix + k for k in ("HOST", "PORT", "NAME", "USER", "PASS"))
+            )
+        url = url_from_parts(
+            env[prefix + "HOST"],
+            env.get(prefix + "PORT"),
+            env[prefix + "NAME"],
+            env.get(prefix + "USER"),
+            env.get(prefix + "PASS"),
+        )
+    return DatabaseSettings(
+        url=url,
+        ssl_ca=env.get(prefix + "SSL_CA") or None,
+        ssl_cert=env.get(prefix + "SSL_CERT") or None,
+        ssl_key=env.get(prefix + "SSL_KEY") or None,
+        ssl_verify=_env_bool(env.get(prefix + "SSL_VERIFY"), True),
+        pool_size=int(env.get("POOL_SIZE", 5)),
+        max_overflow=int(env.get("MAX_OVERFLOW", 10)),
+        pool_timeout=float(env.get("POOL_TIMEOUT", 30)),
+        pool_recycle=int(env.get("POOL_RECYCLE", 3600)),
+    )
+
+
+def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> Engine:
+    """A pooled engine whose connections are checked before use (a dead pool heals itself)."""
+    connect_args: dict[str, object] = {
+        "charset": "utf8mb4",
+        "init_command": "SET time_zone = '+00:00'",
+        "connect_timeout": settings.connect_timeout,
+        "local_infile": local_infile,
+        **settings.extra_connect_args,
+    }
+    if settings.read_timeout:
+        connect_args["read_timeout"] = settings.read_timeout
+    if settings.write_timeout:
+        connect_args["write_timeout"] = settings.write_timeout
+    if settings.ssl:
+        connect_args["ssl"] = settings.ssl
+    return sa.create_engine(
+        settings.url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=settings.pool_recycle,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def redact_url(url: URL | str) -> str:
+    if isinstance(url, str):
+        url = sa.make_url(url)
+    return url.render_as_string(hide_password=True)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Remove every secret, raw or URL-encoded, from a message."""
+    for secret in secrets:
+        if not secret:
+            continue
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            text = text.replace(form, "***")
+    return text
+
+
+def mysql_error_code(error: BaseException) -> int | None:
+    """The MySQL error number behind a (possibly wrapped) driver exception, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        for candidate in (current, orig):
+            args = getattr(candidate, "args", ())
+            if args and isinstance(args[0], int):
+                return args[0]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors where trying again later is the right response."""
+    if isinstance(error, sa.exc.TimeoutError):  # pool exhausted for pool_timeout seconds
+        return True
+    code = mysql_error_code(error)
+    if code is not None:
+        return code in TRANSIENT_ERROR_CODES
+    return bool(_TRANSIENT_TEXT.search(str(error)))
+
+
+def quote_identifier(engine_or_dialect: Engine | sa.Dialect, name: str) -> str:
+    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
+    return dialect.identifier_preparer.quote_identifier(name)

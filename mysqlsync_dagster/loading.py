@@ -1,0 +1,209 @@
+"""Loading wire-format Parquet into the target: LOAD DATA into a work table, then a keyed path.
+
+Two strategies, both bounded by `batch_size` rows per statement:
+
+- `upsert` (incremental): each batch is bulk-loaded into a per-table staging table and merged
+  into the live table with `INSERT ... SELECT ... ON DUPLICATE KEY UPDATE`; no DELETE ever runs
+  over the live table.
+- `swap` (full refresh, first sync): batches are bulk-loaded into a table built aside, which
+  replaces the live table in one atomic `RENAME TABLE` at the end; readers never see it half
+  filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlalchemy.engine import Connection, Engine
+
+from mysqlsync_dagster.schema import DLT_COLUMNS
+from mysqlsync_dagster.wire import WireColumn, to_wire_text
+
+Strategy = Literal["upsert", "swap"]
+_CSV_OPTIONS = pacsv.WriteOptions(
+    include_header=False, quoting_style="all_valid", null_string="NULL", batch_size=8192
+)
+
+
+class LoadError(RuntimeError):
+    """The target refused or altered data; nothing of the failing batch was kept."""
+
+
+def work_table_name(target: str, kind: str) -> str:
+    """Name of a helper table ("stage", "new", "old") for `target`; always within 64 chars."""
+    digest = hashlib.sha1(target.encode("utf-8")).hexdigest()[:8]
+    return f"_mss_{kind}_{digest}_{target[:40]}"
+
+
+@dataclass
+class LoadStats:
+    rows: int = 0
+    batches: int = 0
+    files: int = 0
+    zero_dates: int = 0
+    csv_bytes: int = 0
+    rows_affected: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TableLoader:
+    """Loads the files of one sync run into one target table."""
+
+    engine: Engine
+    target: str
+    wire: list[WireColumn]
+    strategy: Strategy
+    batch_size: int
+    work_dir: Path
+    key: tuple[str, ...]
+    stats: LoadStats = field(default_factory=LoadStats)
+    on_batch: Callable[[LoadStats], None] | None = None
+
+    @property
+    def stage(self) -> str:
+        return work_table_name(self.target, "stage")
+
+    @property
+    def aside(self) -> str:
+        return work_table_name(self.target, "new")
+
+    @property
+    def _into(self) -> str:
+        return self.stage if self.strategy == "upsert" else self.aside
+
+    def _q(self, name: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote_identifier(name)
+
+    # -- set-up and finish -----------------------------------------------------------
+    def prepare(self, conn: Connection) -> None:
+        """Create the empty work table (dropping leftovers of a run that died)."""
+        q = self._q
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
+        conn.exec_driver_sql(
+            f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}"
+        )
+        conn.exec_driver_sql(f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
+
+    def finish(self, conn: Connection) -> None:
+        """Swap the aside copy in (swap) or drop the staging table (upsert)."""
+        q = self._q
+        if self.strategy == "swap":
+            old = work_table_name(self.target, "old")
+            conn.exec_driver_sql(
+                f"RENAME TABLE {q(self.target)} TO {q(old)}, {q(self.aside)} TO {q(self.target)}"
+            )
+            conn.exec_driver_sql(f"DROP TABLE {q(old)}")
+        else:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(self.stage)}")
+
+    def discard(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}")
+
+    # -- loading ---------------------------------------------------------------------
+    def load_parquet(self, path: str | Path) -> None:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        missing = [c for c in DLT_COLUMNS if c not in names]
+        if missing or len(names) != len(self.wire) + len(DLT_COLUMNS):
+            raise LoadError(
+                f"{path}: expected {len(self.wire)} source columns and {DLT_COLUMNS}, "
+                f"found columns {names}"
+            )
+        dlt_positions = [names.index(c) for c in DLT_COLUMNS]
+        data_positions = [i for i in range(len(names)) if i not in dlt_positions]
+        for batch in parquet.iter_batches(batch_size=self.batch_size):
+            arrays: list[pa.Array] = []
+            for position, wire in zip(data_positions, self.wire, strict=True):
+                text, zeros = to_wire_text(batch.column(position), wire)
+                self.stats.zero_dates += zeros
+                arrays.append(text)
+            arrays += [batch.column(i).cast(pa.string()) for i in dlt_positions]
+            self.load_batch(pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))]))
+        self.stats.files += 1
+
+    def load_batch(self, table: pa.Table) -> None:
+        started = time.perf_counter()
+        with tempfile.NamedTemporaryFile(
+            "wb", suffix=".csv", dir=self.work_dir, delete=False
+        ) as handle:
+            pacsv.write_csv(table, handle, _CSV_OPTIONS)
+            csv_path = Path(handle.name)
+        try:
+            self.stats.csv_bytes += csv_path.stat().st_size
+            with self.engine.begin() as conn:
+                loaded = self._load_data(conn, csv_path, self._into)
+                if loaded != table.num_rows:
+                    raise LoadError(
+                        f"{self.target}: the target took {loaded} of {table.num_rows} rows"
+                    )
+                if self.strategy == "upsert":
+                    self.stats.rows_affected += conn.exec_driver_sql(self._upsert_sql()).rowcount
+            if self.strategy == "upsert":
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"TRUNCATE TABLE {self._q(self.stage)}")
+        finally:
+            csv_path.unlink(missing_ok=True)
+        self.stats.rows += table.num_rows
+        self.stats.batches += 1
+        self.stats.seconds += time.perf_counter() - started
+        if self.on_batch:
+            self.on_batch(self.stats)
+
+    def _columns(self) -> list[str]:
+        return [w.column.name for w in self.wire] + list(DLT_COLUMNS)
+
+    def _load_data(self, conn: Connection, csv_path: Path, into: str) -> int:
+        q = self._q
+        targets, assignments = [], []
+        for i, wire in enumerate(self.wire):
+            expression = wire.load_sql(f"@v{i}")
+            if expression is None:
+                targets.append(q(wire.column.name))
+            else:
+                targets.append(f"@v{i}")
+                assignments.append(f"{q(wire.column.name)} = {expression}")
+        targets += [q(c) for c in DLT_COLUMNS]
+        statement = (
+            f"LOAD DATA LOCAL INFILE %(path)s INTO TABLE {q(into)} CHARACTER SET utf8mb4"
+            " FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY ''"
+            " LINES TERMINATED BY '\\n'"
+            f" ({', '.join(targets)})"
+        )
+        if assignments:
+            statement += " SET " + ", ".join(assignments)
+        rowcount = conn.exec_driver_sql(statement, {"path": str(csv_path)}).rowcount
+        # LOCAL loads turn data errors into warnings: any warning means a value was changed.
+        warnings = conn.exec_driver_sql("SHOW WARNINGS LIMIT 5").all()
+        if warnings:
+            details = "; ".join(f"{w[0]} {w[1]}: {w[2]}" for w in warnings)
+            raise LoadError(f"{self.target}: the target changed or rejected values: {details}")
+        return int(rowcount)
+
+    def _upsert_sql(self) -> str:
+        q = self._q
+        columns = ", ".join(q(c) for c in self._columns())
+        updates = [c for c in self._columns() if c not in self.key]
+        dialect = self.engine.dialect
+        version = dialect.server_version_info or (0,)
+        if not getattr(dialect, "is_mariadb", False) and tuple(version[:3]) >= (8, 0, 20):
+            assignments = ", ".join(f"{q(c)} = `_new`.{q(c)}" for c in updates)
+            return (
+                f"INSERT INTO {q(self.target)} ({columns}) SELECT * FROM "
+                f"(SELECT {columns} FROM {q(self.stage)}) AS `_new`"
+                f" ON DUPLICATE KEY UPDATE {assignments}"
+            )
+        assignments = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in updates)
+        return (
+            f"INSERT INTO {q(self.target)} ({columns}) SELECT {columns} FROM {q(self.stage)}"
+            f" ON DUPLICATE KEY UPDATE {assignments}"
+        )

@@ -1,0 +1,408 @@
+"""One table's sync run: check the source, mirror the schema, extract with dlt, load, commit.
+
+`TableSync` is a context manager used by the table asset:
+
+    with TableSync(cfg, source, target, log) as sync:      # prepare: validate, mirror, lock
+        run the dlt pipeline (sync.dlt_source(), sync.dlt_pipeline())
+        result = sync.finalize()                          # swap / cursor / clean-up
+
+Extraction is a dlt `sql_table` resource on the connectorx backend (Arrow record batches of
+`batch_size` rows, streamed), selecting the wire text of every column (see `wire.py`). dlt writes
+Parquet, adds `_dlt_load_id` and `_dlt_id`, and hands each file to a custom destination that is
+this run's `TableLoader`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dlt
+import sqlalchemy as sa
+from dlt.extract.resource import DltResource
+from dlt.extract.source import DltSource
+from dlt.pipeline.pipeline import Pipeline
+from dlt.sources.sql_database import sql_table
+
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.db import DatabaseSettings, redact
+from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
+from mysqlsync_dagster.schema import (
+    SchemaChanges,
+    SchemaError,
+    TableShape,
+    diff_schema,
+    mirror_ddl,
+    quote,
+    read_table_shape,
+)
+from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
+from mysqlsync_dagster.wire import wire_columns
+
+NUMERIC_TYPES = frozenset(
+    {"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"}
+)
+ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
+
+# dlt adds these to Arrow data only when asked; the target keeps them like a dlt destination.
+dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
+dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+
+
+class SyncError(RuntimeError):
+    """A table's sync failed; the message is safe to show (no secrets)."""
+
+
+@dataclass
+class SyncResult:
+    table: str
+    target: str
+    mode: str
+    strategy: Strategy
+    rows_written: int
+    seconds: float
+    cursor_before: str | None
+    cursor_after: str | None
+    load: LoadStats
+    schema_changes: SchemaChanges
+    source_rows_estimate: int | None
+    columns: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def resource_name(cfg: TableConfig) -> str:
+    """The dlt resource (and dlt table) name for a configured table."""
+    return cfg.key
+
+
+def lock_name(database: str, target: str) -> str:
+    digest = hashlib.sha1(f"{database}.{target}".encode()).hexdigest()[:24]
+    return f"mysqlsync:{digest}"
+
+
+class TableSync:
+    def __init__(
+        self,
+        cfg: TableConfig,
+        source_settings: DatabaseSettings,
+        source_engine: sa.Engine,
+        target_engine: sa.Engine,
+        log: logging.Logger | None = None,
+        work_root: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source_settings = source_settings
+        self.source_engine = source_engine
+        self.target_engine = target_engine
+        self.source_db = source_settings.database
+        self.target_db = target_engine.url.database or ""
+        self.log = log or logging.getLogger("mysqlsync_dagster")
+        self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
+        self._secrets = source_settings.secrets + (
+            [target_engine.url.password] if target_engine.url.password else []
+        )
+        self._lock_conn: sa.Connection | None = None
+        self._started = time.perf_counter()
+        self.shape: TableShape | None = None
+        self.loader: TableLoader | None = None
+        self.cursor_before: str | None = None
+        self.cursor_snapshot: str | None = None
+        self.schema_changes = SchemaChanges()
+        self.source_rows_estimate: int | None = None
+
+    # -- context manager -------------------------------------------------------------
+    def __enter__(self) -> TableSync:
+        try:
+            self.prepare()
+        except BaseException:
+            self._cleanup(failed=True)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._cleanup(failed=exc_type is not None)
+
+    def safe_message(self, error: BaseException) -> str:
+        return redact(str(error), self._secrets)
+
+    # -- prepare ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.cfg
+        with self.source_engine.connect() as conn:
+            shape = read_table_shape(conn, self.source_db, cfg.table)
+            if shape is None:
+                raise SchemaError(
+                    f"table {cfg.table!r} does not exist in the source database "
+                    f"{self.source_db!r} (check 'table' in tables.json)"
+                )
+            self._validate(shape)
+            self.source_rows_estimate = conn.execute(
+                sa.text(
+                    "SELECT TABLE_ROWS FROM information_schema.TABLES"
+                    " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
+                ),
+                {"db": self.source_db, "t": cfg.table},
+            ).scalar()
+        self.shape = shape
+        self._acquire_lock()
+        with self.target_engine.begin() as conn:
+            ensure_state_table(conn)
+            self._mirror_schema(conn, shape)
+            state = read_state(conn, cfg.target)
+        self.cursor_before = state.cursor if state and cfg.incremental else None
+        strategy: Strategy = "upsert" if self.cursor_before is not None else "swap"
+        if cfg.incremental:
+            self.cursor_snapshot = self._source_max_modifier()
+        self.loader = TableLoader(
+            engine=self.target_engine,
+            target=cfg.target,
+            wire=wire_columns(shape.copied_columns),
+            strategy=strategy,
+            batch_size=cfg.batch_size,
+            work_dir=self.work_dir,
+            key=cfg.primary_key,
+            on_batch=self._progress,
+        )
+        with self.target_engine.begin() as conn:
+            self.loader.prepare(conn)
+        self.log.info(
+            "%s: %s from %s, cursor %s",
+            cfg.table,
+            "incremental upsert" if strategy == "upsert" else "full copy built aside",
+            "the last sync" if self.cursor_before else "the start",
+            self.cursor_before,
+        )
+
+    def _validate(self, shape: TableShape) -> None:
+        cfg = self.cfg
+        names = set(shape.column_names)
+        missing = [c for c in cfg.primary_key if c not in names]
+        if missing:
+            raise SchemaError(
+                f"table {cfg.table!r}: primary key column(s) {missing} not found in the source "
+                f"(columns: {shape.column_names})"
+            )
+        if shape.primary_key and set(shape.primary_key) != set(cfg.primary_key):
+            raise SchemaError(
+                f"table {cfg.table!r}: tables.json says primary_key {list(cfg.primary_key)} but "
+                f"the source table's primary key is {list(shape.primary_key)}"
+            )
+        if cfg.modifier is not None:
+            if cfg.modifier not in names:
+                raise SchemaError(
+                    f"table {cfg.table!r}: modifier column {cfg.modifier!r} not found in the "
+                    f"source (columns: {shape.column_names})"
+                )
+            data_type = shape.column(cfg.modifier).data_type
+            if data_type not in ORDERABLE_TYPES:
+                raise SchemaError(
+                    f"table {cfg.table!r}: modifier column {cfg.modifier!r} has type "
+                    f"{data_type}, which cannot order changes (use a DATETIME, TIMESTAMP, DATE "
+                    "or integer column)"
+                )
+
+    def _mirror_schema(self, conn: sa.Connection, shape: TableShape) -> None:
+        target = read_table_shape(conn, self.target_db, self.cfg.target)
+        if target is None:
+            ddl = mirror_ddl(shape, self.cfg.target, self.cfg.primary_key, conn.dialect)
+            conn.exec_driver_sql(ddl)
+            self.log.info("%s: created target table %s", self.cfg.table, self.cfg.target)
+            return
+        changes = diff_schema(shape, target, conn.dialect)
+        if not changes.empty:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {quote(conn, self.cfg.target)} " + ", ".join(changes.clauses)
+            )
+            self.log.info(
+                "%s: schema evolved: added %s, changed %s, dropped in source (kept) %s",
+                self.cfg.table,
+                list(changes.added),
+                list(changes.modified),
+                list(changes.dropped_in_source),
+            )
+        elif changes.dropped_in_source:
+            self.log.warning(
+                "%s: columns %s no longer exist in the source; kept in the target",
+                self.cfg.table,
+                list(changes.dropped_in_source),
+            )
+        self.schema_changes = changes
+
+    def _modifier_expression(self, conn: sa.Connection | sa.Engine) -> str:
+        assert self.shape is not None and self.cfg.modifier is not None
+        quoted = quote(conn, self.cfg.modifier)
+        if self.shape.column(self.cfg.modifier).data_type == "timestamp":
+            return f"UNIX_TIMESTAMP(MAX({quoted}))"
+        return f"MAX({quoted})"
+
+    def _source_max_modifier(self) -> str | None:
+        with self.source_engine.connect() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT CAST({self._modifier_expression(conn)} AS CHAR)"
+                f" FROM {quote(conn, self.source_db)}.{quote(conn, self.cfg.table)}"
+            ).scalar()
+
+    def _acquire_lock(self) -> None:
+        conn = self.target_engine.connect()
+        got = conn.execute(
+            sa.text("SELECT GET_LOCK(:name, 0)"),
+            {"name": lock_name(self.target_db, self.cfg.target)},
+        ).scalar()
+        if got != 1:
+            conn.close()
+            raise SyncError(
+                f"table {self.cfg.table!r}: another sync of target table {self.cfg.target!r} "
+                "is running; this run did nothing"
+            )
+        self._lock_conn = conn
+
+    # -- extraction ------------------------------------------------------------------
+    def query(self) -> sa.Select[Any]:
+        assert self.shape is not None and self.loader is not None
+        dialect = self.source_engine.dialect
+        source = sa.table(
+            self.cfg.table, *[sa.column(c) for c in self.shape.column_names], schema=self.source_db
+        )
+        query = sa.select(*[w.select_expression(dialect) for w in self.loader.wire]).select_from(
+            source
+        )
+        if self.loader.strategy == "upsert" and self.cfg.modifier is not None:
+            query = query.where(source.c[self.cfg.modifier] >= self._cursor_literal())
+        return query
+
+    def _cursor_literal(self) -> sa.ColumnElement[Any]:
+        assert self.shape is not None and self.cfg.modifier is not None
+        cursor = self.cursor_before
+        data_type = self.shape.column(self.cfg.modifier).data_type
+        if data_type == "timestamp":
+            return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
+        if data_type == "decimal":
+            return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
+        if data_type in NUMERIC_TYPES:
+            return sa.literal(int(cursor), sa.BigInteger)
+        return sa.literal(cursor, sa.String)
+
+    def dlt_resource(self) -> DltResource:
+        assert self.loader is not None
+        metadata = sa.MetaData(schema=self.source_db)
+        sa.Table(
+            self.cfg.table,
+            metadata,
+            *[sa.Column(w.column.name, sa.Text) for w in self.loader.wire],
+        )
+        query = self.query()
+        return sql_table(
+            credentials=self.source_engine,
+            table=self.cfg.table,
+            metadata=metadata,
+            backend="connectorx",
+            chunk_size=self.cfg.batch_size,
+            backend_kwargs={
+                "conn": self.source_settings.connectorx_url(),
+                "return_type": "arrow_stream",
+                "batch_size": self.cfg.batch_size,
+            },
+            reflection_level="minimal",
+            query_adapter_callback=lambda _query, _table: query,
+            write_disposition="merge" if self.cfg.incremental else "replace",
+            primary_key=list(self.cfg.primary_key),
+        ).with_name(resource_name(self.cfg))
+
+    def dlt_source(self) -> DltSource:
+        resource = self.dlt_resource()
+
+        @dlt.source(name=f"mysqlsync_{self.cfg.key}", max_table_nesting=0)
+        def mysql_table() -> DltResource:
+            return resource
+
+        return mysql_table()
+
+    def dlt_pipeline(self) -> Pipeline:
+        loader = self.loader
+        assert loader is not None
+
+        def load_file(items: Any, table: Any) -> None:
+            loader.load_parquet(items)
+
+        destination = dlt.destination(
+            load_file,
+            name="mysql_target",
+            batch_size=0,
+            loader_file_format="parquet",
+            naming_convention="direct",
+            max_parallel_load_jobs=1,
+        )()
+        return dlt.pipeline(
+            pipeline_name=f"mysqlsync_{self.cfg.key}",
+            pipelines_dir=str(self.work_dir / "dlt"),
+            destination=destination,
+            dataset_name=self.target_db,
+        )
+
+    def _progress(self, stats: LoadStats) -> None:
+        elapsed = time.perf_counter() - self._started
+        rate = stats.rows / elapsed if elapsed > 0 else 0.0
+        total = self.source_rows_estimate if self.loader and self.loader.strategy == "swap" else None
+        if total and rate:
+            eta = max(total - stats.rows, 0) / rate
+            self.log.info(
+                "%s: %s of ~%s rows, %.0f rows/s, ETA %.0fs",
+                self.cfg.table, f"{stats.rows:,}", f"{total:,}", rate, eta,
+            )
+        else:
+            self.log.info("%s: %s rows, %.0f rows/s", self.cfg.table, f"{stats.rows:,}", rate)
+
+    # -- finish ----------------------------------------------------------------------
+    def finalize(self) -> SyncResult:
+        assert self.loader is not None and self.shape is not None
+        cursor_after = self.cursor_snapshot or self.cursor_before
+        with self.target_engine.begin() as conn:
+            self.loader.finish(conn)
+            write_state(
+                conn,
+                self.cfg.target,
+                cursor_after if self.cfg.incremental else None,
+                self.loader.stats.rows,
+                None,
+            )
+        seconds = time.perf_counter() - self._started
+        return SyncResult(
+            table=self.cfg.table,
+            target=self.cfg.target,
+            mode=self.cfg.mode,
+            strategy=self.loader.strategy,
+            rows_written=self.loader.stats.rows,
+            seconds=seconds,
+            cursor_before=self.cursor_before,
+            cursor_after=cursor_after if self.cfg.incremental else None,
+            load=self.loader.stats,
+            schema_changes=self.schema_changes,
+            source_rows_estimate=self.source_rows_estimate,
+            columns=[(c.name, c.column_type, c.nullable) for c in self.shape.columns],
+        )
+
+    def _cleanup(self, *, failed: bool) -> None:
+        if failed and self.loader is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError), self.target_engine.begin() as conn:
+                self.loader.discard(conn)
+        if self._lock_conn is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._lock_conn.execute(
+                    sa.text("SELECT RELEASE_LOCK(:name)"),
+                    {"name": lock_name(self.target_db, self.cfg.target)},
+                )
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._lock_conn.close()
+            self._lock_conn = None
+        shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""The wire format between source and target: MySQL's own text form of every value.
+
+Each source column is selected as text the target parses back to the identical value, so no
+value passes through a lossy Python or Arrow type on its way:
+
+| source type                         | selected as                         | loaded with             |
+|-------------------------------------|-------------------------------------|-------------------------|
+| BINARY, VARBINARY, BLOBs, spatial   | HEX(col) (spatial: internal format) | UNHEX(@v)               |
+| BIT(n)                              | CAST(col AS UNSIGNED)               | CAST(@v AS UNSIGNED)    |
+| FLOAT                               | CAST(CAST(col AS DOUBLE) AS CHAR)   | the text (exact float)  |
+| TIMESTAMP                           | UNIX_TIMESTAMP(col) (time-zone free)| FROM_UNIXTIME(@v), UTC  |
+| everything else                     | CAST(col AS CHAR) (utf8mb4)         | the text                |
+
+Zero dates ('0000-00-00', a zero month or day, a zero TIMESTAMP) are the one conversion: they
+become NULL, because a target in strict mode cannot hold them, and each is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from mysqlsync_dagster.schema import BINARY_TYPES, DATE_TYPES, SPATIAL_TYPES, Column
+
+WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date"]
+
+# A date/datetime whose year, month or day part is all zeros in a place a real date cannot be.
+_ZERO_DATE = r"^(0000-00-00|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
+
+
+def wire_kind(column: Column) -> WireKind:
+    data_type = column.data_type
+    if data_type in BINARY_TYPES or data_type in SPATIAL_TYPES:
+        return "hex"
+    if data_type == "bit":
+        return "bit"
+    if data_type == "float":
+        return "float"
+    if data_type == "timestamp":
+        return "timestamp"
+    if data_type in DATE_TYPES:
+        return "date"
+    return "text"
+
+
+@dataclass(frozen=True)
+class WireColumn:
+    column: Column
+    kind: WireKind
+
+    @classmethod
+    def of(cls, column: Column) -> WireColumn:
+        return cls(column, wire_kind(column))
+
+    def select_sql(self, quoted: str) -> str:
+        """SQL expression that reads the column as wire text (identifier already quoted)."""
+        return {
+            "hex": f"HEX({quoted})",
+            "bit": f"CAST({quoted} AS UNSIGNED)",
+            "float": f"CAST(CAST({quoted} AS DOUBLE) AS CHAR)",
+            "timestamp": f"CAST(UNIX_TIMESTAMP({quoted}) AS CHAR)",
+        }.get(self.kind, f"CAST({quoted} AS CHAR)")
+
+    def select_expression(self, dialect: sa.Dialect) -> sa.ColumnElement[str]:
+        quoted = dialect.identifier_preparer.quote_identifier(self.column.name)
+        return sa.literal_column(self.select_sql(quoted)).label(self.column.name)
+
+    def load_sql(self, variable: str) -> str | None:
+        """SET expression turning the loaded text `variable` into the value; None: load as is."""
+        return {
+            "hex": f"UNHEX({variable})",
+            "bit": f"CAST({variable} AS UNSIGNED)",
+            "timestamp": f"FROM_UNIXTIME({variable})",
+        }.get(self.kind)
+
+
+def wire_columns(columns: list[Column]) -> list[WireColumn]:
+    return [WireColumn.of(c) for c in columns]
+
+
+def to_wire_text(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:
+    """Cast one extracted column to text and apply the zero-date rule; returns (array, zeros)."""
+    text = array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
+    if wire.kind == "date":
+        zero = pc.fill_null(pc.match_substring_regex(text, _ZERO_DATE), False)
+    elif wire.kind == "timestamp":
+        zero = pc.fill_null(pc.match_substring_regex(text, r"^0(\.0*)?$"), False)
+    else:
+        return text, 0
+    zeros = pc.sum(zero).as_py() or 0
+    if zeros:
+        text = pc.if_else(zero, pa.scalar(None, pa.string()), text)
+    return text, zeros
