@@ -5,7 +5,6 @@ the asset prepares a `TableSync`, runs its dlt pipeline through `DagsterDltResou
 reports what happened as numeric metadata the UI can plot.
 """
 
-
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any

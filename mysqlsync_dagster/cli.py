@@ -56,7 +56,7 @@ def _metadata_value(metadata: dict[str, dg.MetadataValue], key: str) -> float | 
 
 
 def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutcome]:
-    from mysqlsync_dagster.definitions import build_definitions
+    from mysqlsync_dagster.factory import build_definitions
 
     defs = build_definitions(tables, interval_seconds())
     started = time.perf_counter()
@@ -106,7 +106,16 @@ def root_message(error: Any) -> str:
 
 
 def format_summary(outcomes: list[TableOutcome]) -> str:
-    header = ("table", "mode", "strategy", "rows read", "rows written", "seconds", "checks", "status")
+    header = (
+        "table",
+        "mode",
+        "strategy",
+        "rows read",
+        "rows written",
+        "seconds",
+        "checks",
+        "status",
+    )
     rows = [header]
     for o in outcomes:
         rows.append(

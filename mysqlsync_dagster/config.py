@@ -77,7 +77,7 @@ class TableConfig(BaseModel):
     def _key_as_tuple(cls, value: Any) -> Any:
         if isinstance(value, str):
             return (value,)
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             if not value:
                 raise ValueError("the primary key list is empty; name at least one column")
             return tuple(value)

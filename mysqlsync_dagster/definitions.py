@@ -1,50 +1,9 @@
 """The code location: `defs`, built from tables.json (`TABLES_CONFIG`) and the environment.
 
-Loading this module reads tables.json and the names of the environment variables that are set;
-it never connects to a database (the daemon reloads definitions every minute).
+Loading it reads tables.json and never connects to a database.
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
-
-import dagster as dg
-from dagster_dlt import DagsterDltResource
-
-from mysqlsync_dagster.assets import GROUP, build_table_asset, source_asset_spec
-from mysqlsync_dagster.config import TableConfig, interval_seconds, load_tables_config
-from mysqlsync_dagster.resources import MySQLResource
-
-SYNC_ALL_JOB = "sync_all_tables"
-
-
-def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
-    return {
-        "dlt": DagsterDltResource(),
-        "source_db": MySQLResource.from_env("SOURCE", environ),
-        "target_db": MySQLResource.from_env("TARGET", environ),
-    }
-
-
-def build_definitions(
-    tables: Sequence[TableConfig],
-    interval: int,
-    environ: Mapping[str, str] | None = None,
-) -> dg.Definitions:
-    return dg.Definitions(
-        assets=[
-            *(source_asset_spec(cfg) for cfg in tables),
-            *(build_table_asset(cfg, interval) for cfg in tables),
-        ],
-        jobs=[
-            dg.define_asset_job(
-                SYNC_ALL_JOB,
-                selection=dg.AssetSelection.groups(GROUP),
-                description="Sync every configured table once.",
-            )
-        ],
-        resources=build_resources(environ),
-    )
-
+from mysqlsync_dagster.config import interval_seconds, load_tables_config
+from mysqlsync_dagster.factory import build_definitions
 
 defs = build_definitions(load_tables_config(), interval_seconds())

@@ -89,9 +89,7 @@ class TableLoader:
         """Create the empty work table (dropping leftovers of a run that died)."""
         q = self._q
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
-        conn.exec_driver_sql(
-            f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}"
-        )
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
         conn.exec_driver_sql(f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
 
     def finish(self, conn: Connection) -> None:
@@ -128,7 +126,9 @@ class TableLoader:
                 self.stats.zero_dates += zeros
                 arrays.append(text)
             arrays += [batch.column(i).cast(pa.string()) for i in dlt_positions]
-            self.load_batch(pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))]))
+            self.load_batch(
+                pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+            )
         self.stats.files += 1
 
     def load_batch(self, table: pa.Table) -> None:

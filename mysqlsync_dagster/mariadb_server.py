@@ -196,11 +196,15 @@ class MariaDBServer:
                 return self
             time.sleep(0.2)
         self.kill()
-        raise ServerError(f"mariadbd did not accept connections in {timeout:.0f}s:\n{self._log_tail()}")
+        raise ServerError(
+            f"mariadbd did not accept connections in {timeout:.0f}s:\n{self._log_tail()}"
+        )
 
     def _accepts_connections(self) -> bool:
         try:
-            conn = pymysql.connect(unix_socket=str(self.socket_path), user="root", connect_timeout=2)
+            conn = pymysql.connect(
+                unix_socket=str(self.socket_path), user="root", connect_timeout=2
+            )
         except pymysql.err.MySQLError:
             return False
         conn.close()
@@ -208,9 +212,12 @@ class MariaDBServer:
 
     def _grant_tcp_root(self) -> None:
         """root over TCP from 127.0.0.1 without a password, as the machine's own server has."""
-        with contextlib.closing(
-            pymysql.connect(unix_socket=str(self.socket_path), user="root", autocommit=True)
-        ) as conn, conn.cursor() as cur:
+        with (
+            contextlib.closing(
+                pymysql.connect(unix_socket=str(self.socket_path), user="root", autocommit=True)
+            ) as conn,
+            conn.cursor() as cur,
+        ):
             cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
             cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
 

@@ -18,9 +18,7 @@ from sqlalchemy.engine import Connection
 DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
 _DLT_COLUMN_DDL = "varchar(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
 
-BINARY_TYPES = frozenset(
-    {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
-)
+BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 SPATIAL_TYPES = frozenset(
     {
         "geometry",

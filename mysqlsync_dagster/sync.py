@@ -47,9 +47,7 @@ from mysqlsync_dagster.schema import (
 from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
 from mysqlsync_dagster.wire import wire_columns
 
-NUMERIC_TYPES = frozenset(
-    {"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"}
-)
+NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 
 # dlt adds these to Arrow data only when asked; the target keeps them like a dlt destination.
@@ -353,12 +351,18 @@ class TableSync:
     def _progress(self, stats: LoadStats) -> None:
         elapsed = time.perf_counter() - self._started
         rate = stats.rows / elapsed if elapsed > 0 else 0.0
-        total = self.source_rows_estimate if self.loader and self.loader.strategy == "swap" else None
+        total = (
+            self.source_rows_estimate if self.loader and self.loader.strategy == "swap" else None
+        )
         if total and rate:
             eta = max(total - stats.rows, 0) / rate
             self.log.info(
                 "%s: %s of ~%s rows, %.0f rows/s, ETA %.0fs",
-                self.cfg.table, f"{stats.rows:,}", f"{total:,}", rate, eta,
+                self.cfg.table,
+                f"{stats.rows:,}",
+                f"{total:,}",
+                rate,
+                eta,
             )
         else:
             self.log.info("%s: %s rows, %.0f rows/s", self.cfg.table, f"{stats.rows:,}", rate)

@@ -1,0 +1,47 @@
+"""The definitions factory: validated table configs in, one `dg.Definitions` out.
+
+Building reads nothing but its arguments and the names of the environment variables that are
+set; it never connects to a database (the daemon reloads definitions every minute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+from dagster_dlt import DagsterDltResource
+
+from mysqlsync_dagster.assets import GROUP, build_table_asset, source_asset_spec
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.resources import MySQLResource
+
+SYNC_ALL_JOB = "sync_all_tables"
+
+
+def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    return {
+        "dlt": DagsterDltResource(),
+        "source_db": MySQLResource.from_env("SOURCE", environ),
+        "target_db": MySQLResource.from_env("TARGET", environ),
+    }
+
+
+def build_definitions(
+    tables: Sequence[TableConfig],
+    interval: int,
+    environ: Mapping[str, str] | None = None,
+) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            *(source_asset_spec(cfg) for cfg in tables),
+            *(build_table_asset(cfg, interval) for cfg in tables),
+        ],
+        jobs=[
+            dg.define_asset_job(
+                SYNC_ALL_JOB,
+                selection=dg.AssetSelection.groups(GROUP),
+                description="Sync every configured table once.",
+            )
+        ],
+        resources=build_resources(environ),
+    )

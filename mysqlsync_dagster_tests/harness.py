@@ -1,0 +1,239 @@
+"""Pytest fixtures: two real MariaDB servers (source and target) for the whole test session.
+
+- Servers are started from the `mariadbd` binary in temporary directories on free ports, and
+  shut down at the end. The source runs with time zone +07:00 (Asia/Jakarta's offset) so every
+  test also proves that values are copied verbatim whatever the server's time zone.
+- `MYSQLSYNC_TEST_SOURCE_URL` / `MYSQLSYNC_TEST_TARGET_URL` (server URLs, no database) use
+  existing servers instead; fault tests that need to kill a server are skipped then.
+- With `CI` set, a server that cannot be started fails the tests: never a silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from mysqlsync_dagster.config import TableConfig, parse_tables_config
+from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
+from mysqlsync_dagster.resources import MySQLResource
+
+SOURCE_TIME_ZONE = "+07:00"
+_counter = itertools.count(1)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"MariaDB test servers unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"MariaDB test servers unavailable: {reason}")
+
+
+@dataclass
+class ServerHandle:
+    """A server the tests can reach; `server` is set when the harness started it."""
+
+    url: sa.URL
+    server: MariaDBServer | None = None
+
+    def engine(self, database: str | None = None, **kwargs: Any) -> sa.Engine:
+        return sa.create_engine(
+            self.url.set(database=database),
+            connect_args={"charset": "utf8mb4", "init_command": "SET time_zone = '+00:00'"},
+            **kwargs,
+        )
+
+    def require_control(self) -> MariaDBServer:
+        if self.server is None:
+            pytest.skip("this test stops servers: it needs harness-started servers")
+        return self.server
+
+
+@dataclass
+class ServerPair:
+    source: ServerHandle
+    target: ServerHandle
+
+
+def _start(base: Path, name: str, extra: Sequence[str] = ()) -> ServerHandle:
+    server = MariaDBServer(base / name, extra_args=tuple(extra)).start()
+    return ServerHandle(sa.make_url(server.url()), server)
+
+
+@pytest.fixture(scope="session")
+def mariadb_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPair]:
+    source_url = os.environ.get("MYSQLSYNC_TEST_SOURCE_URL")
+    target_url = os.environ.get("MYSQLSYNC_TEST_TARGET_URL")
+    if source_url and target_url:
+        yield ServerPair(
+            ServerHandle(sa.make_url(source_url)), ServerHandle(sa.make_url(target_url))
+        )
+        return
+    if mariadbd_binary() is None:
+        _unavailable("mariadbd not found (apt-get install mariadb-server)")
+    base = tmp_path_factory.mktemp("mariadb")
+    started: list[ServerHandle] = []
+    try:
+        started.append(_start(base, "source", [f"--default-time-zone={SOURCE_TIME_ZONE}"]))
+        started.append(_start(base, "target"))
+    except ServerError as error:
+        for handle in started:
+            handle.require_control().kill()
+        _unavailable(str(error))
+    try:
+        yield ServerPair(*started)
+    finally:
+        for handle in started:
+            if handle.server is not None:
+                handle.server.stop()
+
+
+@dataclass
+class SyncEnv:
+    """A fresh source and target database pair for one test, and ways to sync them."""
+
+    servers: ServerPair
+    source_db: str
+    target_db: str
+    source: sa.Engine
+    target: sa.Engine
+
+    def source_url(self) -> str:
+        return self.servers.source.url.set(database=self.source_db).render_as_string(False)
+
+    def target_url(self) -> str:
+        return self.servers.target.url.set(database=self.target_db).render_as_string(False)
+
+    def resources(self) -> dict[str, Any]:
+        from dagster_dlt import DagsterDltResource
+
+        return {
+            "dlt": DagsterDltResource(),
+            "source_db": MySQLResource(side="SOURCE", url=self.source_url()),
+            "target_db": MySQLResource(side="TARGET", url=self.target_url()),
+        }
+
+    def source_exec(self, *statements: str) -> None:
+        _execute(self.source, statements)
+
+    def target_exec(self, *statements: str) -> None:
+        _execute(self.target, statements)
+
+    def source_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_comparable(self.source, table, order_by)
+
+    def target_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_comparable(self.target, table, order_by, skip_dlt=True)
+
+    def sync(
+        self, tables: Sequence[dict[str, Any] | TableConfig], *, raise_on_error: bool = True
+    ) -> dg.ExecuteInProcessResult:
+        configs = [
+            t if isinstance(t, TableConfig) else parse_tables_config([t], "test")[0] for t in tables
+        ]
+        defs = build_definitions(configs, 300, environ={})
+        return dg.materialize(
+            assets=list(defs.assets or []),
+            resources=self.resources(),
+            raise_on_error=raise_on_error,
+        )
+
+
+def _execute(engine: sa.Engine, statements: Sequence[str]) -> None:
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def fetch_comparable(
+    engine: sa.Engine, table: str, order_by: str = "1", *, skip_dlt: bool = False
+) -> list[tuple[Any, ...]]:
+    """All rows with every column in an exact, comparable form (independent of the sync's
+    own wire format): FLOAT as DOUBLE, TIMESTAMP as epoch, spatial as SRID + WKB text."""
+    with engine.connect() as conn:
+        columns = conn.execute(
+            sa.text(
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t ORDER BY ORDINAL_POSITION"
+            ),
+            {"t": table},
+        ).all()
+        q = conn.dialect.identifier_preparer.quote_identifier
+        expressions = []
+        for name, data_type in columns:
+            if skip_dlt and name in ("_dlt_load_id", "_dlt_id"):
+                continue
+            col = q(name)
+            if data_type == "float":
+                expressions.append(f"CAST({col} AS DOUBLE)")
+            elif data_type == "timestamp":
+                expressions.append(f"UNIX_TIMESTAMP({col})")
+            elif data_type in (
+                "geometry",
+                "point",
+                "linestring",
+                "polygon",
+                "multipoint",
+                "multilinestring",
+                "multipolygon",
+                "geometrycollection",
+            ):
+                expressions.append(f"CONCAT(ST_SRID({col}), ':', ST_AsText({col}))")
+            else:
+                expressions.append(col)
+        sql = f"SELECT {', '.join(expressions)} FROM {q(table)} ORDER BY {order_by}"
+        return [tuple(row) for row in conn.exec_driver_sql(sql)]
+
+
+def column_types(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
+    """(name, COLUMN_TYPE, nullable, charset, collation, default, extra) per column."""
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME,"
+                    " COLLATION_NAME, COLUMN_DEFAULT, EXTRA FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                    " AND COLUMN_NAME NOT IN ('_dlt_load_id', '_dlt_id')"
+                    " ORDER BY ORDINAL_POSITION"
+                ),
+                {"t": table},
+            )
+        ]
+
+
+@pytest.fixture
+def sync_env(mariadb_servers: ServerPair) -> Iterator[SyncEnv]:
+    n = next(_counter)
+    source_db, target_db = f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
+    admin_source = mariadb_servers.source.engine()
+    admin_target = mariadb_servers.target.engine()
+    with admin_source.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
+    with admin_target.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{target_db}` CHARACTER SET utf8mb4")
+    env = SyncEnv(
+        mariadb_servers,
+        source_db,
+        target_db,
+        mariadb_servers.source.engine(source_db),
+        mariadb_servers.target.engine(target_db),
+    )
+    try:
+        yield env
+    finally:
+        env.source.dispose()
+        env.target.dispose()
+        for engine, database in ((admin_source, source_db), (admin_target, target_db)):
+            with contextlib.suppress(sa.exc.SQLAlchemyError), engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{database}`")
+            engine.dispose()

@@ -1,0 +1,96 @@
+"""The code location loads from tables.json alone: no database is touched, and it is fast."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.factory import build_definitions
+
+REPO = Path(__file__).resolve().parents[1]
+UNREACHABLE = {
+    # nothing listens on port 9: connecting would fail loudly
+    "SOURCE_DB_URL": "mysql://nobody:secret@127.0.0.1:9/nothing",
+    "TARGET_DB_URL": "mysql://nobody:secret@127.0.0.1:9/nothing",
+}
+
+
+def many_tables(n: int) -> list[dict]:
+    tables = []
+    for i in range(n):
+        entry = {"table": f"table_{i:03d}", "primary_key": "id"}
+        if i % 2:
+            entry["modifier"] = "updated_at"
+        if i % 3 == 0:
+            entry["primary_key"] = ["a", "b"]
+        tables.append(entry)
+    return tables
+
+
+def test_definitions_module_loads_without_a_database(tmp_path):
+    """Import the real module in a fresh interpreter with unreachable databases."""
+    config = tmp_path / "tables.json"
+    config.write_text(json.dumps(many_tables(5)))
+    code = (
+        "import time; t = time.perf_counter();"
+        "from mysqlsync_dagster.definitions import defs;"
+        "defs.resolve_asset_graph();"
+        "print(len(list(defs.resolve_all_asset_keys())), time.perf_counter() - t)"
+    )
+    env = {**UNREACHABLE, "TABLES_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    keys = int(out.stdout.split()[0])
+    assert keys == 10  # 5 target assets + 5 external source assets
+
+
+def test_two_hundred_tables_build_quickly():
+    tables = parse_tables_config(many_tables(200))
+    started = time.perf_counter()
+    defs = build_definitions(tables, 300, environ=UNREACHABLE)
+    graph = defs.resolve_asset_graph()
+    elapsed = time.perf_counter() - started
+    assert len(graph.get_all_asset_keys()) == 400
+    assert elapsed < 3.0, f"building 200 tables took {elapsed:.2f}s"
+
+
+def test_asset_shape():
+    tables = parse_tables_config(
+        [
+            {"table": "orders", "primary_key": "id", "modifier": "updated_at"},
+            {"table": "My Table", "primary_key": ["a", "b"], "target_table": "copy"},
+        ]
+    )
+    defs = build_definitions(tables, 300, environ={})
+    graph = defs.resolve_asset_graph()
+    orders = graph.get(dg.AssetKey(["orders"]))
+    assert orders.kinds == {"dlt", "mysql"}
+    assert set(orders.parent_keys) == {dg.AssetKey(["source", "orders"])}
+    assert orders.metadata["modifier"] == "updated_at"
+    assert orders.metadata["strategy"] == "incremental"
+    assert orders.freshness_policy is not None
+    copy = graph.get(dg.AssetKey(["copy"]))
+    assert copy.metadata["source_table"] == "My Table"
+    assert copy.metadata["primary_key"] == "a, b"
+    [parent] = copy.parent_keys
+    assert parent.path[0] == "source" and parent.path[1].startswith("My_Table_")
+    assert graph.get(parent).is_external
+
+
+def test_dagster_definitions_validate_from_repo_root():
+    env = {**UNREACHABLE, "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "secret" not in result.stdout + result.stderr
