@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a checkout on a fresh machine: the virtualenv, this package (editable) with its dev
+# tools, and the MariaDB server binaries the demo and the tests start. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the dependencies changed since the last install.
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  touch .venv/.installed
+fi
+
+if ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mariadbd >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "mariadbd not found: install it with 'sudo apt-get install mariadb-server'" >&2
+    exit 1
+  fi
+  echo "installing mariadb-server from Debian's packages..." >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mariadb-server
+fi
