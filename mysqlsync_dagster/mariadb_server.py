@@ -69,7 +69,9 @@ class MariaDBServer:
         state = self._read_state()
         if not self.port:
             saved = state.get("port")
-            self.port = saved if saved and _port_is_free(saved) else free_port()
+            # A running server of ours keeps its port; otherwise reuse it only if it is free.
+            usable = saved and (self.running_pid() is not None or _port_is_free(saved))
+            self.port = saved if usable else free_port()
 
     # -- paths -------------------------------------------------------------------------
     @property
