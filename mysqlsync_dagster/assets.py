@@ -15,7 +15,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
-from mysqlsync_dagster.db import is_transient, redact
+from mysqlsync_dagster.db import is_transient, redact, run_sql
 from mysqlsync_dagster.resources import MySQLResource
 from mysqlsync_dagster.schema import SchemaError, quote
 from mysqlsync_dagster.sync import SyncError, SyncResult, TableSync
@@ -121,7 +121,7 @@ def result_metadata(
 
 def target_row_count(engine: sa.Engine, table: str) -> int:
     with engine.connect() as conn:
-        return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quote(conn, table)}").scalar_one())
+        return int(run_sql(conn, f"SELECT COUNT(*) FROM {quote(table)}").scalar_one())
 
 
 def run_table_sync(

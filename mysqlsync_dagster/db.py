@@ -10,9 +10,11 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Engine
 
 # MySQL/MariaDB error codes worth retrying: the same statement can succeed a moment later.
@@ -225,6 +227,25 @@ def is_transient(error: BaseException) -> bool:
     return bool(_TRANSIENT_TEXT.search(str(error)))
 
 
-def quote_identifier(engine_or_dialect: Engine | sa.Dialect, name: str) -> str:
-    dialect = getattr(engine_or_dialect, "dialect", engine_or_dialect)
-    return dialect.identifier_preparer.quote_identifier(name)
+# A MySQL dialect with no driver behind it: quotes identifiers and renders SQL as the server will
+# read it. (PyMySQL's dialect doubles `%` while quoting; `run_sql` does that exactly once.)
+PLAIN_MYSQL = mysql.dialect(paramstyle="named")
+
+
+def quote_identifier(name: str) -> str:
+    """`name` quoted for MySQL/MariaDB: backticks around it, backticks inside doubled."""
+    return PLAIN_MYSQL.identifier_preparer.quote_identifier(name)
+
+
+def run_sql(
+    conn: sa.Connection, sql: str, params: Mapping[str, object] | None = None
+) -> sa.CursorResult[Any]:
+    """Execute SQL assembled from dialect-quoted identifiers or DDL copied from the server.
+
+    PyMySQL %-formats every statement, so each literal `%` (in a table name, a comment, a
+    DEFAULT) is doubled; values go in `params` and are written `%(name)s` in `sql`.
+    """
+    escaped = sql.replace("%", "%%")
+    for name in params or {}:
+        escaped = escaped.replace(f"%%({name})s", f"%({name})s")
+    return conn.exec_driver_sql(escaped, dict(params or {}))

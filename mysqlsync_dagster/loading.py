@@ -25,6 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Connection, Engine
 
+from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.schema import DLT_COLUMNS
 from mysqlsync_dagster.wire import WireColumn, to_wire_text
 
@@ -65,7 +67,6 @@ class TableLoader:
     strategy: Strategy
     batch_size: int
     work_dir: Path
-    key: tuple[str, ...]
     stats: LoadStats = field(default_factory=LoadStats)
     on_batch: Callable[[LoadStats], None] | None = None
 
@@ -81,31 +82,29 @@ class TableLoader:
     def _into(self) -> str:
         return self.stage if self.strategy == "upsert" else self.aside
 
-    def _q(self, name: str) -> str:
-        return self.engine.dialect.identifier_preparer.quote_identifier(name)
-
     # -- set-up and finish -----------------------------------------------------------
     def prepare(self, conn: Connection) -> None:
         """Create the empty work table (dropping leftovers of a run that died)."""
-        q = self._q
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
-        conn.exec_driver_sql(f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
+        q = quote
+        run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
+        run_sql(conn, f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
+        run_sql(conn, f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
 
     def finish(self, conn: Connection) -> None:
         """Swap the aside copy in (swap) or drop the staging table (upsert)."""
-        q = self._q
+        q = quote
         if self.strategy == "swap":
             old = work_table_name(self.target, "old")
-            conn.exec_driver_sql(
-                f"RENAME TABLE {q(self.target)} TO {q(old)}, {q(self.aside)} TO {q(self.target)}"
+            run_sql(
+                conn,
+                f"RENAME TABLE {q(self.target)} TO {q(old)}, {q(self.aside)} TO {q(self.target)}",
             )
-            conn.exec_driver_sql(f"DROP TABLE {q(old)}")
+            run_sql(conn, f"DROP TABLE {q(old)}")
         else:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(self.stage)}")
+            run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}")
 
     def discard(self, conn: Connection) -> None:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}")
+        run_sql(conn, f"DROP TABLE IF EXISTS {quote(self.stage)}, {quote(self.aside)}")
 
     # -- loading ---------------------------------------------------------------------
     def load_parquet(self, path: str | Path) -> None:
@@ -147,10 +146,10 @@ class TableLoader:
                         f"{self.target}: the target took {loaded} of {table.num_rows} rows"
                     )
                 if self.strategy == "upsert":
-                    self.stats.rows_affected += conn.exec_driver_sql(self._upsert_sql()).rowcount
+                    self.stats.rows_affected += run_sql(conn, self._upsert_sql()).rowcount
             if self.strategy == "upsert":
                 with self.engine.begin() as conn:
-                    conn.exec_driver_sql(f"TRUNCATE TABLE {self._q(self.stage)}")
+                    run_sql(conn, f"TRUNCATE TABLE {quote(self.stage)}")
         finally:
             csv_path.unlink(missing_ok=True)
         self.stats.rows += table.num_rows
@@ -163,7 +162,7 @@ class TableLoader:
         return [w.column.name for w in self.wire] + list(DLT_COLUMNS)
 
     def _load_data(self, conn: Connection, csv_path: Path, into: str) -> int:
-        q = self._q
+        q = quote
         targets, assignments = [], []
         for i, wire in enumerate(self.wire):
             expression = wire.load_sql(f"@v{i}")
@@ -181,18 +180,20 @@ class TableLoader:
         )
         if assignments:
             statement += " SET " + ", ".join(assignments)
-        rowcount = conn.exec_driver_sql(statement, {"path": str(csv_path)}).rowcount
+        rowcount = run_sql(conn, statement, {"path": str(csv_path)}).rowcount
         # LOCAL loads turn data errors into warnings: any warning means a value was changed.
-        warnings = conn.exec_driver_sql("SHOW WARNINGS LIMIT 5").all()
+        warnings = run_sql(conn, "SHOW WARNINGS LIMIT 5").all()
         if warnings:
             details = "; ".join(f"{w[0]} {w[1]}: {w[2]}" for w in warnings)
             raise LoadError(f"{self.target}: the target changed or rejected values: {details}")
         return int(rowcount)
 
     def _upsert_sql(self) -> str:
-        q = self._q
+        q = quote
         columns = ", ".join(q(c) for c in self._columns())
-        updates = [c for c in self._columns() if c not in self.key]
+        # Key columns are assigned too: under a case- or pad-insensitive collation 'abc' matches
+        # 'ABC', and the target must take the source's spelling.
+        updates = self._columns()
         dialect = self.engine.dialect
         version = dialect.server_version_info or (0,)
         if not getattr(dialect, "is_mariadb", False) and tuple(version[:3]) >= (8, 0, 20):

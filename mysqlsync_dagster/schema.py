@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.db import run_sql
+
 DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
 _DLT_COLUMN_DDL = "varchar(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
 
@@ -87,12 +90,8 @@ class TableShape:
         return [c for c in self.columns if not c.generated and c.name not in DLT_COLUMNS]
 
 
-def quote(conn: Connection | sa.Engine, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote_identifier(name)
-
-
-def qualified(conn: Connection | sa.Engine, database: str, table: str) -> str:
-    return f"{quote(conn, database)}.{quote(conn, table)}"
+def qualified(database: str, table: str) -> str:
+    return f"{quote(database)}.{quote(table)}"
 
 
 def table_exists(conn: Connection, database: str, table: str) -> bool:
@@ -145,9 +144,7 @@ def read_table_shape(conn: Connection, database: str, table: str) -> TableShape 
             {"db": database, "t": table},
         )
     )
-    create_sql = conn.execute(
-        sa.text(f"SHOW CREATE TABLE {qualified(conn, database, table)}")
-    ).one()[1]
+    create_sql = run_sql(conn, f"SHOW CREATE TABLE {qualified(database, table)}").one()[1]
     definitions, _ = split_create_table(create_sql)
     return TableShape(table, columns, primary_key, create_sql, definitions)
 
@@ -195,12 +192,11 @@ def mirror_ddl(
     source: TableShape,
     target_table: str,
     primary_key: Sequence[str],
-    dialect: sa.Dialect,
     *,
     create_name: str | None = None,
 ) -> str:
     """CREATE TABLE statement for the target copy of `source`."""
-    q = dialect.identifier_preparer.quote_identifier
+    q = quote
     definitions, others = split_create_table(source.create_sql)
     body = [definitions[c.name] for c in source.columns if c.name not in DLT_COLUMNS]
     body += [f"{q(name)} {_DLT_COLUMN_DDL}" for name in DLT_COLUMNS]
@@ -230,13 +226,13 @@ class SchemaChanges:
         return not self.clauses
 
 
-def diff_schema(source: TableShape, target: TableShape, dialect: sa.Dialect) -> SchemaChanges:
+def diff_schema(source: TableShape, target: TableShape) -> SchemaChanges:
     """Compare column by column; new columns are added, changed ones take the source's type.
 
     Columns the source dropped stay in the target (their history is kept) and are made
     nullable so that new rows can leave them empty.
     """
-    q = dialect.identifier_preparer.quote_identifier
+    q = quote
     target_columns = {c.name: c for c in target.columns}
     added, modified, clauses = [], [], []
     previous: str | None = None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mysqlsync_dagster.db import quote_identifier, run_sql
+
 STATE_TABLE = "_mysqlsync_state"
 
 
@@ -26,18 +28,19 @@ class SyncState:
 
 
 def _state_table(conn: Connection) -> str:
-    return conn.dialect.identifier_preparer.quote_identifier(STATE_TABLE)
+    return quote_identifier(STATE_TABLE)
 
 
 def ensure_state_table(conn: Connection) -> None:
-    conn.exec_driver_sql(
+    run_sql(
+        conn,
         f"CREATE TABLE IF NOT EXISTS {_state_table(conn)} ("
         " target_table VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,"
         " cursor_value VARCHAR(255) CHARACTER SET utf8mb4 NULL,"
         " synced_at DATETIME(6) NOT NULL,"
         " rows_written BIGINT NULL,"
         " load_id VARCHAR(64) NULL"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     )
 
 

@@ -31,9 +31,10 @@ from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
 from dlt.pipeline.pipeline import Pipeline
 from dlt.sources.sql_database import sql_table
+from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import DatabaseSettings, redact
+from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, redact, run_sql
 from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
 from mysqlsync_dagster.schema import (
     SchemaChanges,
@@ -41,6 +42,7 @@ from mysqlsync_dagster.schema import (
     TableShape,
     diff_schema,
     mirror_ddl,
+    qualified,
     quote,
     read_table_shape,
 )
@@ -53,6 +55,17 @@ ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 # dlt adds these to Arrow data only when asked; the target keeps them like a dlt destination.
 dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
 dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+
+
+class WireTableLoader(ConnectorXTableLoader):
+    """Hands connectorx the SELECT as the server will see it.
+
+    dlt compiles with the engine's dialect, whose driver (PyMySQL) doubles every `%`; connectorx
+    sends the text as is, so it is compiled here for a driver-less dialect instead.
+    """
+
+    def compile_query(self, query: Any) -> str:
+        return str(query.compile(dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}))
 
 
 class SyncError(RuntimeError):
@@ -169,7 +182,6 @@ class TableSync:
             strategy=strategy,
             batch_size=cfg.batch_size,
             work_dir=self.work_dir,
-            key=cfg.primary_key,
             on_batch=self._progress,
         )
         with self.target_engine.begin() as conn:
@@ -213,15 +225,13 @@ class TableSync:
     def _mirror_schema(self, conn: sa.Connection, shape: TableShape) -> None:
         target = read_table_shape(conn, self.target_db, self.cfg.target)
         if target is None:
-            ddl = mirror_ddl(shape, self.cfg.target, self.cfg.primary_key, conn.dialect)
-            conn.exec_driver_sql(ddl)
+            ddl = mirror_ddl(shape, self.cfg.target, self.cfg.primary_key)
+            run_sql(conn, ddl)
             self.log.info("%s: created target table %s", self.cfg.table, self.cfg.target)
             return
-        changes = diff_schema(shape, target, conn.dialect)
+        changes = diff_schema(shape, target)
         if not changes.empty:
-            conn.exec_driver_sql(
-                f"ALTER TABLE {quote(conn, self.cfg.target)} " + ", ".join(changes.clauses)
-            )
+            run_sql(conn, f"ALTER TABLE {quote(self.cfg.target)} " + ", ".join(changes.clauses))
             self.log.info(
                 "%s: schema evolved: added %s, changed %s, dropped in source (kept) %s",
                 self.cfg.table,
@@ -237,18 +247,19 @@ class TableSync:
             )
         self.schema_changes = changes
 
-    def _modifier_expression(self, conn: sa.Connection | sa.Engine) -> str:
+    def _modifier_expression(self) -> str:
         assert self.shape is not None and self.cfg.modifier is not None
-        quoted = quote(conn, self.cfg.modifier)
+        quoted = quote(self.cfg.modifier)
         if self.shape.column(self.cfg.modifier).data_type == "timestamp":
             return f"UNIX_TIMESTAMP(MAX({quoted}))"
         return f"MAX({quoted})"
 
     def _source_max_modifier(self) -> str | None:
         with self.source_engine.connect() as conn:
-            return conn.exec_driver_sql(
-                f"SELECT CAST({self._modifier_expression(conn)} AS CHAR)"
-                f" FROM {quote(conn, self.source_db)}.{quote(conn, self.cfg.table)}"
+            return run_sql(
+                conn,
+                f"SELECT CAST({self._modifier_expression()} AS CHAR)"
+                f" FROM {qualified(self.source_db, self.cfg.table)}",
             ).scalar()
 
     def _acquire_lock(self) -> None:
@@ -268,13 +279,10 @@ class TableSync:
     # -- extraction ------------------------------------------------------------------
     def query(self) -> sa.Select[Any]:
         assert self.shape is not None and self.loader is not None
-        dialect = self.source_engine.dialect
         source = sa.table(
             self.cfg.table, *[sa.column(c) for c in self.shape.column_names], schema=self.source_db
         )
-        query = sa.select(*[w.select_expression(dialect) for w in self.loader.wire]).select_from(
-            source
-        )
+        query = sa.select(*[w.select_expression() for w in self.loader.wire]).select_from(source)
         if self.loader.strategy == "upsert" and self.cfg.modifier is not None:
             query = query.where(source.c[self.cfg.modifier] >= self._cursor_literal())
         return query
@@ -312,6 +320,7 @@ class TableSync:
                 "batch_size": self.cfg.batch_size,
             },
             reflection_level="minimal",
+            table_loader_class=WireTableLoader,
             query_adapter_callback=lambda _query, _table: query,
             write_disposition="merge" if self.cfg.incremental else "replace",
             primary_key=list(self.cfg.primary_key),

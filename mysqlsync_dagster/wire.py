@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from mysqlsync_dagster.db import quote_identifier
 from mysqlsync_dagster.schema import BINARY_TYPES, DATE_TYPES, SPATIAL_TYPES, Column
 
 WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date"]
@@ -65,9 +66,10 @@ class WireColumn:
             "timestamp": f"CAST(UNIX_TIMESTAMP({quoted}) AS CHAR)",
         }.get(self.kind, f"CAST({quoted} AS CHAR)")
 
-    def select_expression(self, dialect: sa.Dialect) -> sa.ColumnElement[str]:
-        quoted = dialect.identifier_preparer.quote_identifier(self.column.name)
-        return sa.literal_column(self.select_sql(quoted)).label(self.column.name)
+    def select_expression(self) -> sa.ColumnElement[str]:
+        return sa.literal_column(self.select_sql(quote_identifier(self.column.name))).label(
+            self.column.name
+        )
 
     def load_sql(self, variable: str) -> str | None:
         """SET expression turning the loaded text `variable` into the value; None: load as is."""

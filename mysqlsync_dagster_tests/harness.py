@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig, parse_tables_config
+from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.factory import build_definitions
 from mysqlsync_dagster.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
 from mysqlsync_dagster.resources import MySQLResource
@@ -150,7 +151,7 @@ class SyncEnv:
 def _execute(engine: sa.Engine, statements: Sequence[str]) -> None:
     with engine.begin() as conn:
         for statement in statements:
-            conn.exec_driver_sql(statement)
+            run_sql(conn, statement)
 
 
 def fetch_comparable(
@@ -166,7 +167,7 @@ def fetch_comparable(
             ),
             {"t": table},
         ).all()
-        q = conn.dialect.identifier_preparer.quote_identifier
+        q = quote_identifier
         expressions = []
         for name, data_type in columns:
             if skip_dlt and name in ("_dlt_load_id", "_dlt_id"):
@@ -190,7 +191,7 @@ def fetch_comparable(
             else:
                 expressions.append(col)
         sql = f"SELECT {', '.join(expressions)} FROM {q(table)} ORDER BY {order_by}"
-        return [tuple(row) for row in conn.exec_driver_sql(sql)]
+        return [tuple(row) for row in run_sql(conn, sql)]
 
 
 def column_types(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
