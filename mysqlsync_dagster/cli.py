@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -176,6 +177,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mysqlsync_dagster.bench import format_report, run_benchmark
+
+    report = run_benchmark(args.rows, args.batch_size)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return EXIT_OK if report["copy_matches_source"] else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mysqlsync-dagster",
@@ -203,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reset", action="store_true", help="drop and reload the sample data")
     demo.add_argument("--stop", action="store_true", help="stop the demo servers")
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="time a sync against mariadb-dump | mariadb")
+    bench.add_argument("--rows", type=int, default=1_000_000)
+    bench.add_argument("--batch-size", type=int, default=50_000)
+    bench.add_argument("--json", help="also write the figures to this file")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
