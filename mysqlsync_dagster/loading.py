@@ -13,21 +13,25 @@ Two strategies, both bounded by `batch_size` rows per statement:
 from __future__ import annotations
 
 import hashlib
+import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
-from mysqlsync_dagster.schema import DLT_COLUMNS
+from mysqlsync_dagster.schema import DLT_COLUMNS, LOAD_ID_COLUMN
 from mysqlsync_dagster.wire import WireColumn, to_wire_text
 
 Strategy = Literal["upsert", "swap"]
@@ -55,6 +59,9 @@ class LoadStats:
     csv_bytes: int = 0
     rows_affected: int = 0
     seconds: float = 0.0
+    convert_seconds: float = 0.0  # Parquet batch -> wire CSV, on this side
+    server_seconds: float = 0.0  # LOAD DATA and the upsert, on the target
+    rows_numbered: int = 0
 
 
 @dataclass
@@ -69,6 +76,8 @@ class TableLoader:
     work_dir: Path
     stats: LoadStats = field(default_factory=LoadStats)
     on_batch: Callable[[LoadStats], None] | None = None
+    run_token: str = field(default_factory=lambda: secrets.token_urlsafe(9))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def stage(self) -> str:
@@ -108,27 +117,39 @@ class TableLoader:
 
     # -- loading ---------------------------------------------------------------------
     def load_parquet(self, path: str | Path) -> None:
+        """Load one file; files of a run load one after another (dlt may call from threads)."""
+        with self._lock:
+            self._load_parquet(path)
+
+    def _load_parquet(self, path: str | Path) -> None:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
-        missing = [c for c in DLT_COLUMNS if c not in names]
-        if missing or len(names) != len(self.wire) + len(DLT_COLUMNS):
+        if LOAD_ID_COLUMN not in names or len(names) != len(self.wire) + 1:
             raise LoadError(
-                f"{path}: expected {len(self.wire)} source columns and {DLT_COLUMNS}, "
+                f"{path}: expected {len(self.wire)} source columns and {LOAD_ID_COLUMN!r}, "
                 f"found columns {names}"
             )
-        dlt_positions = [names.index(c) for c in DLT_COLUMNS]
-        data_positions = [i for i in range(len(names)) if i not in dlt_positions]
+        load_id_position = names.index(LOAD_ID_COLUMN)
+        data_positions = [i for i in range(len(names)) if i != load_id_position]
         for batch in parquet.iter_batches(batch_size=self.batch_size):
             arrays: list[pa.Array] = []
             for position, wire in zip(data_positions, self.wire, strict=True):
                 text, zeros = to_wire_text(batch.column(position), wire)
                 self.stats.zero_dates += zeros
                 arrays.append(text)
-            arrays += [batch.column(i).cast(pa.string()) for i in dlt_positions]
+            arrays.append(batch.column(load_id_position).cast(pa.string()))
+            arrays.append(self._row_ids(batch.num_rows))
             self.load_batch(
                 pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             )
         self.stats.files += 1
+
+    def _row_ids(self, count: int) -> pa.Array:
+        """`_dlt_id` values: unique per row, made in bulk (this run's token + a row number)."""
+        first = self.stats.rows_numbered
+        self.stats.rows_numbered += count
+        numbers = pc.cast(pa.array(np.arange(first, first + count, dtype=np.int64)), pa.string())
+        return pc.binary_join_element_wise(self.run_token, numbers, "")
 
     def load_batch(self, table: pa.Table) -> None:
         started = time.perf_counter()
@@ -137,6 +158,8 @@ class TableLoader:
         ) as handle:
             pacsv.write_csv(table, handle, _CSV_OPTIONS)
             csv_path = Path(handle.name)
+        converted = time.perf_counter()
+        self.stats.convert_seconds += converted - started
         try:
             self.stats.csv_bytes += csv_path.stat().st_size
             with self.engine.begin() as conn:
@@ -152,6 +175,7 @@ class TableLoader:
                     run_sql(conn, f"TRUNCATE TABLE {quote(self.stage)}")
         finally:
             csv_path.unlink(missing_ok=True)
+        self.stats.server_seconds += time.perf_counter() - converted
         self.stats.rows += table.num_rows
         self.stats.batches += 1
         self.stats.seconds += time.perf_counter() - started

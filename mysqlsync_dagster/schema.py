@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 
-DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
+LOAD_ID_COLUMN = "_dlt_load_id"
+DLT_COLUMNS = (LOAD_ID_COLUMN, "_dlt_id")
 _DLT_COLUMN_DDL = "varchar(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
 
 BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})

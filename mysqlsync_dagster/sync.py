@@ -52,9 +52,9 @@ from mysqlsync_dagster.wire import wire_columns
 NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 
-# dlt adds these to Arrow data only when asked; the target keeps them like a dlt destination.
+# dlt stamps Arrow data with `_dlt_load_id` only when asked. `_dlt_id` is made by the loader in
+# bulk: asking dlt for it would make its normalize step rewrite every file row by row.
 dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
-dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
 
 
 class WireTableLoader(ConnectorXTableLoader):
@@ -348,7 +348,6 @@ class TableSync:
             batch_size=0,
             loader_file_format="parquet",
             naming_convention="direct",
-            max_parallel_load_jobs=1,
         )()
         return dlt.pipeline(
             pipeline_name=f"mysqlsync_{self.cfg.key}",

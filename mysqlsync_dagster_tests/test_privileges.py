@@ -18,10 +18,14 @@ def test_least_privilege_users_and_special_password(sync_env):
     source_server = sync_env.servers.source
     target_server = sync_env.servers.target
     with source_server.engine().begin() as conn:
-        conn.exec_driver_sql(f"CREATE USER '{reader}'@'127.0.0.1' IDENTIFIED BY %(pw)s", {"pw": PASSWORD})
+        conn.exec_driver_sql(
+            f"CREATE USER '{reader}'@'127.0.0.1' IDENTIFIED BY %(pw)s", {"pw": PASSWORD}
+        )
         conn.exec_driver_sql(f"GRANT SELECT ON `{sync_env.source_db}`.* TO '{reader}'@'127.0.0.1'")
     with target_server.engine().begin() as conn:
-        conn.exec_driver_sql(f"CREATE USER '{writer}'@'127.0.0.1' IDENTIFIED BY %(pw)s", {"pw": PASSWORD})
+        conn.exec_driver_sql(
+            f"CREATE USER '{writer}'@'127.0.0.1' IDENTIFIED BY %(pw)s", {"pw": PASSWORD}
+        )
         conn.exec_driver_sql(
             "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP"
             f" ON `{sync_env.target_db}`.* TO '{writer}'@'127.0.0.1'"
