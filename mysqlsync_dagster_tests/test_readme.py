@@ -38,11 +38,12 @@ def shell_lines() -> list[str]:
 def cli_invocations() -> list[list[str]]:
     """Every `mysqlsync-dagster ...` the README shows, in code blocks and inline code."""
     texts = [line for line in shell_lines() if "mysqlsync-dagster " in line]
-    texts += re.findall(r"`((?:\.venv/bin/)?mysqlsync-dagster [^`]*)`", README)
+    texts += re.findall(r"`([^`\n]*mysqlsync-dagster [^`]*)`", README)
     invocations = []
     for text in texts:
         text = text[text.index("mysqlsync-dagster") :]
         text = re.sub(r"\[[^\]]*\]", "", text)  # [TABLE ...], [--reset|--stop]: placeholders
+        text = re.split(r"[;|>&']", text)[0]  # up to the end of this command in a shell line
         invocations.append(shlex.split(text)[1:])
     return invocations
 
