@@ -14,17 +14,21 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.cli import main
 from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.db import settings_from_env
 from mysqlsync_dagster.doctor import (
     STAGING_MIN_BYTES,
     STAGING_MIN_ROWS,
     Finding,
+    ServerFacts,
     TableFacts,
     diagnose,
+    error_message,
     exit_code,
     grant_findings,
     parse_grants,
     recommend_mode,
     table_findings,
+    tls_findings,
 )
 
 # every character that breaks a naive URL, and a prefix that cannot occur by chance
@@ -138,6 +142,32 @@ def test_exit_code_is_the_worst_finding():
         1,
         2,
     ]
+
+
+def test_tls_findings():
+    def verdict(env: dict[str, str], tls_version: str) -> str:
+        settings = settings_from_env("SOURCE", {"SOURCE_DB_NAME": "db", **env})
+        facts = ServerFacts(
+            "11.4", tls_version, "TLS_AES_256_GCM_SHA384" if tls_version else "", True, []
+        )
+        [finding] = tls_findings("source", settings, facts)
+        return finding.status
+
+    local, remote = {"SOURCE_DB_HOST": "127.0.0.1"}, {"SOURCE_DB_HOST": "db.example.com"}
+    ca = {"SOURCE_DB_SSL_CA": "/etc/ssl/ca.pem"}
+    assert verdict(local, "") == "ok"
+    assert verdict(remote, "") == "warn"  # credentials in clear over the network
+    assert verdict({**remote, **ca}, "TLSv1.3") == "ok"
+    assert verdict({**remote, **ca}, "") == "fail"  # asked for TLS, did not get it
+    assert verdict({**remote, **ca, "SOURCE_DB_SSL_VERIFY": "false"}, "TLSv1.3") == "warn"
+
+
+def test_error_message_keeps_the_server_words_and_drops_secrets():
+    error = sa.exc.OperationalError(
+        "SELECT 1", {}, Exception(1045, f"Access denied for 'u' (using {PASSWORD})")
+    )
+    text = error_message(error, [PASSWORD])
+    assert text == "Access denied for 'u' (using ***) (MySQL error 1045)"
 
 
 # -- against the test servers ----------------------------------------------------------------
