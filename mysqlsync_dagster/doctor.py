@@ -73,8 +73,10 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 
 # -- grants --------------------------------------------------------------------------------
+_NAME = r"(?:`(?:[^`]|``)*`|\*|[^\s.`]+)"  # `quoted` (may hold spaces and dots), * or bare
 _GRANT = re.compile(
-    r"^GRANT\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|PROCEDURE|FUNCTION|PACKAGE(?:\s+BODY)?)\s+)?(?P<object>\S+)\s+TO\s",
+    r"^GRANT\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|PROCEDURE|FUNCTION|PACKAGE(?:\s+BODY)?)\s+)?"
+    rf"(?P<object>{_NAME}\.{_NAME})\s+TO\s",
     re.IGNORECASE,
 )
 
@@ -129,7 +131,7 @@ def _unquote(name: str) -> str:
 
 def _split_object(obj: str) -> tuple[str, str]:
     """'`db`.`t`' -> ('db', 't'); '*.*' -> ('*', '*'); backticks may hide dots."""
-    match = re.fullmatch(r"((?:`(?:[^`]|``)*`)|[^.`]+)\.((?:`(?:[^`]|``)*`)|[^.`]+)", obj)
+    match = re.fullmatch(rf"({_NAME})\.({_NAME})", obj)
     if not match:
         return obj, ""
     return _unquote(match.group(1)), _unquote(match.group(2))

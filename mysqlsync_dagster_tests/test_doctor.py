@@ -62,8 +62,10 @@ def test_parse_grants_levels_patterns_and_columns():
             "GRANT SELECT, INSERT ON `shop\\_%`.* TO `sync`@`%`",
             "GRANT UPDATE (`a`, `b`), DELETE ON `other`.`t1` TO `sync`@`%`",
             "GRANT `reporting` TO `sync`@`%`",
+            "GRANT SELECT ON `my db.v2`.`a``b` TO `sync`@`%`",
         ]
     )
+    assert grants.on_table("my db.v2", "a`b") == {"SELECT"}
     assert grants.global_privs == set()
     assert grants.on_database("shop_eu") == {"SELECT", "INSERT"}
     assert grants.on_database("shopXeu") == set()  # \_ is a literal underscore
