@@ -159,6 +159,14 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mysqlsync_dagster.doctor import diagnose, format_human, format_json
+
+    report = diagnose(args.config)
+    print(format_json(report) if args.json else format_human(report))
+    return report.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mysqlsync_dagster.demo import start_demo, stop_demo, write_env_files
 
@@ -207,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_not_yet)
 
     doctor = sub.add_parser("doctor", help="diagnose config, connections, grants and tables")
-    doctor.set_defaults(func=cmd_not_yet)
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo", help="start a throwaway MariaDB source and target with data")
     demo.add_argument("--dir", default=".demo", help="where the servers live (default .demo)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a checkout on a fresh machine: the virtualenv, this package (editable) with its dev
-# tools, and the MariaDB server binaries the demo and the tests start. Safe to run again.
+# tools, and the MariaDB (and PostgreSQL) server binaries the demo and the tests start.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +16,20 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   touch .venv/.installed
 fi
 
+missing=()
 if ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mariadbd >/dev/null 2>&1; then
+  missing+=(mariadb-server)
+fi
+# The tests of the production instance config start a throwaway PostgreSQL with initdb.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+  missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "mariadbd not found: install it with 'sudo apt-get install mariadb-server'" >&2
+    echo "not installed: ${missing[*]}; install with 'sudo apt-get install ${missing[*]}'" >&2
     exit 1
   fi
-  echo "installing mariadb-server from Debian's packages..." >&2
+  echo "installing ${missing[*]} from Debian's packages..." >&2
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mariadb-server
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

@@ -1,0 +1,732 @@
+"""`mysqlsync-dagster doctor`: is this deployment ready to sync, and if not, what to fix.
+
+The verdicts are pure functions over facts (grants, index lists, table statistics) so they are
+tested without a server; the I/O is a handful of batched `information_schema` queries per side,
+whatever the number of tables. Nothing printed here contains a password: connection errors are
+reduced to the server's message and redacted, URLs are shown with the password masked.
+
+Exit codes: 0 healthy, 1 degraded (warnings only), 2 broken (at least one failure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster.config import ConfigError, TableConfig, interval_seconds, load_tables_config
+from mysqlsync_dagster.db import (
+    DatabaseSettings,
+    create_engine,
+    mysql_error_code,
+    redact,
+    redact_url,
+    settings_from_env,
+)
+from mysqlsync_dagster.sync import ORDERABLE_TYPES
+
+Status = Literal["ok", "warn", "fail"]
+_RANK: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2}
+VERDICTS = {0: "healthy", 1: "degraded", 2: "broken"}
+
+# A table at or above either figure is better served by mode "staging" (extraction to Parquet
+# on disk, then a separate load): a failed load is retried from the files instead of re-reading
+# the source, and the source connection is held only for the extraction.
+STAGING_MIN_ROWS = 5_000_000
+STAGING_MIN_BYTES = 2 * 1024**3
+
+SOURCE_PRIVILEGES = ("SELECT",)
+TARGET_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "DROP")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", None, ""})
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+# -- findings ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    """One verdict: where (`scope`: config, source, target or a table), what, and the outcome."""
+
+    scope: str
+    check: str
+    status: Status
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=_RANK.__getitem__, default="ok")
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    return _RANK[worst(f.status for f in findings)]
+
+
+# -- grants --------------------------------------------------------------------------------
+_NAME = r"(?:`(?:[^`]|``)*`|\*|[^\s.`]+)"  # `quoted` (may hold spaces and dots), * or bare
+_GRANT = re.compile(
+    r"^GRANT\s+(?P<privs>.+?)\s+ON\s+(?:(?:TABLE|PROCEDURE|FUNCTION|PACKAGE(?:\s+BODY)?)\s+)?"
+    rf"(?P<object>{_NAME}\.{_NAME})\s+TO\s",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Grants:
+    """Privileges of the connected account, as SHOW GRANTS lists them."""
+
+    global_privs: set[str] = field(default_factory=set)
+    database_privs: list[tuple[str, set[str]]] = field(default_factory=list)  # (pattern, privs)
+    table_privs: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    unparsed: list[str] = field(default_factory=list)
+
+    def on_database(self, database: str) -> set[str]:
+        """Privileges that apply to every table of `database` (global and database level)."""
+        privs = set(self.global_privs)
+        for pattern, granted in self.database_privs:
+            if _database_pattern(pattern).fullmatch(database):
+                privs |= granted
+        return privs
+
+    def on_table(self, database: str, table: str) -> set[str]:
+        return self.on_database(database) | self.table_privs.get((database, table), set())
+
+
+def _split_privileges(text: str) -> set[str]:
+    """'SELECT, INSERT (a, b), ALL PRIVILEGES' -> {'SELECT', 'INSERT', 'ALL'}; column lists go."""
+    depth, current, parts = 0, [], []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        if depth == 0 and ch not in "()":
+            current.append(ch)
+    parts.append("".join(current))
+    privs = {" ".join(p.split()).upper() for p in parts if p.strip()}
+    if "ALL PRIVILEGES" in privs or "ALL" in privs:
+        privs = (privs - {"ALL PRIVILEGES"}) | {"ALL"}
+    return privs - {"USAGE"}
+
+
+def _unquote(name: str) -> str:
+    if len(name) >= 2 and name[0] == name[-1] == "`":
+        return name[1:-1].replace("``", "`")
+    return name
+
+
+def _split_object(obj: str) -> tuple[str, str]:
+    """'`db`.`t`' -> ('db', 't'); '*.*' -> ('*', '*'); backticks may hide dots."""
+    match = re.fullmatch(rf"({_NAME})\.({_NAME})", obj)
+    if not match:
+        return obj, ""
+    return _unquote(match.group(1)), _unquote(match.group(2))
+
+
+def _database_pattern(pattern: str) -> re.Pattern[str]:
+    """A grant's database name is a LIKE pattern: % and _ are wildcards, \\_ and \\% literal."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.IGNORECASE)
+
+
+def parse_grants(lines: Iterable[str]) -> Grants:
+    """Parse the output of SHOW GRANTS (MySQL and MariaDB spellings)."""
+    grants = Grants()
+    for line in lines:
+        match = _GRANT.match(line.strip())
+        if not match:
+            # role grants ("GRANT `role` TO ...") and proxies carry no object privileges here
+            grants.unparsed.append(line)
+            continue
+        privs = _split_privileges(match.group("privs"))
+        database, table = _split_object(match.group("object"))
+        if database == "*":
+            grants.global_privs |= privs
+        elif table == "*":
+            grants.database_privs.append((database, privs))
+        else:
+            grants.table_privs.setdefault((database, table), set()).update(privs)
+    return grants
+
+
+def missing_privileges(granted: set[str], required: Sequence[str]) -> list[str]:
+    if "ALL" in granted:
+        return []
+    return [p for p in required if p not in granted]
+
+
+def grant_findings(
+    side: str, grants: Grants, database: str, tables: Sequence[str] = ()
+) -> list[Finding]:
+    """SELECT on the source (database, or every configured table); the full set on the target."""
+    required = SOURCE_PRIVILEGES if side == "source" else TARGET_PRIVILEGES
+    missing = missing_privileges(grants.on_database(database), required)
+    if not missing:
+        return [Finding(side, "grants", "ok", f"{', '.join(required)} on `{database}`")]
+    if side == "source" and tables:
+        lacking = [t for t in tables if missing_privileges(grants.on_table(database, t), required)]
+        if not lacking:
+            return [
+                Finding(side, "grants", "ok", f"SELECT on each configured table of `{database}`")
+            ]
+        return [
+            Finding(
+                side,
+                "grants",
+                "fail",
+                f"SELECT missing on {len(lacking)} table(s) of `{database}`: "
+                + ", ".join(lacking[:10])
+                + (" ..." if len(lacking) > 10 else "")
+                + f" (GRANT SELECT ON `{database}`.* TO <user>)",
+            )
+        ]
+    note = (
+        " (granted through a role? activate it as the user's default role)"
+        if grants.unparsed
+        else ""
+    )
+    return [
+        Finding(
+            side,
+            "grants",
+            "fail",
+            f"missing {', '.join(missing)} on `{database}`: "
+            f"GRANT {', '.join(required)} ON `{database}`.* TO <user>{note}",
+        )
+    ]
+
+
+# -- connections ---------------------------------------------------------------------------
+@dataclass
+class ServerFacts:
+    version: str
+    tls_version: str  # "" when the session is not encrypted
+    tls_cipher: str
+    local_infile: bool
+    grant_lines: list[str]
+
+
+def tls_findings(side: str, settings: DatabaseSettings, facts: ServerFacts) -> list[Finding]:
+    if facts.tls_version:
+        tls = f"TLS {facts.tls_version} ({facts.tls_cipher})"
+        if settings.ssl and not settings.ssl_verify:
+            return [
+                Finding(
+                    side,
+                    "tls",
+                    "warn",
+                    f"{tls}, but certificate and host name are NOT verified "
+                    f"({side.upper()}_DB_SSL_VERIFY is off)",
+                )
+            ]
+        return [Finding(side, "tls", "ok", tls)]
+    if settings.ssl:
+        return [Finding(side, "tls", "fail", "TLS is configured but the session is not encrypted")]
+    if settings.url.host in LOCAL_HOSTS:
+        return [Finding(side, "tls", "ok", "not encrypted (local connection)")]
+    return [
+        Finding(
+            side,
+            "tls",
+            "warn",
+            f"not encrypted: credentials and rows cross the network in clear "
+            f"(set {side.upper()}_DB_SSL_CA)",
+        )
+    ]
+
+
+def error_message(error: BaseException, secrets: Sequence[str]) -> str:
+    """The server's or driver's own words, without SQLAlchemy's wrapper, secrets redacted."""
+    orig = getattr(error, "orig", None) or error
+    args = getattr(orig, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        text = f"{args[1]} (MySQL error {args[0]})"
+    else:
+        text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    return redact(text, secrets)
+
+
+def read_server_facts(conn: sa.Connection) -> ServerFacts:
+    version = conn.exec_driver_sql("SELECT VERSION()").scalar_one()
+    status = dict(
+        conn.exec_driver_sql(
+            "SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')"
+        ).all()
+    )
+    local_infile = conn.exec_driver_sql("SELECT @@GLOBAL.local_infile").scalar_one()
+    grant_lines = [row[0] for row in conn.exec_driver_sql("SHOW GRANTS")]
+    return ServerFacts(
+        version=str(version),
+        tls_version=str(status.get("Ssl_version") or ""),
+        tls_cipher=str(status.get("Ssl_cipher") or ""),
+        local_infile=bool(int(local_infile)),
+        grant_lines=grant_lines,
+    )
+
+
+# -- tables --------------------------------------------------------------------------------
+@dataclass
+class TableFacts:
+    """A source table as information_schema describes it (None fields: table missing)."""
+
+    exists: bool
+    table_type: str = "BASE TABLE"
+    columns: dict[str, str] = field(default_factory=dict)  # name -> DATA_TYPE
+    # index name -> (unique, columns in order)
+    indexes: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)
+    rows: int | None = None
+    bytes: int | None = None
+    name_hint: str | None = None  # the same name in another letter case, if that exists
+
+
+def recommend_mode(rows: int | None, size: int | None) -> str:
+    """ "staging" at or above STAGING_MIN_ROWS rows or STAGING_MIN_BYTES bytes, else "direct"."""
+    if (rows or 0) >= STAGING_MIN_ROWS or (size or 0) >= STAGING_MIN_BYTES:
+        return "staging"
+    return "direct"
+
+
+def table_findings(cfg: TableConfig, facts: TableFacts, database: str) -> list[Finding]:
+    scope = cfg.table
+    if not facts.exists:
+        hint = (
+            f" (there is {facts.name_hint!r}: names are case-sensitive)" if facts.name_hint else ""
+        )
+        return [
+            Finding(
+                scope,
+                "exists",
+                "fail",
+                f"table {cfg.table!r} does not exist in the source database {database!r}{hint}",
+            )
+        ]
+    out: list[Finding] = []
+    if facts.table_type != "BASE TABLE":
+        out.append(Finding(scope, "exists", "ok", f"a {facts.table_type.lower()}"))
+    key = list(cfg.primary_key)
+    missing = [c for c in key if c not in facts.columns]
+    primary = facts.indexes.get("PRIMARY")
+    if missing:
+        out.append(
+            Finding(
+                scope, "primary key", "fail", f"key column(s) {missing} not in the source table"
+            )
+        )
+    elif primary and set(primary[1]) != set(key):
+        out.append(
+            Finding(
+                scope,
+                "primary key",
+                "fail",
+                f"tables.json says primary_key {key} but the source table's primary key is "
+                f"{list(primary[1])}",
+            )
+        )
+    elif primary:
+        out.append(Finding(scope, "primary key", "ok", f"PRIMARY KEY ({', '.join(key)})"))
+    else:
+        unique = [
+            name
+            for name, (is_unique, cols) in facts.indexes.items()
+            if is_unique and set(cols) == set(key)
+        ]
+        if unique:
+            out.append(
+                Finding(
+                    scope,
+                    "primary key",
+                    "ok",
+                    f"no PRIMARY KEY; unique index {unique[0]!r} on ({', '.join(key)})",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    scope,
+                    "primary key",
+                    "warn",
+                    f"the source has no primary key or unique index on ({', '.join(key)}): "
+                    "nothing stops duplicate keys, which fail the load",
+                )
+            )
+    if cfg.modifier is not None:
+        data_type = facts.columns.get(cfg.modifier)
+        if data_type is None:
+            out.append(
+                Finding(
+                    scope,
+                    "modifier",
+                    "fail",
+                    f"modifier column {cfg.modifier!r} not in the source table",
+                )
+            )
+        elif data_type not in ORDERABLE_TYPES:
+            out.append(
+                Finding(
+                    scope,
+                    "modifier",
+                    "fail",
+                    f"modifier column {cfg.modifier!r} has type {data_type}, which cannot order "
+                    "changes (use a DATETIME, TIMESTAMP, DATE or integer column)",
+                )
+            )
+        elif any(cols and cols[0] == cfg.modifier for _, cols in facts.indexes.values()):
+            out.append(Finding(scope, "modifier", "ok", f"{cfg.modifier!r} is indexed"))
+        else:
+            out.append(
+                Finding(
+                    scope,
+                    "modifier",
+                    "warn",
+                    f"modifier {cfg.modifier!r} is not the first column of any index: every "
+                    f"incremental read scans the whole table (CREATE INDEX ix_{cfg.modifier} ON "
+                    f"{cfg.table} ({cfg.modifier}))",
+                )
+            )
+    advice = recommend_mode(facts.rows, facts.bytes)
+    if advice == "staging" and cfg.mode == "direct":
+        out.append(
+            Finding(
+                scope,
+                "mode",
+                "warn",
+                f"about {facts.rows or 0:,} rows / {human_bytes(facts.bytes)}: consider "
+                '"mode": "staging"',
+            )
+        )
+    return out
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def read_table_facts(
+    conn: sa.Connection, database: str, tables: Sequence[str]
+) -> dict[str, TableFacts]:
+    """Facts for every configured table in three queries, however many tables there are."""
+    if not tables:
+        return {}
+    wanted = {t.casefold() for t in tables}
+    params = {"db": database}
+    # Filtering by schema only: information_schema compares names case-insensitively, the
+    # exact match (and the "did you mean" hint) is decided here.
+    info = conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, TABLE_TYPE, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH"
+            " FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db"
+        ),
+        params,
+    ).all()
+    present = {r[0]: r for r in info if r[0].casefold() in wanted}
+    columns: dict[str, dict[str, str]] = defaultdict(dict)
+    for table, column, data_type in conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        ).bindparams(sa.bindparam("tables", expanding=True)),
+        {**params, "tables": list(present) or [""]},
+    ):
+        columns[table][column] = str(data_type).lower()
+    index_columns: dict[str, dict[str, tuple[bool, list[str]]]] = defaultdict(dict)
+    for table, index, non_unique, column in conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables"
+            " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+        ).bindparams(sa.bindparam("tables", expanding=True)),
+        {**params, "tables": list(present) or [""]},
+    ):
+        entry = index_columns[table].setdefault(index, (not int(non_unique), []))
+        entry[1].append(column)
+    facts: dict[str, TableFacts] = {}
+    for table in tables:
+        row = present.get(table)
+        if row is None:
+            hint = next((name for name in present if name.casefold() == table.casefold()), None)
+            facts[table] = TableFacts(exists=False, name_hint=hint)
+            continue
+        facts[table] = TableFacts(
+            exists=True,
+            table_type=str(row[1]),
+            columns=columns.get(table, {}),
+            indexes={n: (u, tuple(c)) for n, (u, c) in index_columns.get(table, {}).items()},
+            rows=None if row[2] is None else int(row[2]),
+            bytes=None if row[3] is None else int(row[3]),
+        )
+    return facts
+
+
+# -- the whole diagnosis -------------------------------------------------------------------
+@dataclass
+class SideReport:
+    side: str
+    url: str = ""  # password masked
+    database: str = ""
+    version: str = ""
+    tls: str = ""
+    settings: DatabaseSettings | None = field(default=None, repr=False)
+    connected: bool = False
+
+
+@dataclass
+class Report:
+    config_path: str
+    findings: list[Finding] = field(default_factory=list)
+    sides: dict[str, SideReport] = field(default_factory=dict)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.findings)
+
+    @property
+    def verdict(self) -> str:
+        return VERDICTS[self.exit_code]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.verdict,
+            "exit_code": self.exit_code,
+            "config": self.config_path,
+            "seconds": round(self.seconds, 3),
+            "source": _side_dict(self.sides.get("source")),
+            "target": _side_dict(self.sides.get("target")),
+            "tables": self.tables,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def _side_dict(side: SideReport | None) -> dict[str, Any] | None:
+    if side is None:
+        return None
+    return {
+        "url": side.url,
+        "database": side.database,
+        "connected": side.connected,
+        "version": side.version,
+        "tls": side.tls,
+    }
+
+
+def _check_side(
+    side: str,
+    environ: Mapping[str, str],
+    tables: Sequence[TableConfig],
+    report: Report,
+) -> dict[str, TableFacts]:
+    """Connect, read server facts and grants (and on the source, table facts)."""
+    info = SideReport(side)
+    report.sides[side] = info
+    try:
+        settings = settings_from_env(side.upper(), environ)
+        info.url, info.database = redact_url(settings.url), settings.database
+    except (ValueError, sa.exc.ArgumentError) as error:
+        secrets = [v for k, v in environ.items() if k.endswith(("_DB_PASS", "_DB_URL")) and v]
+        report.findings.append(Finding(side, "settings", "fail", redact(str(error), secrets)))
+        return {}
+    info.settings = settings
+    for name, path in (
+        ("SSL_CA", settings.ssl_ca),
+        ("SSL_CERT", settings.ssl_cert),
+        ("SSL_KEY", settings.ssl_key),
+    ):
+        if path and not Path(path).is_file():
+            report.findings.append(
+                Finding(side, "tls", "fail", f"{side.upper()}_DB_{name}: no such file {path!r}")
+            )
+    probe = dataclasses.replace(
+        settings, connect_timeout=CONNECT_TIMEOUT_SECONDS, pool_size=1, max_overflow=0
+    )
+    engine = create_engine(probe, local_infile=side == "target")
+    try:
+        with engine.connect() as conn:
+            facts = read_server_facts(conn)
+            info.connected = True
+            info.version = facts.version
+            info.tls = f"{facts.tls_version} {facts.tls_cipher}".strip() or "off"
+            report.findings.append(
+                Finding(side, "connection", "ok", f"{info.url} (server {facts.version})")
+            )
+            report.findings.extend(tls_findings(side, settings, facts))
+            grants = parse_grants(facts.grant_lines)
+            table_names = [cfg.table for cfg in tables]
+            report.findings.extend(grant_findings(side, grants, settings.database, table_names))
+            if side == "target":
+                report.findings.append(
+                    Finding(side, "local_infile", "ok", "LOAD DATA LOCAL INFILE allowed")
+                    if facts.local_infile
+                    else Finding(
+                        side,
+                        "local_infile",
+                        "fail",
+                        "the target refuses LOAD DATA LOCAL INFILE: SET GLOBAL local_infile = ON "
+                        "(and local_infile=ON in the server's config)",
+                    )
+                )
+                return {}
+            return read_table_facts(conn, settings.database, table_names)
+    except sa.exc.SQLAlchemyError as error:
+        message = error_message(error, settings.secrets)
+        code = mysql_error_code(error)
+        hint = {
+            1045: "check the user and password",
+            1044: "the user may not use this database",
+            1049: "the database does not exist",
+            2003: "is the server running and the host/port right?",
+        }.get(code or 0)
+        report.findings.append(
+            Finding(
+                side,
+                "connection",
+                "fail",
+                f"{info.url}: {message}" + (f": {hint}" if hint else ""),
+            )
+        )
+        return {}
+    finally:
+        engine.dispose()
+
+
+def _same_database(report: Report) -> Finding | None:
+    source, target = (report.sides.get(s) for s in ("source", "target"))
+    if not (source and target and source.settings and target.settings):
+        return None
+    a, b = source.settings.url, target.settings.url
+    if (a.host, a.port or 3306, a.database) == (b.host, b.port or 3306, b.database):
+        return Finding(
+            "config",
+            "databases",
+            "fail",
+            "SOURCE and TARGET name the same database: the sync would overwrite its own tables",
+        )
+    return None
+
+
+def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None = None) -> Report:
+    """Run every check; never raises for a problem it can describe."""
+    env = os.environ if environ is None else environ
+    started = time.perf_counter()
+    path = config_path or env.get("TABLES_CONFIG") or "tables.json"
+    report = Report(config_path=path)
+    tables: list[TableConfig] = []
+    try:
+        tables = load_tables_config(path)
+        report.findings.append(Finding("config", "tables", "ok", f"{path}: {len(tables)} table(s)"))
+    except ConfigError as error:
+        report.findings.append(Finding("config", "tables", "fail", str(error)))
+    try:
+        interval = interval_seconds(dict(env))
+        report.findings.append(Finding("config", "interval", "ok", f"INTERVAL {interval} s"))
+    except ConfigError as error:
+        report.findings.append(Finding("config", "interval", "fail", str(error)))
+
+    source_facts = _check_side("source", env, tables, report)
+    _check_side("target", env, tables, report)
+    same = _same_database(report)
+    if same:
+        report.findings.append(same)
+
+    source = report.sides["source"]
+    for cfg in tables:
+        facts = source_facts.get(cfg.table)
+        row: dict[str, Any] = {"table": cfg.table, "target_table": cfg.target, "mode": cfg.mode}
+        if facts is None:  # the source could not be read: its failure is already reported
+            row.update(status="unknown", findings=[])
+        else:
+            found = table_findings(cfg, facts, source.database)
+            report.findings.extend(found)
+            row.update(
+                exists=facts.exists,
+                estimated_rows=facts.rows,
+                bytes=facts.bytes,
+                recommended_mode=recommend_mode(facts.rows, facts.bytes) if facts.exists else None,
+                incremental=cfg.incremental,
+                status=worst(f.status for f in found),
+                findings=[f.as_dict() for f in found if f.status != "ok"],
+            )
+        report.tables.append(row)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- output --------------------------------------------------------------------------------
+_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def format_human(report: Report) -> str:
+    lines: list[str] = []
+    for scope in ("config", "source", "target"):
+        found = [f for f in report.findings if f.scope == scope]
+        if not found:
+            continue
+        lines.append(scope)
+        for f in found:
+            message = f.message.replace("\n", "\n" + " " * 22)  # continuation lines aligned
+            lines.append(f"  {_MARK[f.status]}  {f.check:<12}  {message}")
+    if report.tables:
+        lines.append("tables")
+        header = ("table", "est. rows", "size", "mode", "advice", "status")
+        rows = [header]
+        for t in report.tables:
+            rows.append(
+                (
+                    t["table"],
+                    "-" if t.get("estimated_rows") is None else f"{t['estimated_rows']:,}",
+                    human_bytes(t.get("bytes")),
+                    t["mode"],
+                    t.get("recommended_mode") or "-",
+                    t["status"],
+                )
+            )
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        for row in rows:
+            cells = [
+                str(c).rjust(widths[i]) if i in (1, 2) else str(c).ljust(widths[i])
+                for i, c in enumerate(row)
+            ]
+            lines.append("  " + "  ".join(cells).rstrip())
+        for f in report.findings:
+            if f.scope not in ("config", "source", "target") and f.status != "ok":
+                lines.append(f"  {_MARK[f.status]}  {f.scope}: {f.check}: {f.message}")
+    problems = [f for f in report.findings if f.status != "ok"]
+    counts = {s: sum(f.status == s for f in problems) for s in ("fail", "warn")}
+    lines.append(
+        f"{report.verdict}: {counts['fail']} failure(s), {counts['warn']} warning(s) "
+        f"in {report.seconds:.1f}s (exit {report.exit_code})"
+    )
+    return "\n".join(lines)
+
+
+def format_json(report: Report) -> str:
+    return json.dumps(report.as_dict(), indent=2, default=str)
