@@ -32,7 +32,7 @@ from mysqlsync_dagster.db import (
     redact_url,
     settings_from_env,
 )
-from mysqlsync_dagster.sync import ORDERABLE_TYPES
+from mysqlsync_dagster.schema import ORDERABLE_TYPES
 
 Status = Literal["ok", "warn", "fail"]
 _RANK: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2}

@@ -36,6 +36,9 @@ SPATIAL_TYPES = frozenset(
     }
 )
 DATE_TYPES = frozenset({"date", "datetime"})
+NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
+# Types a modifier column may have: they order changes in time (or by version number).
+ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 
 
 class SchemaError(RuntimeError):

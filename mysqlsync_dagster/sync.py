@@ -37,6 +37,8 @@ from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, redact, run_sql
 from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
 from mysqlsync_dagster.schema import (
+    NUMERIC_TYPES,
+    ORDERABLE_TYPES,
     SchemaChanges,
     SchemaError,
     TableShape,
@@ -48,9 +50,6 @@ from mysqlsync_dagster.schema import (
 )
 from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
 from mysqlsync_dagster.wire import wire_columns
-
-NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
-ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 
 # dlt stamps Arrow data with `_dlt_load_id` only when asked. `_dlt_id` is made by the loader in
 # bulk: asking dlt for it would make its normalize step rewrite every file row by row.
