@@ -100,6 +100,7 @@ def result_metadata(
         "dagster/table_name": f"{target_db}.{result.target}",
         "dagster/column_schema": dg.TableSchema(columns=columns),
         "strategy": result.strategy,
+        "load_id": result.load.load_id or "",
         "rows_extracted": dg.MetadataValue.int(rows_extracted),
         "rows_written": dg.MetadataValue.int(result.rows_written),
         "seconds": dg.MetadataValue.float(round(result.seconds, 3)),

@@ -62,6 +62,7 @@ class LoadStats:
     convert_seconds: float = 0.0  # Parquet batch -> wire CSV, on this side
     server_seconds: float = 0.0  # LOAD DATA and the upsert, on the target
     rows_numbered: int = 0
+    load_id: str | None = None  # dlt's load id of the data loaded
 
 
 @dataclass
@@ -137,7 +138,10 @@ class TableLoader:
                 text, zeros = to_wire_text(batch.column(position), wire)
                 self.stats.zero_dates += zeros
                 arrays.append(text)
-            arrays.append(batch.column(load_id_position).cast(pa.string()))
+            load_ids = batch.column(load_id_position).cast(pa.string())
+            if self.stats.load_id is None and len(load_ids):
+                self.stats.load_id = load_ids[0].as_py()
+            arrays.append(load_ids)
             arrays.append(self._row_ids(batch.num_rows))
             self.load_batch(
                 pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])

@@ -385,7 +385,7 @@ class TableSync:
                 self.cfg.target,
                 cursor_after if self.cfg.incremental else None,
                 self.loader.stats.rows,
-                None,
+                self.loader.stats.load_id,
             )
         seconds = time.perf_counter() - self._started
         return SyncResult(

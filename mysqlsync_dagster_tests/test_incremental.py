@@ -46,6 +46,10 @@ def test_inserts_and_updates_are_merged(sync_env):
     assert meta["cursor_before"] == "2024-01-01 01:40:00"
     assert meta["cursor_after"] == "2024-02-01 00:00:02"
     assert meta["dagster/row_count"] == 102
+    with sync_env.target.connect() as conn:
+        load_ids = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT _dlt_load_id FROM orders")}
+        state_load_id = conn.exec_driver_sql("SELECT load_id FROM _mysqlsync_state").scalar_one()
+    assert state_load_id == meta["load_id"] and state_load_id in load_ids and len(load_ids) == 2
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
 
 
