@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -103,7 +104,8 @@ def root_message(error: Any) -> str:
     """The innermost error's message: what went wrong, not Dagster's wrapper around it."""
     while error.cause is not None:
         error = error.cause
-    return error.message.strip()
+    # "dagster._core.definitions.events.Failure: table 'x': ..." -> "table 'x': ..."
+    return re.sub(r"^[\w.]+(Error|Failure|Exception): ", "", error.message.strip())
 
 
 def format_summary(outcomes: list[TableOutcome]) -> str:

@@ -232,6 +232,48 @@ def is_transient(error: BaseException) -> bool:
 PLAIN_MYSQL = mysql.dialect(paramstyle="named")
 
 
+class ConnectionFailure(RuntimeError):
+    """A database could not be reached or refused us; the message says which and what to do."""
+
+
+def describe_connection_error(side: str, settings: DatabaseSettings, error: BaseException) -> str:
+    """One actionable line for a failed connection, naming the side; never the password."""
+    url = settings.url
+    where = f"{url.host or '127.0.0.1'}:{url.port or 3306}"
+    prefix = f"{side.upper()}_DB_"
+    code = mysql_error_code(error)
+    orig = getattr(error, "orig", error)
+    detail = str(orig.args[1]) if len(getattr(orig, "args", ())) > 1 else str(orig)
+    if code in (1045, 1698):
+        text = (
+            f"{side} database at {where}: access denied for user {url.username!r}; check "
+            f"{prefix}USER and {prefix}PASS (or the credentials in {prefix}URL)"
+        )
+    elif code == 1049:
+        text = (
+            f"{side} database {url.database!r} does not exist on {where}; check "
+            f"{prefix}NAME (or the database in {prefix}URL)"
+        )
+    elif code in (2003, 2005):
+        text = (
+            f"cannot reach the {side} database server at {where} ({detail}); is it running "
+            f"and reachable? check {prefix}HOST and {prefix}PORT (or {prefix}URL)"
+        )
+    elif code is not None:
+        text = f"{side} database at {where}: MySQL error {code}: {detail}"
+    else:
+        text = f"{side} database at {where}: {type(error).__name__}: {error}"
+    return redact(text, settings.secrets)
+
+
+def connect(engine: Engine, side: str, settings: DatabaseSettings) -> sa.Connection:
+    """`engine.connect()`, with a failure to connect explained by `describe_connection_error`."""
+    try:
+        return engine.connect()
+    except sa.exc.DBAPIError as error:
+        raise ConnectionFailure(describe_connection_error(side, settings, error)) from error
+
+
 def quote_identifier(name: str) -> str:
     """`name` quoted for MySQL/MariaDB: backticks around it, backticks inside doubled."""
     return PLAIN_MYSQL.identifier_preparer.quote_identifier(name)

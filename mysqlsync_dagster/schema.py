@@ -153,6 +153,39 @@ def read_table_shape(conn: Connection, database: str, table: str) -> TableShape 
     return TableShape(table, columns, primary_key, create_sql, definitions)
 
 
+def has_unique_index(conn: Connection, database: str, table: str, columns: Sequence[str]) -> bool:
+    """Is there a unique index on exactly these columns (in any order)?"""
+    rows = conn.execute(
+        sa.text(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t AND NON_UNIQUE = 0"
+        ),
+        {"db": database, "t": table},
+    ).all()
+    indexes: dict[str, set[str]] = {}
+    for index, column in rows:
+        indexes.setdefault(index, set()).add(column)
+    return set(columns) in indexes.values()
+
+
+def key_violations(
+    conn: Connection, database: str, table: str, columns: Sequence[str]
+) -> tuple[list[tuple[object, ...]], int]:
+    """Up to 3 key values that occur more than once, and how many rows have a NULL key part."""
+    key = ", ".join(quote(c) for c in columns)
+    source = qualified(database, table)
+    duplicates = run_sql(
+        conn,
+        f"SELECT {key}, COUNT(*) FROM {source} GROUP BY {key} HAVING COUNT(*) > 1 LIMIT 3",
+    ).all()
+    nulls = run_sql(
+        conn,
+        f"SELECT COUNT(*) FROM {source} WHERE "
+        + " OR ".join(f"{quote(c)} IS NULL" for c in columns),
+    ).scalar_one()
+    return [tuple(r) for r in duplicates], int(nulls)
+
+
 def _parse_identifier(line: str, start: int) -> tuple[str, int]:
     """Parse a backtick-quoted identifier starting at line[start] == '`'."""
     out = []

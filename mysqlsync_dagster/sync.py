@@ -34,7 +34,7 @@ from dlt.sources.sql_database import sql_table
 from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, redact, run_sql
+from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, redact, run_sql
 from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
 from mysqlsync_dagster.schema import (
     NUMERIC_TYPES,
@@ -43,6 +43,8 @@ from mysqlsync_dagster.schema import (
     SchemaError,
     TableShape,
     diff_schema,
+    has_unique_index,
+    key_violations,
     mirror_ddl,
     qualified,
     quote,
@@ -117,6 +119,7 @@ class TableSync:
         self.target_engine = target_engine
         self.source_db = source_settings.database
         self.target_db = target_engine.url.database or ""
+        self.target_settings = DatabaseSettings(url=target_engine.url)
         self.log = log or logging.getLogger("mysqlsync_dagster")
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
         self._secrets = source_settings.secrets + (
@@ -149,14 +152,14 @@ class TableSync:
     # -- prepare ---------------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
-        with self.source_engine.connect() as conn:
+        with connect(self.source_engine, "source", self.source_settings) as conn:
             shape = read_table_shape(conn, self.source_db, cfg.table)
             if shape is None:
                 raise SchemaError(
                     f"table {cfg.table!r} does not exist in the source database "
                     f"{self.source_db!r} (check 'table' in tables.json)"
                 )
-            self._validate(shape)
+            self._validate(shape, conn)
             self.source_rows_estimate = conn.execute(
                 sa.text(
                     "SELECT TABLE_ROWS FROM information_schema.TABLES"
@@ -193,7 +196,30 @@ class TableSync:
             self.cursor_before,
         )
 
-    def _validate(self, shape: TableShape) -> None:
+    def _check_key_is_unique(self, conn: sa.Connection) -> None:
+        """A source without a primary key: the configured key must really identify rows."""
+        cfg = self.cfg
+        if has_unique_index(conn, self.source_db, cfg.table, cfg.primary_key):
+            return
+        duplicates, nulls = key_violations(conn, self.source_db, cfg.table, cfg.primary_key)
+        problems = []
+        if duplicates:
+            examples = "; ".join(
+                ", ".join(f"{c}={v!r}" for c, v in zip(cfg.primary_key, row, strict=False))
+                + f" ({row[-1]} rows)"
+                for row in duplicates
+            )
+            problems.append(f"these key values occur more than once: {examples}")
+        if nulls:
+            problems.append(f"{nulls} rows have a NULL key column")
+        if problems:
+            raise SchemaError(
+                f"table {cfg.table!r}: primary_key {list(cfg.primary_key)} does not identify "
+                f"rows in the source (it has no primary key): {'; '.join(problems)}. Rows with "
+                "the same key would be merged into one: configure columns that are unique"
+            )
+
+    def _validate(self, shape: TableShape, conn: sa.Connection) -> None:
         cfg = self.cfg
         names = set(shape.column_names)
         missing = [c for c in cfg.primary_key if c not in names]
@@ -207,6 +233,8 @@ class TableSync:
                 f"table {cfg.table!r}: tables.json says primary_key {list(cfg.primary_key)} but "
                 f"the source table's primary key is {list(shape.primary_key)}"
             )
+        if not shape.primary_key:
+            self._check_key_is_unique(conn)
         if cfg.modifier is not None:
             if cfg.modifier not in names:
                 raise SchemaError(
@@ -262,7 +290,7 @@ class TableSync:
             ).scalar()
 
     def _acquire_lock(self) -> None:
-        conn = self.target_engine.connect()
+        conn = connect(self.target_engine, "target", self.target_settings)
         got = conn.execute(
             sa.text("SELECT GET_LOCK(:name, 0)"),
             {"name": lock_name(self.target_db, self.cfg.target)},
