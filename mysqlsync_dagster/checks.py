@@ -58,10 +58,10 @@ FIRST_CHUNK_ROWS = 10_000
 MIN_CHUNK_ROWS = 1_000
 MAX_CHUNK_ROWS = 2_000_000
 ROW_DIFF_ROWS = 2_000  # a differing range this small is compared row digest by row digest
+KEY_DIFF_ROWS = 50_000  # ... and key by key when looking for deletes (keys are cheap to list)
 SPLIT_PARTS = 8  # a larger differing range is split into this many parts
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
-KEY_CHUNK_ROWS = 10_000  # keys per range when looking for rows deleted in the source
 EXISTS_BATCH = 200  # candidate keys confirmed per query
 DELETE_BATCH_ROWS = 500
 
@@ -312,6 +312,12 @@ class TablePair:
             name, *(sa.column(c) for c in self.shape.column_names), schema=engine.url.database
         )
 
+    def columns(self, keys_only: bool = False) -> list[Column]:
+        """The columns hashed: the source's copied columns, or its primary key alone."""
+        if keys_only:
+            return [self.shape.column(c) for c in self.key_columns]
+        return self.shape.copied_columns
+
     def keys(self, table: sa.TableClause) -> list[sa.ColumnElement[Any]]:
         return [table.c[c] for c in self.key_columns]
 
@@ -351,32 +357,40 @@ class TablePair:
         with self.engine(side).connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def digest(self, side: Side, key_range: KeyRange, *, strict: bool = False) -> Digest:
+    def digest(
+        self, side: Side, key_range: KeyRange, *, strict: bool = False, keys_only: bool = False
+    ) -> Digest:
+        """COUNT(*) and BIT_XOR of row digests over the range (`keys_only`: digests of the
+        primary key alone, over every row: the key sets compared, for deletes)."""
         table = self.table(side)
-        row_digest = sa.literal_column(row_digest_sql(self.shape.copied_columns, self.dialect))
+        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
         query = (
             sa.select(sa.func.count(), sa.func.bit_xor(row_digest))
             .select_from(table)
-            .where(*self.where(table, key_range, strict=strict))
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
         )
         with self.engine(side).connect() as conn:
             rows, xor = conn.execute(query).one()
         return Digest(int(rows), int(xor or 0))
 
-    def digests(self, key_range: KeyRange, *, strict: bool = False) -> tuple[Digest, Digest, float]:
+    def digests(
+        self, key_range: KeyRange, *, strict: bool = False, keys_only: bool = False
+    ) -> tuple[Digest, Digest, float]:
         return _in_parallel(
-            lambda: self.digest("source", key_range, strict=strict),
-            lambda: self.digest("target", key_range, strict=strict),
+            lambda: self.digest("source", key_range, strict=strict, keys_only=keys_only),
+            lambda: self.digest("target", key_range, strict=strict, keys_only=keys_only),
         )
 
-    def row_digests(self, side: Side, key_range: KeyRange, *, strict: bool) -> dict[Key, int]:
+    def row_digests(
+        self, side: Side, key_range: KeyRange, *, strict: bool, keys_only: bool = False
+    ) -> dict[Key, int]:
         table = self.table(side)
         keys = self.keys(table)
-        row_digest = sa.literal_column(row_digest_sql(self.shape.copied_columns, self.dialect))
+        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
         query = (
             sa.select(*keys, row_digest)
             .select_from(table)
-            .where(*self.where(table, key_range, strict=strict))
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
             .order_by(*keys)
         )
         with self.engine(side).connect() as conn:
@@ -521,6 +535,8 @@ def scan_chunks(
     pair: TablePair,
     first_chunk_rows: int = FIRST_CHUNK_ROWS,
     max_chunk_rows: int = MAX_CHUNK_ROWS,
+    *,
+    keys_only: bool = False,
 ) -> ChecksumScan:
     """Compare digests of consecutive key ranges of the source; the first range starts below
     every key and the last ends above every key, so target rows outside the source's keys are
@@ -533,7 +549,7 @@ def scan_chunks(
     while True:
         upper = pair.key_at("source", KeyRange(lower), chunk_rows - 1) if chunked else None
         key_range = KeyRange(lower, upper)
-        source, target, seconds = pair.digests(key_range)
+        source, target, seconds = pair.digests(key_range, keys_only=keys_only)
         scan.chunks += 1
         scan.rows += source.rows
         scan.chunk_rows.append(chunk_rows)
@@ -553,17 +569,20 @@ def narrow(
     *,
     strict: bool,
     found: RowDiff,
-    limit: int = SAMPLE_KEYS,
+    limit: int | None = SAMPLE_KEYS,
+    keys_only: bool = False,
+    leaf_rows: int = ROW_DIFF_ROWS,
 ) -> bool:
     """Split a differing range until its parts are small enough to compare row digests.
 
     Adds the differing keys to `found`; stops once it holds `limit` of them. Returns whether
-    the whole range was narrowed (every differing row found)."""
-    if max(source.rows, target.rows) <= ROW_DIFF_ROWS:
+    the whole range was narrowed (every differing row found). `keys_only`: compare the key
+    sets of all rows (for deletes) rather than the synced rows' contents."""
+    if max(source.rows, target.rows) <= leaf_rows:
         found.extend(
             diff_rows(
-                pair.row_digests("source", key_range, strict=strict),
-                pair.row_digests("target", key_range, strict=strict),
+                pair.row_digests("source", key_range, strict=strict, keys_only=keys_only),
+                pair.row_digests("target", key_range, strict=strict, keys_only=keys_only),
             )
         )
         return True
@@ -573,15 +592,25 @@ def narrow(
     offsets = [rows * i // SPLIT_PARTS for i in range(1, SPLIT_PARTS)]
     points = [
         p
-        for p in (pair.key_at(side, key_range, o, scoped=True, strict=strict) for o in offsets)
+        for p in (
+            pair.key_at(side, key_range, o, scoped=not keys_only, strict=strict) for o in offsets
+        )
         if p is not None
     ]
     for part in key_range.split(points):
-        if found.total >= limit:
+        if limit is not None and found.total >= limit:
             return False
-        part_source, part_target, _ = pair.digests(part, strict=strict)
+        part_source, part_target, _ = pair.digests(part, strict=strict, keys_only=keys_only)
         if part_source != part_target and not narrow(
-            pair, part, part_source, part_target, strict=strict, found=found, limit=limit
+            pair,
+            part,
+            part_source,
+            part_target,
+            strict=strict,
+            found=found,
+            limit=limit,
+            keys_only=keys_only,
+            leaf_rows=leaf_rows,
         ):
             return False
     return True
@@ -716,52 +745,56 @@ def run_all_checks(
 @dataclass
 class DeleteReport:
     rows_deleted: int = 0
-    keys_scanned: int = 0
+    chunks: int = 0
+    chunks_differing: int = 0
+    candidates: int = 0
     seconds: float = 0.0
 
 
 def delete_missing_rows(
     pair: TablePair,
     *,
-    chunk_rows: int = KEY_CHUNK_ROWS,
     batch_rows: int = DELETE_BATCH_ROWS,
     log: logging.Logger | None = None,
 ) -> DeleteReport:
     """Delete target rows whose primary key no longer exists in the source.
 
-    Range by range: up to `chunk_rows` target keys, the source's keys in the same range (at most
-    4x as many; a denser source shrinks the range), set difference. A candidate is deleted only
-    after the source server confirms it has no such key (so its collation, not Python's string
-    equality, decides), in batches of `batch_rows`, one short transaction each.
+    The servers compare the key sets first, as digests of key ranges (COUNT and BIT_XOR of the
+    keys' CRC32, like the checksum); a differing range is split until its parts hold at most
+    KEY_DIFF_ROWS keys, whose keys are then listed and compared: only keys of differing ranges pass through
+    Python, never a whole table. A candidate is deleted only after the source server confirms it
+    has no such key (its collation, not Python's string equality, decides), in batches of
+    `batch_rows`, one short transaction each.
     """
     started = time.perf_counter()
     report = DeleteReport()
-    cap = 4 * chunk_rows
-    lower: Key | None = None
-    while True:
-        target_keys = pair.key_list("target", KeyRange(lower), limit=chunk_rows)
-        if not target_keys:
-            break
-        key_range = KeyRange(lower, target_keys[-1])
-        source_keys = pair.key_list("source", key_range, limit=cap + 1)
-        if len(source_keys) > cap:
-            key_range = KeyRange(lower, source_keys[cap - 1])
-            source_keys = source_keys[:cap]
-            target_keys = pair.key_list("target", key_range)
-        present = set(source_keys)
-        candidates = [k for k in target_keys if k not in present]
-        gone = absent_in_source(pair, candidates)
+    scan = scan_chunks(pair, keys_only=True)
+    report.chunks, report.chunks_differing = scan.chunks, len(scan.mismatched)
+    for key_range, source, target in scan.mismatched:
+        found = RowDiff()
+        narrow(
+            pair,
+            key_range,
+            source,
+            target,
+            strict=False,
+            found=found,
+            limit=None,
+            keys_only=True,
+            leaf_rows=KEY_DIFF_ROWS,
+        )
+        report.candidates += len(found.extra_in_target)
+        gone = absent_in_source(pair, found.extra_in_target)
         for i in range(0, len(gone), batch_rows):
             report.rows_deleted += delete_keys(pair, gone[i : i + batch_rows])
-        report.keys_scanned += len(target_keys)
-        lower = key_range.upper
     report.seconds = time.perf_counter() - started
     if log and report.rows_deleted:
         log.info(
-            "%s: deleted %s rows no longer in the source (%s keys compared in %.1fs)",
+            "%s: deleted %s rows no longer in the source (%s of %s key ranges differed, %.1fs)",
             pair.cfg.table,
             f"{report.rows_deleted:,}",
-            f"{report.keys_scanned:,}",
+            report.chunks_differing,
+            report.chunks,
             report.seconds,
         )
     return report
