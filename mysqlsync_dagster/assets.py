@@ -14,6 +14,14 @@ import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from mysqlsync_dagster.checks import (
+    TablePair,
+    check_result,
+    delete_missing_rows,
+    post_sync_check_results,
+    source_row_count,
+    table_check_specs,
+)
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 from mysqlsync_dagster.db import is_transient, redact, run_sql
 from mysqlsync_dagster.resources import MySQLResource
@@ -132,9 +140,13 @@ def run_table_sync(
     dlt: DagsterDltResource,
     source_db: MySQLResource,
     target_db: MySQLResource,
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     source_settings = source_db.settings()
     secrets = source_settings.secrets + target_db.settings().secrets
+    pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
+    if not pre_sync.passed:  # reported now: the sync below fails for the same reason
+        yield check_result(pre_sync, target_asset_key(cfg))
+    rows_deleted = 0
     try:
         with TableSync(
             cfg, source_settings, source_db.engine, target_db.engine, log=context.log
@@ -148,6 +160,9 @@ def run_table_sync(
             ):
                 dlt_meta = dict(event.metadata or {})
             result = sync.finalize()
+            if cfg.detect_deletes and result.strategy == "upsert":  # a swap drops them anyway
+                pair = TablePair.open(cfg, source_db.engine, target_db.engine)
+                rows_deleted = delete_missing_rows(pair, log=context.log).rows_deleted
         row_count = (
             result.rows_written
             if result.strategy == "swap"
@@ -167,9 +182,16 @@ def run_table_sync(
         result.seconds,
         result.strategy,
     )
-    yield dg.MaterializeResult(
-        asset_key=target_asset_key(cfg),
-        metadata=result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta),
+    metadata = result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta)
+    if cfg.detect_deletes:
+        metadata["rows_deleted"] = dg.MetadataValue.int(rows_deleted)
+    yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
+    yield from post_sync_check_results(
+        cfg,
+        target_asset_key(cfg),
+        source_db.engine,
+        target_db.engine,
+        pre_sync if pre_sync.passed else None,
     )
 
 
@@ -179,6 +201,7 @@ def build_table_asset(cfg: TableConfig, interval_seconds: int) -> dg.AssetsDefin
     @dg.multi_asset(
         name=f"sync_{cfg.key}",
         specs=[translator.spec],
+        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
         pool="mysqlsync_target",
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
@@ -187,7 +210,7 @@ def build_table_asset(cfg: TableConfig, interval_seconds: int) -> dg.AssetsDefin
         dlt: DagsterDltResource,
         source_db: MySQLResource,
         target_db: MySQLResource,
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         yield from run_table_sync(context, cfg, translator, dlt, source_db, target_db)
 
     return sync_table

@@ -30,6 +30,7 @@ class TableOutcome:
     seconds: float | None = None
     strategy: str = ""
     error: str = ""
+    checks: str = "-"
 
 
 def select_tables(tables: list[TableConfig], names: Sequence[str]) -> list[TableConfig]:
@@ -75,20 +76,25 @@ def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutc
         event.step_key: event.event_specific_data.error  # type: ignore[union-attr]
         for event in result.get_step_failure_events()
     }
+    evaluations = result.get_asset_check_evaluations()
     outcomes = []
     for cfg in tables:
         node = f"sync_{cfg.key}"
         materializations = result.asset_materializations_for_node(node)
+        checks = [e for e in evaluations if e.asset_key.path == [cfg.key]]
         if materializations:
             metadata = materializations[-1].metadata
+            blocked = [e for e in checks if e.blocking and not e.passed]
             outcomes.append(
                 TableOutcome(
                     cfg,
-                    ok=True,
+                    ok=not blocked,
                     rows_read=_metadata_value(metadata, "rows_extracted"),
                     rows_written=_metadata_value(metadata, "rows_written"),
                     seconds=_metadata_value(metadata, "seconds"),
                     strategy=str(_metadata_value(metadata, "strategy") or ""),
+                    error="; ".join(f"check {e.check_name}: {e.description}" for e in blocked),
+                    checks=f"{sum(e.passed for e in checks)}/{len(checks)} ok" if checks else "-",
                 )
             )
         else:
@@ -129,7 +135,7 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
                 "-" if o.rows_read is None else f"{int(o.rows_read):,}",
                 "-" if o.rows_written is None else f"{int(o.rows_written):,}",
                 "-" if o.seconds is None else f"{o.seconds:.2f}",
-                "-",
+                o.checks,
                 "ok" if o.ok else "FAILED",
             )
         )
@@ -153,6 +159,30 @@ def cmd_sync(args: argparse.Namespace) -> int:
     outcomes = run_sync(tables, verbose=args.verbose)
     print(format_summary(outcomes))
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import ArgumentError
+
+    from mysqlsync_dagster.checks import format_outcome, run_all_checks
+    from mysqlsync_dagster.db import create_engine, settings_from_env
+
+    tables = select_tables(load_tables_config(args.config), args.tables)
+    try:
+        source = create_engine(settings_from_env("SOURCE"))
+        target = create_engine(settings_from_env("TARGET"))
+    except (ValueError, ArgumentError) as error:  # bad or missing connection settings
+        raise ConfigError(str(error)) from None
+    blocking_failed = False
+    try:
+        for cfg in tables:
+            for outcome in run_all_checks(cfg, source, target):
+                print(format_outcome(cfg.table, outcome), flush=True)
+                blocking_failed |= outcome.blocking and not outcome.passed
+    finally:
+        source.dispose()
+        target.dispose()
+    return EXIT_FAILED if blocking_failed else EXIT_OK
 
 
 def cmd_not_yet(args: argparse.Namespace) -> int:
@@ -214,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="run the asset checks against the databases as they are")
     check.add_argument("tables", nargs="*", metavar="TABLE")
-    check.set_defaults(func=cmd_not_yet)
+    check.set_defaults(func=cmd_check)
 
     doctor = sub.add_parser("doctor", help="diagnose config, connections, grants and tables")
     doctor.add_argument("--json", action="store_true", help="machine-readable report")

@@ -93,6 +93,17 @@ class SyncResult:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
 
 
+def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
+    """The stored cursor text as a value comparable with a modifier column of `data_type`."""
+    if data_type == "timestamp":
+        return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
+    if data_type == "decimal":
+        return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
+    if data_type in NUMERIC_TYPES:
+        return sa.literal(int(cursor), sa.BigInteger)
+    return sa.literal(cursor, sa.String)
+
+
 def resource_name(cfg: TableConfig) -> str:
     """The dlt resource (and dlt table) name for a configured table."""
     return cfg.key
@@ -316,15 +327,8 @@ class TableSync:
 
     def _cursor_literal(self) -> sa.ColumnElement[Any]:
         assert self.shape is not None and self.cfg.modifier is not None
-        cursor = self.cursor_before
-        data_type = self.shape.column(self.cfg.modifier).data_type
-        if data_type == "timestamp":
-            return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
-        if data_type == "decimal":
-            return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
-        if data_type in NUMERIC_TYPES:
-            return sa.literal(int(cursor), sa.BigInteger)
-        return sa.literal(cursor, sa.String)
+        assert self.cursor_before is not None
+        return cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor_before)
 
     def dlt_resource(self) -> DltResource:
         assert self.loader is not None

@@ -1,0 +1,913 @@
+"""Proof of consistency between a source table and its target copy, and hard-delete detection.
+
+Three asset checks per table, one implementation shared by the table asset (after each sync) and
+by `mysqlsync-dagster check` (against the databases as they are):
+
+- `source_row_count`: the source table answers; its row count (and max modifier) before extraction.
+- `row_count_match` (blocking): COUNT(*) on both sides, compared.
+- `checksum_match`: per primary-key range, COUNT(*) and BIT_XOR(CRC32(row)) computed by each
+  server and compared range by range; a mismatching range is split until it is small enough to
+  compare row digests, and a sample of differing primary keys is reported. No table passes
+  through Python: only keys and 32-bit digests do, and only for ranges that differ.
+
+Incremental tables are compared within the synced cursor (rows whose modifier is at or before the
+cursor stored in `_mysqlsync_state`, or NULL): rows written since then are not expected in the
+target yet. Rows exactly at the cursor may have been written after the sync read the source in
+the same second; the next sync re-reads them by design (it reads `modifier >= cursor`), so a
+difference confined to them is reported as pending, not as a failure.
+
+`delete_missing_rows` (for `detect_deletes`) walks the target's keys range by range, compares them
+with the source's keys in the same range, confirms each candidate with the source server itself
+(its collation decides equality) and deletes the confirmed ones in small batches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any, Literal, TypeVar
+
+import dagster as dg
+import sqlalchemy as sa
+
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.db import redact
+from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
+from mysqlsync_dagster.state import read_state
+from mysqlsync_dagster.sync import cursor_literal
+from mysqlsync_dagster.wire import WireColumn, wire_kind
+
+SOURCE_ROW_COUNT = "source_row_count"
+ROW_COUNT_MATCH = "row_count_match"
+CHECKSUM_MATCH = "checksum_match"
+BLOCKING_CHECKS = frozenset({ROW_COUNT_MATCH})
+
+DELETES_HINT = (
+    "rows deleted in the source stay in the target unless the table sets "
+    '"detect_deletes": true in tables.json'
+)
+
+TARGET_QUERY_SECONDS = 0.5  # chunk sizes adapt so that one digest query takes about this long
+FIRST_CHUNK_ROWS = 10_000
+MIN_CHUNK_ROWS = 1_000
+MAX_CHUNK_ROWS = 2_000_000
+ROW_DIFF_ROWS = 2_000  # a differing range this small is compared row digest by row digest
+KEY_DIFF_ROWS = 50_000  # ... and key by key when looking for deletes (keys are cheap to list)
+SPLIT_PARTS = 8  # a larger differing range is split into this many parts
+MAX_NARROWED_CHUNKS = 20
+SAMPLE_KEYS = 20
+EXISTS_BATCH = 200  # candidate keys confirmed per query
+DELETE_BATCH_ROWS = 500
+
+Key = tuple[Any, ...]
+Side = Literal["source", "target"]
+Difference = Literal["missing_in_target", "extra_in_target", "changed"]
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class CheckError(RuntimeError):
+    """The tables cannot be compared; the message says why (no secrets)."""
+
+
+@dataclass
+class CheckOutcome:
+    """One check's verdict: plain values, turned into an `AssetCheckResult` or a CLI line."""
+
+    check: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> bool:
+        return self.check in BLOCKING_CHECKS
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+def next_chunk_rows(
+    current: int,
+    seconds: float,
+    target_seconds: float = TARGET_QUERY_SECONDS,
+    minimum: int = MIN_CHUNK_ROWS,
+    maximum: int = MAX_CHUNK_ROWS,
+) -> int:
+    """Rows for the next chunk so that its query takes about `target_seconds`.
+
+    Scales by the last chunk's speed, at most 4x up or down per step (one slow query on a busy
+    server must not collapse the chunk size, nor a cached one inflate it).
+    """
+    factor = 4.0 if seconds <= 0 else min(4.0, max(0.25, target_seconds / seconds))
+    return int(min(maximum, max(minimum, current * factor)))
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Primary keys after `lower` (exclusive) up to `upper` (inclusive); None is unbounded."""
+
+    lower: Key | None = None
+    upper: Key | None = None
+
+    def split(self, points: Sequence[Key]) -> list[KeyRange]:
+        bounds = [self.lower, *points, self.upper]
+        return [KeyRange(a, b) for a, b in pairwise(bounds)]
+
+
+@dataclass(frozen=True)
+class Digest:
+    rows: int
+    xor: int
+
+
+@dataclass
+class RowDiff:
+    missing_in_target: list[Key] = field(default_factory=list)
+    extra_in_target: list[Key] = field(default_factory=list)
+    changed: list[Key] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.missing_in_target) + len(self.extra_in_target) + len(self.changed)
+
+    def extend(self, other: RowDiff) -> None:
+        self.missing_in_target += other.missing_in_target
+        self.extra_in_target += other.extra_in_target
+        self.changed += other.changed
+
+    def sample(self, limit: int) -> list[tuple[Difference, Key]]:
+        """Up to `limit` keys, taking from each kind in turn so every kind is represented."""
+        kinds: list[tuple[Difference, list[Key]]] = [
+            ("missing_in_target", self.missing_in_target),
+            ("extra_in_target", self.extra_in_target),
+            ("changed", self.changed),
+        ]
+        out: list[tuple[Difference, Key]] = []
+        for i in range(max((len(keys) for _, keys in kinds), default=0)):
+            for kind, keys in kinds:
+                if i < len(keys) and len(out) < limit:
+                    out.append((kind, keys[i]))
+        return out
+
+
+def diff_rows(source: Mapping[Key, int], target: Mapping[Key, int]) -> RowDiff:
+    """Compare {key: row digest} of one key range on both sides."""
+    return RowDiff(
+        missing_in_target=[k for k in source if k not in target],
+        extra_in_target=[k for k in target if k not in source],
+        changed=[k for k, h in source.items() if k in target and target[k] != h],
+    )
+
+
+def column_digest_sql(column: Column, quoted: str) -> str:
+    """SQL for a NULL-aware digest of one column's stored value, the same on both servers.
+
+    Values are hashed in the text form the sync copies them by (wire.py): FLOAT via DOUBLE,
+    TIMESTAMP as epoch seconds (time-zone free), BIT as a number, text as utf8mb4; binary
+    values as their raw bytes (HEX would double a large BLOB). Zero dates count as NULL, the one
+    conversion the sync makes. NULL hashes to 'N', unlike any CRC32, so NULL differs from ''.
+    """
+    kind = wire_kind(column)
+    if kind == "hex":
+        value = quoted
+    elif kind == "date":
+        value = f"IF(MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, CAST({quoted} AS CHAR))"
+    elif kind == "timestamp":
+        value = f"NULLIF(UNIX_TIMESTAMP({quoted}), 0)"
+    else:
+        value = WireColumn.of(column).select_sql(quoted)
+    return f"IFNULL(CRC32({value}), 'N')"
+
+
+def row_digest_sql(columns: Sequence[Column], dialect: sa.Dialect) -> str:
+    """CRC32 over the column digests of one row (each a number or 'N', so never ambiguous)."""
+    quote = dialect.identifier_preparer.quote_identifier
+    parts = ", ".join(column_digest_sql(c, quote(c.name)) for c in columns)
+    return f"CRC32(CONCAT_WS(',', {parts}))"
+
+
+def keys_after(columns: Sequence[sa.ColumnElement[Any]], key: Key) -> sa.ColumnElement[bool]:
+    """(columns) > key, spelled `a > x OR (a = x AND b > y)` so the range optimizer uses the key
+    (MariaDB scans the whole index for a row-constructor comparison)."""
+    return _lexicographic(columns, key, strict=True, greater=True)
+
+
+def keys_up_to(columns: Sequence[sa.ColumnElement[Any]], key: Key) -> sa.ColumnElement[bool]:
+    """(columns) <= key, spelled like `keys_after`."""
+    return _lexicographic(columns, key, strict=False, greater=False)
+
+
+def _lexicographic(
+    columns: Sequence[sa.ColumnElement[Any]], key: Key, *, strict: bool, greater: bool
+) -> sa.ColumnElement[bool]:
+    terms = []
+    for i, column in enumerate(columns):
+        last = i == len(columns) - 1
+        if greater:
+            bound = column > key[i] if strict or not last else column >= key[i]
+        else:
+            bound = column < key[i] if strict or not last else column <= key[i]
+        terms.append(sa.and_(*(columns[j] == key[j] for j in range(i)), bound))
+    return sa.or_(*terms)
+
+
+def key_in(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])
+    return sa.tuple_(*columns).in_(keys)
+
+
+def jsonable(value: Any) -> Any:
+    """A key value as JSON metadata shows it exactly."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal | dt.timedelta):
+        return str(value)
+    return value
+
+
+def _in_parallel(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U, float]:
+    """Run two queries at once (one per server); returns both results and the wall time."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        result = a.result(), b.result()
+    return result[0], result[1], time.perf_counter() - started
+
+
+# -- the two tables --------------------------------------------------------------------------
+@dataclass
+class TablePair:
+    """A configured table's source and target, ready to compare.
+
+    `open` reads both shapes; a table or column missing on either side raises `CheckError`.
+    Engines come from db.py, whose sessions run with time_zone '+00:00' on both sides.
+    """
+
+    cfg: TableConfig
+    source_engine: sa.Engine
+    target_engine: sa.Engine
+    shape: TableShape
+    key_columns: tuple[str, ...]
+    cursor: str | None = None
+
+    @classmethod
+    def open(
+        cls,
+        cfg: TableConfig,
+        source_engine: sa.Engine,
+        target_engine: sa.Engine,
+    ) -> TablePair:
+        source_db = source_engine.url.database or ""
+        target_db = target_engine.url.database or ""
+        with source_engine.connect() as conn:
+            shape = read_table_shape(conn, source_db, cfg.table)
+        if shape is None:
+            raise CheckError(
+                f"table {cfg.table!r} does not exist in the source database {source_db!r}"
+            )
+        with target_engine.connect() as conn:
+            target = read_table_shape(conn, target_db, cfg.target)
+            state = read_state(conn, cfg.target)
+        if target is None:
+            raise CheckError(
+                f"table {cfg.target!r} does not exist in the target database {target_db!r} "
+                "(not synced yet?)"
+            )
+        needed = {c.name for c in shape.copied_columns} | set(cfg.primary_key)
+        if cfg.modifier:
+            needed.add(cfg.modifier)
+        missing = (
+            sorted(needed - set(shape.column_names)),
+            sorted(needed - set(target.column_names)),
+        )
+        for side, names in zip(("source", "target"), missing, strict=True):
+            if names:
+                raise CheckError(f"table {cfg.table!r}: column(s) {names} missing in the {side}")
+        return cls(
+            cfg=cfg,
+            source_engine=source_engine,
+            target_engine=target_engine,
+            shape=shape,
+            # the source's own key order, so that ranges follow its index (and the target's)
+            key_columns=shape.primary_key or cfg.primary_key,
+            cursor=state.cursor if state and cfg.incremental else None,
+        )
+
+    # -- SQL pieces ------------------------------------------------------------------
+    def engine(self, side: Side) -> sa.Engine:
+        return self.source_engine if side == "source" else self.target_engine
+
+    def table(self, side: Side) -> sa.TableClause:
+        name = self.cfg.table if side == "source" else self.cfg.target
+        engine = self.engine(side)
+        return sa.table(
+            name, *(sa.column(c) for c in self.shape.column_names), schema=engine.url.database
+        )
+
+    def columns(self, keys_only: bool = False) -> list[Column]:
+        """The columns hashed: the source's copied columns, or its primary key alone."""
+        if keys_only:
+            return [self.shape.column(c) for c in self.key_columns]
+        return self.shape.copied_columns
+
+    def keys(self, table: sa.TableClause) -> list[sa.ColumnElement[Any]]:
+        return [table.c[c] for c in self.key_columns]
+
+    def where(
+        self,
+        table: sa.TableClause,
+        key_range: KeyRange,
+        *,
+        scoped: bool = True,
+        strict: bool = False,
+    ) -> list[sa.ColumnElement[bool]]:
+        """The key range and, when `scoped` and the table is incremental, the synced rows:
+        modifier up to the cursor (`strict`: before it) or NULL."""
+        keys = self.keys(table)
+        clauses = []
+        if key_range.lower is not None:
+            clauses.append(keys_after(keys, key_range.lower))
+        if key_range.upper is not None:
+            clauses.append(keys_up_to(keys, key_range.upper))
+        if scoped and self.cfg.modifier and self.cursor is not None:
+            modifier = table.c[self.cfg.modifier]
+            bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
+            clauses.append(
+                sa.or_(modifier.is_(None), modifier < bound if strict else modifier <= bound)
+            )
+        return clauses
+
+    @property
+    def scoped(self) -> bool:
+        return self.cfg.modifier is not None and self.cursor is not None
+
+    # -- queries ---------------------------------------------------------------------
+    def count(self, side: Side, *, strict: bool = False) -> int:
+        table = self.table(side)
+        query = sa.select(sa.func.count()).select_from(table)
+        query = query.where(*self.where(table, KeyRange(), strict=strict))
+        with self.engine(side).connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def digest(
+        self, side: Side, key_range: KeyRange, *, strict: bool = False, keys_only: bool = False
+    ) -> Digest:
+        """COUNT(*) and BIT_XOR of row digests over the range (`keys_only`: digests of the
+        primary key alone, over every row: the key sets compared, for deletes)."""
+        table = self.table(side)
+        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
+        query = (
+            sa.select(sa.func.count(), sa.func.bit_xor(row_digest))
+            .select_from(table)
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
+        )
+        with self.engine(side).connect() as conn:
+            rows, xor = conn.execute(query).one()
+        return Digest(int(rows), int(xor or 0))
+
+    def digests(
+        self, key_range: KeyRange, *, strict: bool = False, keys_only: bool = False
+    ) -> tuple[Digest, Digest, float]:
+        return _in_parallel(
+            lambda: self.digest("source", key_range, strict=strict, keys_only=keys_only),
+            lambda: self.digest("target", key_range, strict=strict, keys_only=keys_only),
+        )
+
+    def row_digests(
+        self, side: Side, key_range: KeyRange, *, strict: bool, keys_only: bool = False
+    ) -> dict[Key, int]:
+        table = self.table(side)
+        keys = self.keys(table)
+        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
+        query = (
+            sa.select(*keys, row_digest)
+            .select_from(table)
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
+            .order_by(*keys)
+        )
+        with self.engine(side).connect() as conn:
+            return {tuple(row[:-1]): int(row[-1]) for row in conn.execute(query)}
+
+    def key_at(
+        self,
+        side: Side,
+        key_range: KeyRange,
+        offset: int,
+        *,
+        scoped: bool = False,
+        strict: bool = False,
+    ) -> Key | None:
+        """The key `offset` rows into the range (0 = its first), or None past its end."""
+        table = self.table(side)
+        keys = self.keys(table)
+        clauses = self.where(table, key_range, scoped=scoped, strict=strict)
+        query = sa.select(*keys).where(*clauses).order_by(*keys).limit(1).offset(offset)
+        with self.engine(side).connect() as conn:
+            row = conn.execute(query).first()
+        return tuple(row) if row else None
+
+    def key_list(self, side: Side, key_range: KeyRange, limit: int | None = None) -> list[Key]:
+        table = self.table(side)
+        keys = self.keys(table)
+        # deletes concern every row, whatever its modifier
+        clauses = self.where(table, key_range, scoped=False)
+        query = sa.select(*keys).where(*clauses).order_by(*keys)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine(side).connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        return self.source_engine.dialect
+
+    def key_dict(self, key: Key) -> dict[str, Any]:
+        return {name: jsonable(value) for name, value in zip(self.key_columns, key, strict=True)}
+
+
+def _secrets(*engines: sa.Engine) -> list[str]:
+    return [e.url.password for e in engines if e.url.password]
+
+
+def _failure(check: str, error: BaseException, secrets: Sequence[str]) -> CheckOutcome:
+    if isinstance(error, CheckError):
+        message = str(error)
+    elif isinstance(error, sa.exc.SQLAlchemyError):
+        message = f"database error: {getattr(error, 'orig', None) or error}"
+    else:
+        message = f"{type(error).__name__}: {error}"
+    return CheckOutcome(check, False, redact(message, secrets))
+
+
+# -- the checks ------------------------------------------------------------------------------
+def source_row_count(cfg: TableConfig, source_engine: sa.Engine) -> CheckOutcome:
+    """The source table answers: its row count and, for incremental tables, its max modifier."""
+    started = time.perf_counter()
+    database = source_engine.url.database or ""
+    try:
+        with source_engine.connect() as conn:
+            shape = read_table_shape(conn, database, cfg.table)
+            if shape is None:
+                raise CheckError(
+                    f"table {cfg.table!r} does not exist in the source database {database!r}"
+                )
+            table = sa.table(cfg.table, *(sa.column(c) for c in shape.column_names))
+            figures: list[Any] = [sa.func.count()]
+            if cfg.modifier:
+                if cfg.modifier not in shape.column_names:
+                    raise CheckError(
+                        f"table {cfg.table!r}: modifier column {cfg.modifier!r} not found in "
+                        "the source"
+                    )
+                latest: Any = sa.func.max(table.c[cfg.modifier])
+                if shape.column(cfg.modifier).data_type == "timestamp":
+                    latest = sa.func.unix_timestamp(latest)  # the cursor's own form
+                figures.append(sa.cast(latest, sa.CHAR))
+            row = conn.execute(sa.select(*figures).select_from(table)).one()
+    except Exception as error:
+        return _failure(SOURCE_ROW_COUNT, error, _secrets(source_engine))
+    rows = int(row[0])
+    metadata: dict[str, Any] = {
+        "source_rows": rows,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    text = f"{rows:,} rows in source table {cfg.table!r}"
+    if cfg.modifier:
+        metadata["max_modifier"] = row[1] or ""
+        text += f", max {cfg.modifier} {row[1]}"
+    return CheckOutcome(SOURCE_ROW_COUNT, True, text, metadata)
+
+
+def row_count_match(pair: TablePair) -> CheckOutcome:
+    """COUNT(*) of both sides (incremental: within the synced cursor)."""
+    started = time.perf_counter()
+    source, target, _ = _in_parallel(lambda: pair.count("source"), lambda: pair.count("target"))
+    metadata: dict[str, Any] = {
+        "source_rows": source,
+        "target_rows": target,
+        "difference": target - source,
+    }
+    scope = f" with {pair.cfg.modifier} up to {pair.cursor}" if pair.scoped else ""
+    passed = source == target
+    text = f"source {source:,} rows, target {target:,} rows{scope}"
+    if not passed and pair.scoped:
+        # Only rows at the cursor differ? They are re-read by the next sync.
+        source_before, target_before, _ = _in_parallel(
+            lambda: pair.count("source", strict=True), lambda: pair.count("target", strict=True)
+        )
+        if source_before == target_before:
+            passed = True
+            metadata["rows_pending_at_cursor"] = abs(target - source)
+            text += (
+                f"; the {abs(target - source):,} rows of difference all have {pair.cfg.modifier}"
+                " equal to the cursor and are re-read by the next sync"
+            )
+    if not passed:
+        text += f": difference {target - source:+,}"
+        if target > source and not pair.cfg.detect_deletes:
+            text += f" (more rows in the target: {DELETES_HINT})"
+    if pair.scoped:
+        metadata["cursor"] = pair.cursor
+    metadata["seconds"] = round(time.perf_counter() - started, 3)
+    return CheckOutcome(ROW_COUNT_MATCH, passed, text, metadata)
+
+
+@dataclass
+class ChecksumScan:
+    """What a chunked comparison saw."""
+
+    chunks: int = 0
+    rows: int = 0
+    chunk_rows: list[int] = field(default_factory=list)
+    mismatched: list[tuple[KeyRange, Digest, Digest]] = field(default_factory=list)
+    pending: int = 0
+
+
+def scan_chunks(
+    pair: TablePair,
+    first_chunk_rows: int = FIRST_CHUNK_ROWS,
+    max_chunk_rows: int = MAX_CHUNK_ROWS,
+    *,
+    keys_only: bool = False,
+) -> ChecksumScan:
+    """Compare digests of consecutive key ranges of the source; the first range starts below
+    every key and the last ends above every key, so target rows outside the source's keys are
+    compared too."""
+    scan = ChecksumScan()
+    chunk_rows = first_chunk_rows
+    lower: Key | None = None
+    # Without a primary key in the source, ranges would need a sort each: compare in one go.
+    chunked = bool(pair.shape.primary_key)
+    while True:
+        upper = pair.key_at("source", KeyRange(lower), chunk_rows - 1) if chunked else None
+        key_range = KeyRange(lower, upper)
+        source, target, seconds = pair.digests(key_range, keys_only=keys_only)
+        scan.chunks += 1
+        scan.rows += source.rows
+        scan.chunk_rows.append(chunk_rows)
+        if source != target:
+            scan.mismatched.append((key_range, source, target))
+        if upper is None:
+            return scan
+        chunk_rows = next_chunk_rows(chunk_rows, seconds, maximum=max_chunk_rows)
+        lower = upper
+
+
+def narrow(
+    pair: TablePair,
+    key_range: KeyRange,
+    source: Digest,
+    target: Digest,
+    *,
+    strict: bool,
+    found: RowDiff,
+    limit: int | None = SAMPLE_KEYS,
+    keys_only: bool = False,
+    leaf_rows: int = ROW_DIFF_ROWS,
+) -> bool:
+    """Split a differing range until its parts are small enough to compare row digests.
+
+    Adds the differing keys to `found`; stops once it holds `limit` of them. Returns whether
+    the whole range was narrowed (every differing row found). `keys_only`: compare the key
+    sets of all rows (for deletes) rather than the synced rows' contents."""
+    if max(source.rows, target.rows) <= leaf_rows:
+        found.extend(
+            diff_rows(
+                pair.row_digests("source", key_range, strict=strict, keys_only=keys_only),
+                pair.row_digests("target", key_range, strict=strict, keys_only=keys_only),
+            )
+        )
+        return True
+    # Split at keys of the side holding more rows, so that every part holds fewer.
+    side: Side = "source" if source.rows >= target.rows else "target"
+    rows = max(source.rows, target.rows)
+    offsets = [rows * i // SPLIT_PARTS for i in range(1, SPLIT_PARTS)]
+    points = [
+        p
+        for p in (
+            pair.key_at(side, key_range, o, scoped=not keys_only, strict=strict) for o in offsets
+        )
+        if p is not None
+    ]
+    for part in key_range.split(points):
+        if limit is not None and found.total >= limit:
+            return False
+        part_source, part_target, _ = pair.digests(part, strict=strict, keys_only=keys_only)
+        if part_source != part_target and not narrow(
+            pair,
+            part,
+            part_source,
+            part_target,
+            strict=strict,
+            found=found,
+            limit=limit,
+            keys_only=keys_only,
+            leaf_rows=leaf_rows,
+        ):
+            return False
+    return True
+
+
+def interleave(lists: Sequence[Sequence[T]], limit: int) -> list[T]:
+    """Up to `limit` items taking one from each list in turn (a sample from every range)."""
+    out: list[T] = []
+    for i in range(max((len(items) for items in lists), default=0)):
+        out += [items[i] for items in lists if i < len(items)]
+    return out[:limit]
+
+
+def checksum_match(
+    pair: TablePair,
+    first_chunk_rows: int = FIRST_CHUNK_ROWS,
+    max_chunk_rows: int = MAX_CHUNK_ROWS,
+) -> CheckOutcome:
+    """Chunked COUNT(*) + BIT_XOR(CRC32(row)) comparison, narrowed to keys on a mismatch."""
+    started = time.perf_counter()
+    scan = scan_chunks(pair, first_chunk_rows, max_chunk_rows)
+    compare_seconds = time.perf_counter() - started
+    differing: list[tuple[KeyRange, Digest, Digest]] = []
+    for key_range, source, target in scan.mismatched:
+        if pair.scoped:
+            source, target, _ = pair.digests(key_range, strict=True)
+            if source == target:
+                scan.pending += 1  # only rows at the cursor differ: the next sync re-reads them
+                continue
+        differing.append((key_range, source, target))
+    # Narrow each differing range (a few keys from each rather than many from the first).
+    narrowed = differing[:MAX_NARROWED_CHUNKS]
+    per_range = max(3, -(-SAMPLE_KEYS // max(1, len(narrowed))))
+    found, samples, complete = RowDiff(), [], len(narrowed) == len(differing)
+    for key_range, source, target in narrowed:
+        in_range = RowDiff()
+        complete &= narrow(
+            pair, key_range, source, target, strict=pair.scoped, found=in_range, limit=per_range
+        )
+        found.extend(in_range)
+        samples.append(in_range.sample(per_range))
+    seconds = time.perf_counter() - started
+    metadata: dict[str, Any] = {
+        "chunks": scan.chunks,
+        "rows_compared": scan.rows,
+        "mismatched_chunks": len(differing),
+        "chunk_rows_first": scan.chunk_rows[0],
+        "chunk_rows_max": max(scan.chunk_rows),
+        "compare_seconds": round(compare_seconds, 3),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(scan.rows / compare_seconds, 1) if compare_seconds > 0 else 0.0,
+        "columns_hashed": len(pair.shape.copied_columns),
+    }
+    if pair.scoped:
+        metadata["cursor"] = pair.cursor
+        metadata["chunks_pending_at_cursor"] = scan.pending
+    scope = f" with {pair.cfg.modifier} up to {pair.cursor}" if pair.scoped else ""
+    if not differing:
+        text = f"{scan.rows:,} rows{scope} agree in {scan.chunks:,} key ranges"
+        if scan.pending:
+            text += (
+                f"; {scan.pending} ranges differ only in rows at the cursor, which the next "
+                "sync re-reads"
+            )
+        return CheckOutcome(CHECKSUM_MATCH, True, text, metadata)
+    metadata.update(
+        {
+            "rows_missing_in_target": len(found.missing_in_target),
+            "rows_extra_in_target": len(found.extra_in_target),
+            "rows_changed": len(found.changed),
+            "differing_keys": [
+                {"difference": kind, "key": pair.key_dict(key)}
+                for kind, key in interleave(samples, SAMPLE_KEYS)
+            ],
+            "all_differences_listed": complete,
+            "differing_ranges": [
+                {
+                    "after": None if r.lower is None else pair.key_dict(r.lower),
+                    "up_to": None if r.upper is None else pair.key_dict(r.upper),
+                    "source_rows": s.rows,
+                    "target_rows": t.rows,
+                }
+                for r, s, t in differing[:10]
+            ],
+        }
+    )
+    parts = [
+        f"{len(found.missing_in_target)} missing in the target" if found.missing_in_target else "",
+        f"{len(found.extra_in_target)} extra in the target" if found.extra_in_target else "",
+        f"{len(found.changed)} changed" if found.changed else "",
+    ]
+    listed = ", ".join(p for p in parts if p) or "no single row isolated"
+    text = (
+        f"{len(differing)} of {scan.chunks:,} key ranges differ{scope}; rows found: {listed}"
+        + ("" if complete else " (a sample: more rows may differ)")
+        + "; see differing_keys"
+    )
+    if found.extra_in_target and not pair.cfg.detect_deletes:
+        text += f" ({DELETES_HINT})"
+    return CheckOutcome(CHECKSUM_MATCH, False, text, metadata)
+
+
+def table_checks(
+    cfg: TableConfig, source_engine: sa.Engine, target_engine: sa.Engine
+) -> list[CheckOutcome]:
+    """The post-sync checks of one table (`row_count_match`, and `checksum_match` unless
+    disabled), against the databases as they are now; never raises."""
+    names = [ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
+    secrets = _secrets(source_engine, target_engine)
+    try:
+        pair = TablePair.open(cfg, source_engine, target_engine)
+    except Exception as error:
+        return [_failure(name, error, secrets) for name in names]
+    outcomes = []
+    for name, run in ((ROW_COUNT_MATCH, row_count_match), (CHECKSUM_MATCH, checksum_match)):
+        if name in names:
+            try:
+                outcomes.append(run(pair))
+            except Exception as error:
+                outcomes.append(_failure(name, error, secrets))
+    return outcomes
+
+
+def run_all_checks(
+    cfg: TableConfig, source_engine: sa.Engine, target_engine: sa.Engine
+) -> list[CheckOutcome]:
+    """Every check of one table, as `mysqlsync-dagster check` runs them."""
+    return [source_row_count(cfg, source_engine), *table_checks(cfg, source_engine, target_engine)]
+
+
+# -- hard deletes ----------------------------------------------------------------------------
+@dataclass
+class DeleteReport:
+    rows_deleted: int = 0
+    chunks: int = 0
+    chunks_differing: int = 0
+    candidates: int = 0
+    seconds: float = 0.0
+
+
+def delete_missing_rows(
+    pair: TablePair,
+    *,
+    batch_rows: int = DELETE_BATCH_ROWS,
+    log: logging.Logger | None = None,
+) -> DeleteReport:
+    """Delete target rows whose primary key no longer exists in the source.
+
+    The servers compare the key sets first, as digests of key ranges (COUNT and BIT_XOR of the
+    keys' CRC32, like the checksum); a differing range is split until its parts hold at most
+    KEY_DIFF_ROWS keys, whose keys are then listed and compared: only keys of differing ranges pass through
+    Python, never a whole table. A candidate is deleted only after the source server confirms it
+    has no such key (its collation, not Python's string equality, decides), in batches of
+    `batch_rows`, one short transaction each.
+    """
+    started = time.perf_counter()
+    report = DeleteReport()
+    scan = scan_chunks(pair, keys_only=True)
+    report.chunks, report.chunks_differing = scan.chunks, len(scan.mismatched)
+    for key_range, source, target in scan.mismatched:
+        found = RowDiff()
+        narrow(
+            pair,
+            key_range,
+            source,
+            target,
+            strict=False,
+            found=found,
+            limit=None,
+            keys_only=True,
+            leaf_rows=KEY_DIFF_ROWS,
+        )
+        report.candidates += len(found.extra_in_target)
+        gone = absent_in_source(pair, found.extra_in_target)
+        for i in range(0, len(gone), batch_rows):
+            report.rows_deleted += delete_keys(pair, gone[i : i + batch_rows])
+    report.seconds = time.perf_counter() - started
+    if log and report.rows_deleted:
+        log.info(
+            "%s: deleted %s rows no longer in the source (%s of %s key ranges differed, %.1fs)",
+            pair.cfg.table,
+            f"{report.rows_deleted:,}",
+            report.chunks_differing,
+            report.chunks,
+            report.seconds,
+        )
+    return report
+
+
+def absent_in_source(pair: TablePair, candidates: Sequence[Key]) -> list[Key]:
+    """The candidates for which the source has no row with an equal key."""
+    table = pair.table("source")
+    keys = pair.keys(table)
+    absent: list[Key] = []
+    for i in range(0, len(candidates), EXISTS_BATCH):
+        batch = candidates[i : i + EXISTS_BATCH]
+        probes = [
+            sa.select(sa.literal_column("1"))
+            .select_from(table)
+            .where(*(column == value for column, value in zip(keys, key, strict=True)))
+            .exists()
+            for key in batch
+        ]
+        with pair.source_engine.connect() as conn:
+            found = conn.execute(sa.select(*probes)).one()
+        absent += [key for key, exists in zip(batch, found, strict=True) if not exists]
+    return absent
+
+
+def delete_keys(pair: TablePair, keys: Sequence[Key]) -> int:
+    if not keys:
+        return 0
+    table = pair.table("target")
+    with pair.target_engine.begin() as conn:
+        return int(conn.execute(sa.delete(table).where(key_in(pair.keys(table), keys))).rowcount)
+
+
+# -- Dagster glue ----------------------------------------------------------------------------
+_DESCRIPTIONS = {
+    SOURCE_ROW_COUNT: "The source table is reachable; its row count (and max modifier) before "
+    "extraction.",
+    ROW_COUNT_MATCH: "Target row count equals the source's (incremental tables: within the "
+    "synced cursor).",
+    CHECKSUM_MATCH: "Source and target agree row for row: COUNT(*) and BIT_XOR(CRC32(row)) per "
+    "primary-key range, computed by each server; differing keys are listed.",
+}
+
+
+def table_check_specs(cfg: TableConfig, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    names = [SOURCE_ROW_COUNT, ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
+    return [
+        dg.AssetCheckSpec(
+            name,
+            asset=asset_key,
+            description=_DESCRIPTIONS[name],
+            blocking=name in BLOCKING_CHECKS,
+        )
+        for name in names
+    ]
+
+
+def metadata_value(value: Any) -> dg.MetadataValue:
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
+    if isinstance(value, list | dict):
+        return dg.MetadataValue.json(value)
+    return dg.MetadataValue.text(str(value))
+
+
+def check_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=outcome.check,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        metadata={k: metadata_value(v) for k, v in outcome.metadata.items()},
+    )
+
+
+def post_sync_check_results(
+    cfg: TableConfig,
+    asset_key: dg.AssetKey,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    pre_sync: CheckOutcome | None,
+) -> Iterator[dg.AssetCheckResult]:
+    """The asset's check results, yielded after its materialization (`pre_sync`: the
+    `source_row_count` outcome taken before extraction, unless already reported)."""
+    if pre_sync is not None:
+        yield check_result(pre_sync, asset_key)
+    for outcome in table_checks(cfg, source_engine, target_engine):
+        yield check_result(outcome, asset_key)
+
+
+# -- CLI report ------------------------------------------------------------------------------
+def format_outcome(table: str, outcome: CheckOutcome) -> str:
+    """One verdict with its figures, as `mysqlsync-dagster check` prints it."""
+    verdict = "ok" if outcome.passed else ("FAILED" if outcome.blocking else "failed")
+    figures = " ".join(
+        f"{key}={value:,}"
+        if isinstance(value, int) and not isinstance(value, bool)
+        else f"{key}={value}"
+        for key, value in outcome.metadata.items()
+        if isinstance(value, int | float | str) and value != ""
+    )
+    lines = [f"{table}  {outcome.check}  {verdict}  {outcome.description}"]
+    if figures:
+        lines.append(f"    {figures}")
+    keys = outcome.metadata.get("differing_keys")
+    if keys:
+        lines.append(
+            "    differing keys: "
+            + "; ".join(f"{k['difference']} {k['key']}" for k in keys[:SAMPLE_KEYS])
+        )
+    return "\n".join(lines)
