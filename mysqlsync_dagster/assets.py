@@ -16,12 +16,20 @@ from dagster_dlt.translator import DltResourceTranslatorData
 
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 from mysqlsync_dagster.db import is_transient, redact
+from mysqlsync_dagster.partitions import (
+    DEFAULT_SOURCE_TIMEZONE,
+    backfill_policy,
+    partitions_definition,
+    window_for_context,
+)
 from mysqlsync_dagster.resources import MySQLResource
 from mysqlsync_dagster.schema import SchemaError, quote
 from mysqlsync_dagster.sync import SyncError, SyncResult, TableSync
 
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
+TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
+PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 
 
 def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
@@ -46,7 +54,9 @@ def freshness_minutes(cfg: TableConfig, interval_seconds: int) -> float:
     return cfg.freshness_minutes or 2 * interval_seconds / 60
 
 
-def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
+def table_asset_spec(
+    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+) -> dg.AssetSpec:
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -56,6 +66,7 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
         description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
         group_name=GROUP,
         kinds={"dlt", "mysql"},
+        partitions_def=partitions_definition(cfg, timezone),
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=dt.timedelta(minutes=freshness_minutes(cfg, interval_seconds))
         ),
@@ -67,6 +78,7 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
             "mode": cfg.mode,
             "strategy": "incremental" if cfg.incremental else "full_refresh",
             "batch_size": dg.MetadataValue.int(cfg.batch_size),
+            "partitions": cfg.partitions,
             "dagster/table_name": cfg.target,
         },
     )
@@ -75,8 +87,10 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
 class TableTranslator(DagsterDltTranslator):
     """Maps this table's dlt resource to its asset spec (the same at build and run time)."""
 
-    def __init__(self, cfg: TableConfig, interval_seconds: int) -> None:
-        self.spec = table_asset_spec(cfg, interval_seconds)
+    def __init__(
+        self, cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+    ) -> None:
+        self.spec = table_asset_spec(cfg, interval_seconds, timezone)
 
     def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
         return self.spec
@@ -134,9 +148,16 @@ def run_table_sync(
 ) -> Iterator[dg.MaterializeResult]:
     source_settings = source_db.settings()
     secrets = source_settings.secrets + target_db.settings().secrets
+    window = window_for_context(context)
     try:
         with TableSync(
-            cfg, source_settings, source_db.engine, target_db.engine, log=context.log
+            cfg,
+            source_settings,
+            source_db.engine,
+            target_db.engine,
+            log=context.log,
+            window=window,
+            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if window else 0,
         ) as sync:
             dlt_meta: dict[str, Any] = {}
             for event in dlt.run(
@@ -166,19 +187,22 @@ def run_table_sync(
         result.seconds,
         result.strategy,
     )
-    yield dg.MaterializeResult(
-        asset_key=target_asset_key(cfg),
-        metadata=result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta),
-    )
+    metadata = result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta)
+    if window is not None:
+        metadata["window"] = window.describe()
+    yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
 
 
-def build_table_asset(cfg: TableConfig, interval_seconds: int) -> dg.AssetsDefinition:
-    translator = TableTranslator(cfg, interval_seconds)
+def build_table_asset(
+    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+) -> dg.AssetsDefinition:
+    translator = TableTranslator(cfg, interval_seconds, timezone)
 
     @dg.multi_asset(
         name=f"sync_{cfg.key}",
         specs=[translator.spec],
-        pool="mysqlsync_target",
+        pool=TARGET_POOL,
+        backfill_policy=backfill_policy(cfg),
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
     def sync_table(
