@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from mysqlsync_dagster import retries
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
-from mysqlsync_dagster.db import is_transient, redact
 from mysqlsync_dagster.partitions import (
     DEFAULT_SOURCE_TIMEZONE,
     backfill_policy,
@@ -23,8 +23,8 @@ from mysqlsync_dagster.partitions import (
     window_for_context,
 )
 from mysqlsync_dagster.resources import MySQLResource
-from mysqlsync_dagster.schema import SchemaError, quote
-from mysqlsync_dagster.sync import SyncError, SyncResult, TableSync
+from mysqlsync_dagster.schema import quote
+from mysqlsync_dagster.sync import SyncResult, TableSync
 
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
@@ -173,13 +173,8 @@ def run_table_sync(
             if result.strategy == "swap"
             else target_row_count(target_db.engine, cfg.target)
         )
-    except (SchemaError, SyncError) as error:
-        raise dg.Failure(description=redact(str(error), secrets)) from None
     except Exception as error:
-        message = redact(f"{type(error).__name__}: {error}", secrets)
-        if is_transient(error):
-            raise SyncError(f"table {cfg.table!r}: transient database error: {message}") from None
-        raise SyncError(f"table {cfg.table!r}: {message}") from None
+        raise retries.sync_failure(cfg.table, error, secrets) from None
     context.log.info(
         "%s: %s rows written in %.1fs (%s)",
         cfg.table,
@@ -202,6 +197,7 @@ def build_table_asset(
         name=f"sync_{cfg.key}",
         specs=[translator.spec],
         pool=TARGET_POOL,
+        retry_policy=retries.RETRY_POLICY,
         backfill_policy=backfill_policy(cfg),
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
