@@ -15,6 +15,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from mysqlsync_dagster import retries
+from mysqlsync_dagster.cadence import freshness_minutes
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 from mysqlsync_dagster.partitions import (
     DEFAULT_SOURCE_TIMEZONE,
@@ -48,10 +49,6 @@ def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
         kinds={"mysql"},
         metadata={"dagster/table_name": cfg.table},
     )
-
-
-def freshness_minutes(cfg: TableConfig, interval_seconds: int) -> float:
-    return cfg.freshness_minutes or 2 * interval_seconds / 60
 
 
 def table_asset_spec(

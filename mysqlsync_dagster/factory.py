@@ -12,6 +12,7 @@ import dagster as dg
 from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.assets import build_table_asset, source_asset_spec, target_asset_key
+from mysqlsync_dagster.automation import build_automation
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.partitions import source_timezone
 from mysqlsync_dagster.resources import MySQLResource
@@ -33,6 +34,7 @@ def build_definitions(
     environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
     timezone = source_timezone(environ)
+    automation = build_automation(tables, interval, environ, timezone)
     return dg.Definitions(
         assets=[
             *(source_asset_spec(cfg) for cfg in tables),
@@ -48,6 +50,9 @@ def build_definitions(
                     "Sync every unpartitioned table once (partitioned tables: backfill them)."
                 ),
             ),
+            *automation.jobs,
         ],
+        schedules=automation.schedules,
+        sensors=automation.sensors,
         resources=build_resources(environ),
     )
