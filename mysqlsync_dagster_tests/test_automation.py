@@ -217,3 +217,25 @@ def test_change_sensor_requests_runs_only_for_changed_tables(sync_env):
     requests, cursor = evaluate(cursor)
     assert requests == [("sync_every_300s", ("countries", "customers"), None)]
     assert evaluate(cursor)[0] == []
+
+
+def test_instance_limits_fit_the_connection_pools(tmp_path):
+    """dagster.yaml: table syncs at once x connections per sync fit POOL_SIZE + MAX_OVERFLOW."""
+    from pathlib import Path
+
+    from mysqlsync_dagster.db import DatabaseSettings
+
+    config = (Path(__file__).parents[1] / "dagster.yaml").read_text()
+    (tmp_path / "dagster.yaml").write_text(config.replace(".dagster_home", str(tmp_path)))
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.pool_granularity.value == "op"
+        slots = concurrency.pool_config.default_pool_limit
+        defaults = DatabaseSettings(url=None)  # type: ignore[arg-type]
+        assert slots * 3 <= defaults.pool_size + defaults.max_overflow
+        assert concurrency.run_queue_config.max_concurrent_runs > 0
+        assert instance.run_retries_enabled and instance.run_retries_max_retries > 0
+        assert not instance.run_retries_retry_on_asset_or_op_failure  # RetryPolicy decides
+    finally:
+        instance.dispose()
