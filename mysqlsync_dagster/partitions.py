@@ -35,8 +35,10 @@ DEFAULT_SOURCE_TIMEZONE = "UTC"
 WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
 
 # Runs per backfill: a bounded multi-run policy. Each run upserts its whole range with one
-# windowed query (a range costs about what one partition costs), and a failure only fails the
-# partitions of its run, which a re-execution of the backfill's failed partitions retries alone.
+# windowed query, and a failure only fails the partitions of its run, which a re-execution of
+# the backfill's failed partitions retries alone. Measured (365 daily partitions, 1M rows,
+# in-process): a single run 15 s, runs of 31 partitions 36 s, a run per partition ~570 s. The
+# single run is fastest but all-or-nothing and holds the table's lock throughout.
 MAX_PARTITIONS_PER_RUN = {"hourly": 168, "daily": 31, "weekly": 13, "monthly": 12}
 
 
