@@ -39,6 +39,7 @@ from croniter import croniter
 from mysqlsync_dagster.assets import target_asset_key
 from mysqlsync_dagster.cadence import freshness_minutes, table_cron
 from mysqlsync_dagster.config import ConfigError, TableConfig
+from mysqlsync_dagster.db import is_transient
 from mysqlsync_dagster.partitions import DEFAULT_SOURCE_TIMEZONE, partitions_definition
 from mysqlsync_dagster.resources import MySQLResource
 from mysqlsync_dagster.state import STATE_TABLE
@@ -123,7 +124,6 @@ class CadenceGroup:
             self.job_name,
             selection=dg.AssetSelection.assets(*(target_asset_key(c) for c in self.tables)),
             description=f"Sync on cron `{self.cron}`: {names}.",
-            tags={"mysqlsync/trigger": "schedule"},
         )
 
 
@@ -240,7 +240,7 @@ def _modifier_types(conn: sa.Connection, database: str) -> dict[tuple[str, str],
         ),
         {"db": database},
     )
-    return {(t, c): d for t, c, d in rows}
+    return {(t.casefold(), c.casefold()): d for t, c, d in rows}
 
 
 def probe_source(
@@ -258,7 +258,7 @@ def probe_source(
         name = f"{quote(database)}.{quote(cfg.table)}"
         try:
             if cfg.modifier is not None:
-                data_type = types.get((cfg.table, cfg.modifier))
+                data_type = types.get((cfg.table.casefold(), cfg.modifier.casefold()))
                 if data_type is None:
                     continue  # missing table or column: the table's own run reports it
                 column = quote(cfg.modifier)
@@ -274,8 +274,10 @@ def probe_source(
                 if row[1] is None:
                     continue  # CHECKSUM TABLE reports a missing table as NULL
                 probes[cfg.key] = str(row[1])
-        except sa.exc.DBAPIError:
-            continue
+        except sa.exc.DBAPIError as error:
+            if is_transient(error):
+                raise  # the tick fails visibly and the next one tries again
+            continue  # e.g. no grant on this table: its own run reports the problem
     return probes
 
 
