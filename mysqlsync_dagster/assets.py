@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from mysqlsync_dagster import retries
+from mysqlsync_dagster.cadence import freshness_minutes
 from mysqlsync_dagster.checks import (
     TablePair,
     check_result,
@@ -23,13 +25,21 @@ from mysqlsync_dagster.checks import (
     table_check_specs,
 )
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
-from mysqlsync_dagster.db import is_transient, redact, run_sql
+from mysqlsync_dagster.db import run_sql
+from mysqlsync_dagster.partitions import (
+    DEFAULT_SOURCE_TIMEZONE,
+    backfill_policy,
+    partitions_definition,
+    window_for_context,
+)
 from mysqlsync_dagster.resources import MySQLResource
-from mysqlsync_dagster.schema import SchemaError, quote
-from mysqlsync_dagster.sync import SyncError, SyncResult, TableSync
+from mysqlsync_dagster.schema import quote
+from mysqlsync_dagster.sync import SyncResult, TableSync
 
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
+TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
+PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 
 
 def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
@@ -50,11 +60,9 @@ def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
     )
 
 
-def freshness_minutes(cfg: TableConfig, interval_seconds: int) -> float:
-    return cfg.freshness_minutes or 2 * interval_seconds / 60
-
-
-def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
+def table_asset_spec(
+    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+) -> dg.AssetSpec:
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -64,6 +72,7 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
         description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
         group_name=GROUP,
         kinds={"dlt", "mysql"},
+        partitions_def=partitions_definition(cfg, timezone),
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=dt.timedelta(minutes=freshness_minutes(cfg, interval_seconds))
         ),
@@ -75,6 +84,7 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
             "mode": cfg.mode,
             "strategy": "incremental" if cfg.incremental else "full_refresh",
             "batch_size": dg.MetadataValue.int(cfg.batch_size),
+            "partitions": cfg.partitions,
             "dagster/table_name": cfg.target,
         },
     )
@@ -83,8 +93,10 @@ def table_asset_spec(cfg: TableConfig, interval_seconds: int) -> dg.AssetSpec:
 class TableTranslator(DagsterDltTranslator):
     """Maps this table's dlt resource to its asset spec (the same at build and run time)."""
 
-    def __init__(self, cfg: TableConfig, interval_seconds: int) -> None:
-        self.spec = table_asset_spec(cfg, interval_seconds)
+    def __init__(
+        self, cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+    ) -> None:
+        self.spec = table_asset_spec(cfg, interval_seconds, timezone)
 
     def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
         return self.spec
@@ -147,9 +159,16 @@ def run_table_sync(
     if not pre_sync.passed:  # reported now: the sync below fails for the same reason
         yield check_result(pre_sync, target_asset_key(cfg))
     rows_deleted = 0
+    window = window_for_context(context)
     try:
         with TableSync(
-            cfg, source_settings, source_db.engine, target_db.engine, log=context.log
+            cfg,
+            source_settings,
+            source_db.engine,
+            target_db.engine,
+            log=context.log,
+            window=window,
+            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if window else 0,
         ) as sync:
             dlt_meta: dict[str, Any] = {}
             for event in dlt.run(
@@ -168,13 +187,8 @@ def run_table_sync(
             if result.strategy == "swap"
             else target_row_count(target_db.engine, cfg.target)
         )
-    except (SchemaError, SyncError) as error:
-        raise dg.Failure(description=redact(str(error), secrets)) from None
     except Exception as error:
-        message = redact(f"{type(error).__name__}: {error}", secrets)
-        if is_transient(error):
-            raise SyncError(f"table {cfg.table!r}: transient database error: {message}") from None
-        raise SyncError(f"table {cfg.table!r}: {message}") from None
+        raise retries.sync_failure(cfg.table, error, secrets) from None
     context.log.info(
         "%s: %s rows written in %.1fs (%s)",
         cfg.table,
@@ -185,6 +199,8 @@ def run_table_sync(
     metadata = result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta)
     if cfg.detect_deletes:
         metadata["rows_deleted"] = dg.MetadataValue.int(rows_deleted)
+    if window is not None:
+        metadata["window"] = window.describe()
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
     yield from post_sync_check_results(
         cfg,
@@ -195,14 +211,18 @@ def run_table_sync(
     )
 
 
-def build_table_asset(cfg: TableConfig, interval_seconds: int) -> dg.AssetsDefinition:
-    translator = TableTranslator(cfg, interval_seconds)
+def build_table_asset(
+    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
+) -> dg.AssetsDefinition:
+    translator = TableTranslator(cfg, interval_seconds, timezone)
 
     @dg.multi_asset(
         name=f"sync_{cfg.key}",
         specs=[translator.spec],
         check_specs=table_check_specs(cfg, target_asset_key(cfg)),
-        pool="mysqlsync_target",
+        pool=TARGET_POOL,
+        retry_policy=retries.RETRY_POLICY,
+        backfill_policy=backfill_policy(cfg),
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
     def sync_table(

@@ -64,23 +64,40 @@ def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutc
     defs = build_definitions(tables, interval_seconds())
     started = time.perf_counter()
     log_level = "INFO" if verbose else "ERROR"
-    result = dg.materialize(
-        assets=list(defs.assets or []),
-        resources=defs.resources,
-        instance=_instance(),
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        tags={"mysqlsync/trigger": "cli"},
-    )
-    failures = {
-        event.step_key: event.event_specific_data.error  # type: ignore[union-attr]
-        for event in result.get_step_failure_events()
-    }
-    evaluations = result.get_asset_check_evaluations()
+    # one run per partitions definition (a run cannot mix them); partitioned tables are run
+    # without a partition key, which syncs all their partitions
+    specs = [a for a in defs.assets or [] if not isinstance(a, dg.AssetsDefinition)]
+    runs: dict[object, list[Any]] = {}
+    for asset in defs.assets or []:
+        if isinstance(asset, dg.AssetsDefinition):
+            runs.setdefault(asset.partitions_def, []).append(asset)
+    failures: dict[str, Any] = {}
+    materialized: dict[str, list[dg.AssetMaterialization]] = {}
+    evaluations: list[Any] = []
+    for assets in runs.values():
+        result = dg.materialize(
+            assets=[*specs, *assets],
+            resources=defs.resources,
+            instance=_instance(),
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags={"mysqlsync/trigger": "cli"},
+        )
+        failures.update(
+            {
+                event.step_key: event.event_specific_data.error  # type: ignore[union-attr]
+                for event in result.get_step_failure_events()
+            }
+        )
+        evaluations.extend(result.get_asset_check_evaluations())
+        for asset in assets:
+            materialized[asset.node_def.name] = result.asset_materializations_for_node(
+                asset.node_def.name
+            )
     outcomes = []
     for cfg in tables:
         node = f"sync_{cfg.key}"
-        materializations = result.asset_materializations_for_node(node)
+        materializations = materialized.get(node, [])
         checks = [e for e in evaluations if e.asset_key.path == [cfg.key]]
         if materializations:
             metadata = materializations[-1].metadata

@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 from dagster_dlt import DagsterDltResource
 
-from mysqlsync_dagster.assets import GROUP, build_table_asset, source_asset_spec
+from mysqlsync_dagster.assets import build_table_asset, source_asset_spec, target_asset_key
+from mysqlsync_dagster.automation import build_automation
 from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.partitions import source_timezone
 from mysqlsync_dagster.resources import MySQLResource
 
 SYNC_ALL_JOB = "sync_all_tables"
@@ -31,17 +33,26 @@ def build_definitions(
     interval: int,
     environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
+    timezone = source_timezone(environ)
+    automation = build_automation(tables, interval, environ, timezone)
     return dg.Definitions(
         assets=[
             *(source_asset_spec(cfg) for cfg in tables),
-            *(build_table_asset(cfg, interval) for cfg in tables),
+            *(build_table_asset(cfg, interval, timezone) for cfg in tables),
         ],
         jobs=[
             dg.define_asset_job(
                 SYNC_ALL_JOB,
-                selection=dg.AssetSelection.groups(GROUP),
-                description="Sync every configured table once.",
-            )
+                selection=dg.AssetSelection.assets(
+                    *(target_asset_key(cfg) for cfg in tables if cfg.partitions == "none")
+                ),
+                description=(
+                    "Sync every unpartitioned table once (partitioned tables: backfill them)."
+                ),
+            ),
+            *automation.jobs,
         ],
+        schedules=automation.schedules,
+        sensors=automation.sensors,
         resources=build_resources(environ),
     )

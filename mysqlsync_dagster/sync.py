@@ -36,6 +36,7 @@ from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, redact, run_sql
 from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
+from mysqlsync_dagster.partitions import WINDOW_TYPES, ModifierWindow, window_condition
 from mysqlsync_dagster.schema import (
     NUMERIC_TYPES,
     ORDERABLE_TYPES,
@@ -71,6 +72,10 @@ class WireTableLoader(ConnectorXTableLoader):
 
 class SyncError(RuntimeError):
     """A table's sync failed; the message is safe to show (no secrets)."""
+
+
+class TableBusy(SyncError):
+    """Another sync of the same target table holds its lock; trying later can succeed."""
 
 
 @dataclass
@@ -123,8 +128,14 @@ class TableSync:
         target_engine: sa.Engine,
         log: logging.Logger | None = None,
         work_root: str | None = None,
+        window: ModifierWindow | None = None,
+        lock_wait_seconds: int = 0,
     ) -> None:
+        """`window`: a partition run; upsert only the rows whose modifier falls in it, never
+        swap the table, never read or write the incremental cursor (stateless)."""
         self.cfg = cfg
+        self.window = window
+        self.lock_wait_seconds = lock_wait_seconds
         self.source_settings = source_settings
         self.source_engine = source_engine
         self.target_engine = target_engine
@@ -181,12 +192,14 @@ class TableSync:
         self.shape = shape
         self._acquire_lock()
         with self.target_engine.begin() as conn:
-            ensure_state_table(conn)
             self._mirror_schema(conn, shape)
-            state = read_state(conn, cfg.target)
-        self.cursor_before = state.cursor if state and cfg.incremental else None
-        strategy: Strategy = "upsert" if self.cursor_before is not None else "swap"
-        if cfg.incremental:
+            if self.window is None:
+                ensure_state_table(conn)
+                state = read_state(conn, cfg.target)
+                self.cursor_before = state.cursor if state and cfg.incremental else None
+        windowed = self.window is not None or self.cursor_before is not None
+        strategy: Strategy = "upsert" if windowed else "swap"
+        if cfg.incremental and self.window is None:
             self.cursor_snapshot = self._source_max_modifier()
         self.loader = TableLoader(
             engine=self.target_engine,
@@ -199,6 +212,9 @@ class TableSync:
         )
         with self.target_engine.begin() as conn:
             self.loader.prepare(conn)
+        if self.window is not None:
+            self.log.info("%s: upsert of window %s", cfg.table, self.window.describe())
+            return
         self.log.info(
             "%s: %s from %s, cursor %s",
             cfg.table,
@@ -259,6 +275,12 @@ class TableSync:
                     f"{data_type}, which cannot order changes (use a DATETIME, TIMESTAMP, DATE "
                     "or integer column)"
                 )
+            if self.window is not None and data_type not in WINDOW_TYPES:
+                raise SchemaError(
+                    f"table {cfg.table!r}: partitions={cfg.partitions!r} windows over "
+                    f"{cfg.modifier!r}, which has type {data_type}; time windows need a DATE, "
+                    "DATETIME or TIMESTAMP modifier"
+                )
 
     def _mirror_schema(self, conn: sa.Connection, shape: TableShape) -> None:
         target = read_table_shape(conn, self.target_db, self.cfg.target)
@@ -303,12 +325,12 @@ class TableSync:
     def _acquire_lock(self) -> None:
         conn = connect(self.target_engine, "target", self.target_settings)
         got = conn.execute(
-            sa.text("SELECT GET_LOCK(:name, 0)"),
-            {"name": lock_name(self.target_db, self.cfg.target)},
+            sa.text("SELECT GET_LOCK(:name, :wait)"),
+            {"name": lock_name(self.target_db, self.cfg.target), "wait": self.lock_wait_seconds},
         ).scalar()
         if got != 1:
             conn.close()
-            raise SyncError(
+            raise TableBusy(
                 f"table {self.cfg.table!r}: another sync of target table {self.cfg.target!r} "
                 "is running; this run did nothing"
             )
@@ -320,8 +342,16 @@ class TableSync:
         source = sa.table(
             self.cfg.table, *[sa.column(c) for c in self.shape.column_names], schema=self.source_db
         )
-        query = sa.select(*[w.select_expression() for w in self.loader.wire]).select_from(source)
-        if self.loader.strategy == "upsert" and self.cfg.modifier is not None:
+        query = sa.select(*[w.select_expression() for w in self.loader.wire]).select_from(
+            source
+        )
+        if self.window is not None:
+            assert self.cfg.modifier is not None
+            data_type = self.shape.column(self.cfg.modifier).data_type
+            query = query.where(
+                window_condition(source.c[self.cfg.modifier], data_type, self.window)
+            )
+        elif self.loader.strategy == "upsert" and self.cfg.modifier is not None:
             query = query.where(source.c[self.cfg.modifier] >= self._cursor_literal())
         return query
 
@@ -412,13 +442,14 @@ class TableSync:
         cursor_after = self.cursor_snapshot or self.cursor_before
         with self.target_engine.begin() as conn:
             self.loader.finish(conn)
-            write_state(
-                conn,
-                self.cfg.target,
-                cursor_after if self.cfg.incremental else None,
-                self.loader.stats.rows,
-                self.loader.stats.load_id,
-            )
+            if self.window is None:  # partition runs are stateless: the cursor is not theirs
+                write_state(
+                    conn,
+                    self.cfg.target,
+                    cursor_after if self.cfg.incremental else None,
+                    self.loader.stats.rows,
+                    self.loader.stats.load_id,
+                )
         seconds = time.perf_counter() - self._started
         return SyncResult(
             table=self.cfg.table,

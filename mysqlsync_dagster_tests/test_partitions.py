@@ -1,0 +1,198 @@
+"""Partitioned tables: time windows over the modifier, synced statelessly by upsert."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from mysqlsync_dagster.cli import run_sync
+from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.partitions import (
+    ModifierWindow,
+    partitions_definition,
+    window_condition,
+    window_for_range,
+)
+
+DAILY = {
+    "table": "events",
+    "primary_key": "id",
+    "modifier": "updated_at",
+    "partitions": "daily",
+    "partition_start": "2024-01-01",
+}
+
+
+def materialize(sync_env, tables, *, first=None, last=None, environ=None, raise_on_error=True):
+    """Materialize the partitioned table asset(s) for the partition range first..last."""
+    configs = parse_tables_config(tables, "test")
+    defs = build_definitions(configs, 300, environ=environ or {})
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    tags = {}
+    if first is not None:
+        tags = {
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last or first,
+        }
+    return dg.materialize(
+        assets=assets, resources=sync_env.resources(), tags=tags, raise_on_error=raise_on_error
+    )
+
+
+def ids(sync_env, table="events"):
+    return [row[0] for row in sync_env.target_rows(table)]
+
+
+def last_key(cfg_dict, environ=None):
+    [cfg] = parse_tables_config([cfg_dict], "test")
+    return partitions_definition(cfg).get_last_partition_key()
+
+
+@pytest.fixture
+def events(sync_env):
+    sync_env.source_exec(
+        "CREATE TABLE events (id INT PRIMARY KEY, note VARCHAR(20),"
+        " updated_at DATETIME NULL, KEY (updated_at))",
+        "INSERT INTO events VALUES"
+        " (1, 'before start', '2023-12-15 10:00:00'), (2, 'null', NULL),"
+        " (3, 'jan 1 first', '2024-01-01 00:00:00'), (4, 'jan 1 last', '2024-01-01 23:59:59'),"
+        " (5, 'jan 2', '2024-01-02 00:00:00'), (6, 'jan 3', '2024-01-03 12:00:00'),"
+        " (7, 'jan 5', '2024-01-05 08:00:00'), (8, 'future', '2099-01-01 00:00:00'),"
+        " (9, 'now', UTC_TIMESTAMP())",
+    )
+    return sync_env
+
+
+def test_backfill_copies_exactly_the_rows_of_its_windows(events):
+    result = materialize(events, [DAILY], first="2024-01-02", last="2024-01-04")
+    assert result.success
+    assert ids(events) == [5, 6]  # the target table was created empty first
+    materializations = result.asset_materializations_for_node("sync_events")
+    assert [m.partition for m in materializations] == ["2024-01-02", "2024-01-03", "2024-01-04"]
+    assert materializations[0].metadata["strategy"].value == "upsert"
+
+    materialize(events, [DAILY], first="2024-01-01")  # first: + before start and NULL
+    assert ids(events) == [1, 2, 3, 4, 5, 6]
+    materialize(events, [DAILY], first=last_key(DAILY))  # last: + now and the future
+    assert ids(events) == [1, 2, 3, 4, 5, 6, 8, 9]
+    materialize(events, [DAILY], first="2024-01-05")
+    assert events.target_rows("events") == events.source_rows("events")
+
+
+def state_rows(sync_env):
+    with sync_env.target.connect() as conn:
+        return conn.exec_driver_sql("SELECT * FROM _mysqlsync_state ORDER BY 1").all()
+
+
+def test_partition_rerun_is_idempotent_and_leaves_the_cursor_alone(events):
+    # an earlier unpartitioned sync left a cursor; partition runs must neither move nor use it
+    assert events.sync([{**DAILY, "partitions": "none"} | {"partition_start": None}]).success
+    state = state_rows(events)
+    assert [row[0] for row in state] == ["events"] and state[0][1] is not None
+    events.target_exec("DELETE FROM events WHERE id IN (3, 4, 5)")
+
+    materialize(events, [DAILY], first="2024-01-01")
+    first = events.target_rows("events")
+    assert [r[0] for r in first] == [1, 2, 3, 4, 6, 7, 8, 9]  # 5 is in 2024-01-02
+    materialize(events, [DAILY], first="2024-01-01")
+    assert events.target_rows("events") == first
+    events.source_exec("UPDATE events SET note = 'changed' WHERE id = 4")
+    materialize(events, [DAILY], first="2024-01-01")
+    assert events.target_rows("events")[3] == (4, "changed", dt.datetime(2024, 1, 1, 23, 59, 59))
+    assert state_rows(events) == state
+    with events.target.connect() as conn:
+        tables = [row[0] for row in conn.exec_driver_sql("SHOW TABLES")]
+    assert sorted(tables) == ["_mysqlsync_state", "events"]  # no work tables left behind
+
+
+def test_windows_follow_source_timezone(sync_env):
+    """Jakarta (+07:00) days: naive DATETIMEs compare verbatim, TIMESTAMPs as instants."""
+    sync_env.source_exec(
+        "SET time_zone = '+00:00'",
+        "CREATE TABLE naive (id INT PRIMARY KEY, at DATETIME(3) NOT NULL, KEY (at))",
+        "INSERT INTO naive VALUES (1, '2024-01-01 23:30:00'), (2, '2024-01-02 00:30:00'),"
+        " (3, '2024-01-02 23:59:59.999'), (4, '2024-01-03 00:00:00')",
+        "CREATE TABLE instants (id INT PRIMARY KEY, at TIMESTAMP NULL, KEY (at))",
+        # UTC instants: Jakarta 2024-01-01 23:59:59, 2024-01-02 00:00, 2024-01-03 01:00
+        "INSERT INTO instants VALUES (1, '2024-01-01 16:59:59'), (2, '2024-01-01 17:00:00'),"
+        " (3, '2024-01-02 18:00:00')",
+    )
+    tables = [
+        {**DAILY, "table": "naive", "modifier": "at"},
+        {**DAILY, "table": "instants", "modifier": "at"},
+    ]
+    result = materialize(
+        sync_env, tables, first="2024-01-02", environ={"SOURCE_TIMEZONE": "Asia/Jakarta"}
+    )
+    assert result.success
+    assert ids(sync_env, "naive") == [2, 3]
+    assert ids(sync_env, "instants") == [2]
+
+
+def test_run_without_partition_key_syncs_all_partitions(events, monkeypatch):
+    """What `mysqlsync-dagster sync` does: every table, partitioned ones over all partitions."""
+    events.source_exec(
+        "CREATE TABLE plain (id INT PRIMARY KEY)",
+        "INSERT INTO plain VALUES (1)",
+        "CREATE TABLE monthly LIKE events",
+        "INSERT INTO monthly SELECT * FROM events",
+    )
+    hourly = {**DAILY, "partitions": "hourly"}
+    monthly = {**DAILY, "table": "monthly", "partitions": "monthly"}
+    tables = parse_tables_config([hourly, monthly, {"table": "plain", "primary_key": "id"}])
+    monkeypatch.setenv("SOURCE_DB_URL", events.source_url())
+    monkeypatch.setenv("TARGET_DB_URL", events.target_url())
+    outcomes = run_sync(tables)
+    assert [(o.cfg.table, o.ok, o.rows_written) for o in outcomes] == [
+        ("events", True, 9),
+        ("monthly", True, 9),
+        ("plain", True, 1),
+    ]
+    assert events.target_rows("events") == events.source_rows("events")
+    assert events.target_rows("monthly") == events.source_rows("events")
+    assert events.target_rows("plain") == [(1,)]
+    with events.target.connect() as conn:
+        cursors = conn.exec_driver_sql("SELECT target_table, cursor_value FROM _mysqlsync_state")
+        assert cursors.all() == [("plain", None)]  # partitioned tables keep no cursor
+
+
+# -- the windows themselves (no database) -----------------------------------------------------
+def test_window_edges():
+    [cfg] = parse_tables_config([DAILY], "test")
+    daily = partitions_definition(cfg)
+    now = dt.datetime(2024, 1, 10, 12, tzinfo=dt.UTC)
+    utc = dt.UTC
+    assert window_for_range(daily, "2024-01-01", "2024-01-01", now) == ModifierWindow(
+        None, dt.datetime(2024, 1, 2, tzinfo=utc), include_null=True
+    )
+    assert window_for_range(daily, "2024-01-03", "2024-01-04", now) == ModifierWindow(
+        dt.datetime(2024, 1, 3, tzinfo=utc), dt.datetime(2024, 1, 5, tzinfo=utc)
+    )
+    assert window_for_range(daily, "2024-01-09", "2024-01-10", now) == ModifierWindow(
+        dt.datetime(2024, 1, 9, tzinfo=utc), None
+    )
+    assert window_for_range(daily, "2024-01-01", "2024-01-10", now) == ModifierWindow(
+        None, None, include_null=True
+    )
+
+
+def test_window_condition_sql():
+    column = sa.column("m")
+    start = dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=7)))
+    window = ModifierWindow(start, start + dt.timedelta(days=1), include_null=True)
+    naive = window_condition(column, "datetime", window).compile(
+        compile_kwargs={"literal_binds": True}
+    )
+    assert str(naive) == ("m >= '2024-01-02 00:00:00' AND m < '2024-01-03 00:00:00' OR m IS NULL")
+    instant = str(
+        window_condition(column, "timestamp", ModifierWindow(start, None)).compile(
+            compile_kwargs={"literal_binds": True}
+        )
+    )
+    assert instant == "m >= FROM_UNIXTIME(1704128400.0)"
+    with pytest.raises(ValueError, match="needs a DATE, DATETIME or TIMESTAMP"):
+        window_condition(column, "int", window)

@@ -1,0 +1,124 @@
+"""Transient errors are retried with backoff and jitter; permanent ones fail at once."""
+
+from __future__ import annotations
+
+import threading
+
+import dagster as dg
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+from mysqlsync_dagster import retries
+from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.schema import SchemaError
+from mysqlsync_dagster.sync import TableBusy
+
+UNREACHABLE = {
+    "SOURCE_DB_URL": "mysql://u:pw@127.0.0.1:9/s",
+    "TARGET_DB_URL": "mysql://u:pw@127.0.0.1:9/t",
+}
+
+
+def driver_error(code: int, text: str) -> sa.exc.DBAPIError:
+    return sa.exc.OperationalError("SELECT 1", {}, pymysql.err.OperationalError(code, text))
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (driver_error(2013, "Lost connection to MySQL server during query"), True),
+        (driver_error(2006, "MySQL server has gone away"), True),
+        (driver_error(1205, "Lock wait timeout exceeded; try restarting transaction"), True),
+        (driver_error(1213, "Deadlock found when trying to get lock"), True),
+        (sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"), True),
+        (TableBusy("table 't': another sync of target table 't' is running"), True),
+        (driver_error(1146, "Table 'db.t' doesn't exist"), False),
+        (driver_error(1054, "Unknown column 'x' in 'field list'"), False),
+        (driver_error(1045, "Access denied for user 'u'@'h' (using password: YES)"), False),
+        (SchemaError("table 't' does not exist in the source database 'db'"), False),
+        (ValueError("bad config"), False),
+    ],
+)
+def test_classification(error, retryable):
+    failure = retries.sync_failure("t", error, ["s3cret"])
+    assert failure.allow_retries is retryable
+    assert failure.description.startswith("table 't'")
+    assert ("transient" if retryable else "permanent: not retried") in failure.description
+
+
+def test_failure_message_hides_secrets():
+    error = driver_error(1045, "Access denied for user 'u' to mysql://u:s3cret@h/db")
+    assert "s3cret" not in retries.sync_failure("t", error, ["s3cret"]).description
+
+
+def test_every_table_asset_has_the_retry_policy():
+    tables = parse_tables_config([{"table": "a", "primary_key": "id"}], "test")
+    [asset] = [
+        a
+        for a in build_definitions(tables, 300, UNREACHABLE).assets
+        if isinstance(a, dg.AssetsDefinition)
+    ]
+    policy = asset.op.retry_policy
+    assert policy.max_retries >= 3
+    assert policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter == dg.Jitter.PLUS_MINUS
+
+
+def retry_events(result: dg.ExecuteInProcessResult) -> list[dg.DagsterEvent]:
+    return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(
+        retries,
+        "RETRY_POLICY",
+        dg.RetryPolicy(
+            max_retries=6, delay=0.2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ),
+    )
+
+
+TABLE = {"table": "items", "primary_key": "id", "modifier": "updated_at"}
+
+
+def test_lock_wait_timeout_is_retried_until_it_succeeds(sync_env, fast_retries):
+    sync_env.source_exec(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT, updated_at DATETIME NOT NULL)",
+        "INSERT INTO items VALUES (1, 1, '2024-01-01'), (2, 2, '2024-01-01')",
+    )
+    assert sync_env.sync([TABLE]).success
+    sync_env.source_exec("UPDATE items SET v = 10, updated_at = '2024-02-01' WHERE id = 1")
+    admin = sync_env.servers.target.engine()
+    with admin.connect() as conn:
+        previous = conn.exec_driver_sql("SELECT @@GLOBAL.innodb_lock_wait_timeout").scalar()
+        conn.exec_driver_sql("SET GLOBAL innodb_lock_wait_timeout = 1")
+    holder = sync_env.target.connect()
+    holder.exec_driver_sql("BEGIN")
+    # the run's last write (its cursor) waits for this row lock and times out (1205); dlt
+    # already retries failed load jobs by itself, so the lock is not on the data
+    holder.exec_driver_sql("SELECT * FROM _mysqlsync_state WHERE target_table = 'items' FOR UPDATE")
+    release = threading.Timer(3.0, holder.rollback)
+    release.start()
+    try:
+        result = sync_env.sync([TABLE])
+    finally:
+        release.join()
+        holder.close()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"SET GLOBAL innodb_lock_wait_timeout = {int(previous)}")
+        admin.dispose()
+    assert result.success
+    assert retry_events(result), "the lock wait timeout was not retried"
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+
+
+def test_permanent_error_fails_at_once_with_a_clear_message(sync_env, fast_retries):
+    result = sync_env.sync([{"table": "missing", "primary_key": "id"}], raise_on_error=False)
+    assert not result.success
+    assert retry_events(result) == []
+    [failure] = result.get_step_failure_events()
+    message = failure.step_failure_data.error.message
+    assert "table 'missing' does not exist in the source database" in message
+    assert "permanent: not retried" in message
