@@ -217,8 +217,26 @@ def mysql_error_code(error: BaseException) -> int | None:
     return None
 
 
+# TLS failures arrive as "can't connect" (2003) but will fail the same way every time.
+_PERMANENT_TEXT = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed")
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException) and orig not in chain:
+            chain.append(orig)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors where trying again later is the right response."""
+    if any(_PERMANENT_TEXT.search(str(e)) for e in _error_chain(error)):
+        return False
     if isinstance(error, sa.exc.TimeoutError):  # pool exhausted for pool_timeout seconds
         return True
     code = mysql_error_code(error)

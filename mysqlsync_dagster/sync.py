@@ -342,9 +342,7 @@ class TableSync:
         source = sa.table(
             self.cfg.table, *[sa.column(c) for c in self.shape.column_names], schema=self.source_db
         )
-        query = sa.select(*[w.select_expression() for w in self.loader.wire]).select_from(
-            source
-        )
+        query = sa.select(*[w.select_expression() for w in self.loader.wire]).select_from(source)
         if self.window is not None:
             assert self.cfg.modifier is not None
             data_type = self.shape.column(self.cfg.modifier).data_type
@@ -373,19 +371,28 @@ class TableSync:
             credentials=self.source_engine,
             table=self.cfg.table,
             metadata=metadata,
-            backend="connectorx",
             chunk_size=self.cfg.batch_size,
-            backend_kwargs={
+            reflection_level="minimal",
+            query_adapter_callback=lambda _query, _table: query,
+            **self._backend(),
+            write_disposition="merge" if self.cfg.incremental else "replace",
+            primary_key=list(self.cfg.primary_key),
+        ).with_name(resource_name(self.cfg))
+
+    def _backend(self) -> dict[str, Any]:
+        """connectorx (about 6x faster here) unless the source needs TLS, which its MySQL
+        driver cannot do: then dlt's pyarrow backend over the TLS-verified PyMySQL engine."""
+        if self.source_settings.ssl:
+            return {"backend": "pyarrow"}
+        return {
+            "backend": "connectorx",
+            "table_loader_class": WireTableLoader,
+            "backend_kwargs": {
                 "conn": self.source_settings.connectorx_url(),
                 "return_type": "arrow_stream",
                 "batch_size": self.cfg.batch_size,
             },
-            reflection_level="minimal",
-            table_loader_class=WireTableLoader,
-            query_adapter_callback=lambda _query, _table: query,
-            write_disposition="merge" if self.cfg.incremental else "replace",
-            primary_key=list(self.cfg.primary_key),
-        ).with_name(resource_name(self.cfg))
+        }
 
     def dlt_source(self) -> DltSource:
         resource = self.dlt_resource()

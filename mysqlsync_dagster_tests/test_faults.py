@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster_tests.harness import fetch_comparable
 
 
-def _kill_target_when(
-    sync_env, sql: str, threshold: int, fired: threading.Event
-) -> threading.Thread:
-    """Kill the target server once `sql` (a count) reaches `threshold`, i.e. mid-load."""
+def _crash_target_when(sync_env, sql: str, threshold: int, seen: dict) -> threading.Thread:
+    """Once `sql` (a count) reaches `threshold`, i.e. mid-load: SIGKILL the target server,
+    start it again at once, and record what a reader then sees of the live table."""
     server = sync_env.servers.target.require_control()
     watcher = sa.create_engine(
         sync_env.servers.target.url.set(database=sync_env.target_db), poolclass=sa.pool.NullPool
@@ -33,18 +33,14 @@ def _kill_target_when(
             if reached:
                 # outside the `with`: closing a connection to a killed server raises
                 server.kill()
-                fired.set()
+                server.start()
+                seen["after_restart"] = fetch_comparable(watcher, "big", skip_dlt=True)
                 return
             time.sleep(0.02)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
-
-
-def _restart_target(sync_env) -> None:
-    sync_env.servers.target.require_control().start()
-    sync_env.target.dispose()
 
 
 def _aside_rows_sql(sync_env, table: str) -> str:
@@ -71,31 +67,26 @@ def test_target_killed_mid_load_then_next_run_converges(sync_env, incremental):
         "UPDATE big SET v = 'changed', updated_at = '2025-01-01' WHERE id % 3 = 0",
         "INSERT INTO big SELECT seq, 'new', '2025-01-02' FROM seq_30001_to_40000",
     )
-    fired = threading.Event()
+    seen: dict = {}
     if incremental:
         probe = "SELECT COUNT(*) FROM big WHERE updated_at >= '2025-01-01'"
-        watcher = _kill_target_when(sync_env, probe, 2000, fired)
     else:
-        watcher = _kill_target_when(sync_env, _aside_rows_sql(sync_env, "big"), 2000, fired)
+        probe = _aside_rows_sql(sync_env, "big")
+    watcher = _crash_target_when(sync_env, probe, 2000, seen)
     try:
         result = sync_env.sync([cfg], raise_on_error=False)
     finally:
         watcher.join(timeout=130)
-        _restart_target(sync_env)
-    assert fired.is_set(), "the load finished before the kill: the test proved nothing"
-    assert not result.success
-    [failure] = result.get_step_failure_events()
-    assert "big" in str(failure.event_specific_data.error.message)
-
-    after_crash = sync_env.target_rows("big")
+        sync_env.target.dispose()
+    assert "after_restart" in seen, "the load finished before the crash: the test proved nothing"
     if incremental:
-        # committed batches are in, the rest still old: every row is an old or new version
-        assert len(after_crash) >= len(before)
+        # committed batches are in, the rest still old: every row is an old or a new version
+        assert len(seen["after_restart"]) >= len(before)
     else:
-        # the live copy is the old one, whole: the crash hit the copy built aside
-        assert after_crash == before
-
-    assert sync_env.sync([cfg]).success
+        # while the copy built aside was lost, readers had the old copy, whole
+        assert seen["after_restart"] == before
+    # the run converged by itself: dlt retries the load job, Dagster the step if that fails
+    assert result.success
     assert sync_env.target_rows("big") == sync_env.source_rows("big")
     with sync_env.target.connect() as conn:
         leftovers = [r[0] for r in conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'")]
