@@ -18,6 +18,7 @@ from mysqlsync_dagster import retries
 from mysqlsync_dagster.cadence import freshness_minutes
 from mysqlsync_dagster.checks import (
     TablePair,
+    TransientCheckError,
     check_result,
     delete_missing_rows,
     post_sync_check_results,
@@ -202,13 +203,16 @@ def run_table_sync(
     if window is not None:
         metadata["window"] = window.describe()
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
-    yield from post_sync_check_results(
-        cfg,
-        target_asset_key(cfg),
-        source_db.engine,
-        target_db.engine,
-        pre_sync if pre_sync.passed else None,
-    )
+    try:
+        yield from post_sync_check_results(
+            cfg,
+            target_asset_key(cfg),
+            source_db.engine,
+            target_db.engine,
+            pre_sync if pre_sync.passed else None,
+        )
+    except TransientCheckError as error:  # no verdict: retry the step (the sync is idempotent)
+        raise retries.sync_failure(cfg.table, error, secrets) from None
 
 
 def build_table_asset(

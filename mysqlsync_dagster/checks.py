@@ -37,7 +37,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import redact
+from mysqlsync_dagster.db import is_transient, redact
 from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
 from mysqlsync_dagster.state import read_state
 from mysqlsync_dagster.sync import cursor_literal
@@ -84,6 +84,8 @@ class CheckOutcome:
     passed: bool
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The check could not run for a passing reason (lost connection, timeout): no verdict.
+    transient_error: bool = False
 
     @property
     def blocking(self) -> bool:
@@ -444,7 +446,11 @@ def _failure(check: str, error: BaseException, secrets: Sequence[str]) -> CheckO
         message = f"database error: {getattr(error, 'orig', None) or error}"
     else:
         message = f"{type(error).__name__}: {error}"
-    return CheckOutcome(check, False, redact(message, secrets))
+    return CheckOutcome(check, False, redact(message, secrets), transient_error=is_transient(error))
+
+
+class TransientCheckError(RuntimeError):
+    """A post-sync check could not reach a database; the step is retried rather than judged."""
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -884,9 +890,15 @@ def post_sync_check_results(
 ) -> Iterator[dg.AssetCheckResult]:
     """The asset's check results, yielded after its materialization (`pre_sync`: the
     `source_row_count` outcome taken before extraction, unless already reported)."""
+    outcomes = table_checks(cfg, source_engine, target_engine)
+    errored = [o for o in outcomes if o.transient_error]
+    if errored:
+        raise TransientCheckError(
+            f"check {errored[0].check} could not run: {errored[0].description}"
+        )
     if pre_sync is not None:
         yield check_result(pre_sync, asset_key)
-    for outcome in table_checks(cfg, source_engine, target_engine):
+    for outcome in outcomes:
         yield check_result(outcome, asset_key)
 
 

@@ -53,9 +53,12 @@ class DatabaseSettings:
     max_overflow: int = 10
     pool_timeout: float = 30.0
     pool_recycle: int = 3600
+    # Seconds without an answer before a socket operation gives up (a stalled network or a hung
+    # server then fails the run, and it is retried, instead of hanging it forever). Generous,
+    # so that a long ALTER TABLE or RENAME waiting for readers is not cut short.
     connect_timeout: int = 10
-    read_timeout: int | None = None
-    write_timeout: int | None = None
+    read_timeout: int | None = 1800
+    write_timeout: int | None = 1800
     extra_connect_args: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -157,6 +160,9 @@ def settings_from_env(side: str, environ: Mapping[str, str] | None = None) -> Da
         max_overflow=int(env.get("MAX_OVERFLOW", 10)),
         pool_timeout=float(env.get("POOL_TIMEOUT", 30)),
         pool_recycle=int(env.get("POOL_RECYCLE", 3600)),
+        connect_timeout=int(env.get("DB_CONNECT_TIMEOUT", 10)),
+        read_timeout=int(env.get("DB_READ_TIMEOUT", 1800)),
+        write_timeout=int(env.get("DB_WRITE_TIMEOUT", 1800)),
     )
 
 

@@ -30,6 +30,9 @@ _POOL_FIELDS = {
     "max_overflow": "MAX_OVERFLOW",
     "pool_timeout": "POOL_TIMEOUT",
     "pool_recycle": "POOL_RECYCLE",
+    "connect_timeout": "DB_CONNECT_TIMEOUT",
+    "read_timeout": "DB_READ_TIMEOUT",
+    "write_timeout": "DB_WRITE_TIMEOUT",
 }
 
 
@@ -56,6 +59,9 @@ class MySQLResource(dg.ConfigurableResource):
     max_overflow: str | None = None
     pool_timeout: str | None = None
     pool_recycle: str | None = None
+    connect_timeout: str | None = None
+    read_timeout: str | None = None
+    write_timeout: str | None = None
 
     _engine: Engine | None = PrivateAttr(default=None)
 

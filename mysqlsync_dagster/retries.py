@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from mysqlsync_dagster.checks import TransientCheckError
 from mysqlsync_dagster.db import is_transient, redact
 from mysqlsync_dagster.schema import SchemaError
 from mysqlsync_dagster.sync import SyncError, TableBusy
@@ -28,7 +29,7 @@ RETRY_POLICY = dg.RetryPolicy(
 
 
 def is_retryable(error: BaseException) -> bool:
-    return isinstance(error, TableBusy) or is_transient(error)
+    return isinstance(error, TableBusy | TransientCheckError) or is_transient(error)
 
 
 def sync_failure(table: str, error: BaseException, secrets: Iterable[str]) -> dg.Failure:
