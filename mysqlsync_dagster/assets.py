@@ -210,6 +210,7 @@ def run_table_sync(
             source_db.engine,
             target_db.engine,
             pre_sync if pre_sync.passed else None,
+            window,
         )
     except TransientCheckError as error:  # no verdict: retry the step (the sync is idempotent)
         raise retries.sync_failure(cfg.table, error, secrets) from None

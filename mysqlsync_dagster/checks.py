@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import is_transient, redact
+from mysqlsync_dagster.partitions import ModifierWindow, window_condition
 from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
 from mysqlsync_dagster.state import read_state
 from mysqlsync_dagster.sync import cursor_literal
@@ -259,6 +260,8 @@ class TablePair:
     shape: TableShape
     key_columns: tuple[str, ...]
     cursor: str | None = None
+    # A partition run's window: only its rows are compared (partition runs keep no cursor).
+    window: ModifierWindow | None = None
 
     @classmethod
     def open(
@@ -266,6 +269,7 @@ class TablePair:
         cfg: TableConfig,
         source_engine: sa.Engine,
         target_engine: sa.Engine,
+        window: ModifierWindow | None = None,
     ) -> TablePair:
         source_db = source_engine.url.database or ""
         target_db = target_engine.url.database or ""
@@ -300,7 +304,8 @@ class TablePair:
             shape=shape,
             # the source's own key order, so that ranges follow its index (and the target's)
             key_columns=shape.primary_key or cfg.primary_key,
-            cursor=state.cursor if state and cfg.incremental else None,
+            cursor=state.cursor if state and cfg.incremental and window is None else None,
+            window=window,
         )
 
     # -- SQL pieces ------------------------------------------------------------------
@@ -345,7 +350,18 @@ class TablePair:
             clauses.append(
                 sa.or_(modifier.is_(None), modifier < bound if strict else modifier <= bound)
             )
+        if self.window is not None and self.cfg.modifier:
+            data_type = self.shape.column(self.cfg.modifier).data_type
+            clauses.append(window_condition(table.c[self.cfg.modifier], data_type, self.window))
         return clauses
+
+    @property
+    def scope_text(self) -> str:
+        if self.window is not None:
+            return f" in the window {self.window.describe()}"
+        if self.scoped:
+            return f" with {self.cfg.modifier} up to {self.cursor}"
+        return ""
 
     @property
     def scoped(self) -> bool:
@@ -501,7 +517,7 @@ def row_count_match(pair: TablePair) -> CheckOutcome:
         "target_rows": target,
         "difference": target - source,
     }
-    scope = f" with {pair.cfg.modifier} up to {pair.cursor}" if pair.scoped else ""
+    scope = pair.scope_text
     passed = source == target
     text = f"source {source:,} rows, target {target:,} rows{scope}"
     if not passed and pair.scoped:
@@ -673,7 +689,7 @@ def checksum_match(
     if pair.scoped:
         metadata["cursor"] = pair.cursor
         metadata["chunks_pending_at_cursor"] = scan.pending
-    scope = f" with {pair.cfg.modifier} up to {pair.cursor}" if pair.scoped else ""
+    scope = pair.scope_text
     if not differing:
         text = f"{scan.rows:,} rows{scope} agree in {scan.chunks:,} key ranges"
         if scan.pending:
@@ -720,14 +736,17 @@ def checksum_match(
 
 
 def table_checks(
-    cfg: TableConfig, source_engine: sa.Engine, target_engine: sa.Engine
+    cfg: TableConfig,
+    source_engine: sa.Engine,
+    target_engine: sa.Engine,
+    window: ModifierWindow | None = None,
 ) -> list[CheckOutcome]:
     """The post-sync checks of one table (`row_count_match`, and `checksum_match` unless
     disabled), against the databases as they are now; never raises."""
     names = [ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
     secrets = _secrets(source_engine, target_engine)
     try:
-        pair = TablePair.open(cfg, source_engine, target_engine)
+        pair = TablePair.open(cfg, source_engine, target_engine, window)
     except Exception as error:
         return [_failure(name, error, secrets) for name in names]
     outcomes = []
@@ -887,10 +906,11 @@ def post_sync_check_results(
     source_engine: sa.Engine,
     target_engine: sa.Engine,
     pre_sync: CheckOutcome | None,
+    window: ModifierWindow | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
     """The asset's check results, yielded after its materialization (`pre_sync`: the
     `source_row_count` outcome taken before extraction, unless already reported)."""
-    outcomes = table_checks(cfg, source_engine, target_engine)
+    outcomes = table_checks(cfg, source_engine, target_engine, window)
     errored = [o for o in outcomes if o.transient_error]
     if errored:
         raise TransientCheckError(
