@@ -2,9 +2,11 @@
 
 Two strategies, both bounded by `batch_size` rows per statement:
 
-- `upsert` (incremental): each batch is bulk-loaded into a per-table staging table and merged
+- `upsert` (incremental): batches are bulk-loaded into a per-table staging table and merged
   into the live table with `INSERT ... SELECT ... ON DUPLICATE KEY UPDATE`; no DELETE ever runs
-  over the live table.
+  over the live table. Direct mode merges after each batch; staging mode (`merge_each_batch`
+  off) bulk-loads every file first and then merges in primary-key ranges of `batch_size` rows
+  (`merge_stage`), one transaction per range, so no transaction locks the whole table.
 - `swap` (full refresh, first sync): batches are bulk-loaded into a table built aside, which
   replaces the live table in one atomic `RENAME TABLE` at the end; readers never see it half
   filled.
@@ -76,6 +78,8 @@ class TableLoader:
     work_dir: Path
     stats: LoadStats = field(default_factory=LoadStats)
     on_batch: Callable[[LoadStats], None] | None = None
+    primary_key: tuple[str, ...] = ()
+    merge_each_batch: bool = True
     run_token: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -168,9 +172,9 @@ class TableLoader:
                     raise LoadError(
                         f"{self.target}: the target took {loaded} of {table.num_rows} rows"
                     )
-                if self.strategy == "upsert":
+                if self._merging_now:
                     self.stats.rows_affected += run_sql(conn, self._upsert_sql()).rowcount
-            if self.strategy == "upsert":
+            if self._merging_now:
                 with self.engine.begin() as conn:
                     run_sql(conn, f"TRUNCATE TABLE {quote(self.stage)}")
         finally:
@@ -181,6 +185,50 @@ class TableLoader:
         self.stats.seconds += time.perf_counter() - started
         if self.on_batch:
             self.on_batch(self.stats)
+
+    @property
+    def _merging_now(self) -> bool:
+        return self.strategy == "upsert" and self.merge_each_batch
+
+    def merge_stage(self) -> int:
+        """Upsert everything in the stage table into the live table, in primary-key ranges.
+
+        Each range holds at most `batch_size` rows and is merged in its own transaction; the
+        next range starts after the last key of the previous one (composite keys compared
+        column by column). Returns the number of ranges.
+        """
+        if not self.primary_key:
+            raise ValueError(f"{self.target}: merge_stage needs the primary key columns")
+        keys = list(self.primary_key)
+        key_list = ", ".join(quote(k) for k in keys)
+        descending = ", ".join(f"{quote(k)} DESC" for k in keys)
+        lower: tuple[object, ...] | None = None
+        ranges = 0
+        while True:
+            started = time.perf_counter()
+            after, params = key_range_sql(keys, lower, ">", "lo")
+            with self.engine.begin() as conn:
+                # the range's last key: `batch_size` keys on, or the stage's last key
+                upper = run_sql(
+                    conn,
+                    f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
+                    f" ORDER BY {key_list} LIMIT 1 OFFSET {int(self.batch_size) - 1}",
+                    params,
+                ).one_or_none() or run_sql(
+                    conn,
+                    f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
+                    f" ORDER BY {descending} LIMIT 1",
+                    params,
+                ).one_or_none()
+                if upper is None:
+                    return ranges
+                up_to, upper_params = key_range_sql(keys, tuple(upper), "<=", "hi")
+                sql = self._upsert_sql(f"({after}) AND ({up_to})")
+                self.stats.rows_affected += run_sql(conn, sql, {**params, **upper_params}).rowcount
+            ranges += 1
+            self.stats.server_seconds += time.perf_counter() - started
+            self.stats.seconds += time.perf_counter() - started
+            lower = tuple(upper)
 
     def _columns(self) -> list[str]:
         return [w.column.name for w in self.wire] + list(DLT_COLUMNS)
@@ -212,7 +260,7 @@ class TableLoader:
             raise LoadError(f"{self.target}: the target changed or rejected values: {details}")
         return int(rowcount)
 
-    def _upsert_sql(self) -> str:
+    def _upsert_sql(self, where: str = "1") -> str:
         q = quote
         columns = ", ".join(q(c) for c in self._columns())
         # Key columns are assigned too: under a case- or pad-insensitive collation 'abc' matches
@@ -224,11 +272,32 @@ class TableLoader:
             assignments = ", ".join(f"{q(c)} = `_new`.{q(c)}" for c in updates)
             return (
                 f"INSERT INTO {q(self.target)} ({columns}) SELECT * FROM "
-                f"(SELECT {columns} FROM {q(self.stage)}) AS `_new`"
+                f"(SELECT {columns} FROM {q(self.stage)} WHERE {where}) AS `_new`"
                 f" ON DUPLICATE KEY UPDATE {assignments}"
             )
         assignments = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in updates)
         return (
             f"INSERT INTO {q(self.target)} ({columns}) SELECT {columns} FROM {q(self.stage)}"
-            f" ON DUPLICATE KEY UPDATE {assignments}"
+            f" WHERE {where} ON DUPLICATE KEY UPDATE {assignments}"
         )
+
+
+def key_range_sql(
+    keys: list[str], bound: tuple[object, ...] | None, op: Literal[">", "<="], prefix: str
+) -> tuple[str, dict[str, object]]:
+    """`(k1, k2, ...) > bound` or `<= bound` spelled out column by column, with bound params.
+
+    Written as OR-ed prefixes (`k1 > :b0 OR (k1 = :b0 AND k2 > :b1)`) rather than a row
+    constructor, which MariaDB does not turn into an index range. No bound: every row.
+    """
+    if bound is None:
+        return "1", {}
+    params = {f"{prefix}{i}": value for i, value in enumerate(bound)}
+    strict = ">" if op == ">" else "<"
+    terms = []
+    for i, key in enumerate(keys):
+        equal = [f"{quote(k)} = %({prefix}{j})s" for j, k in enumerate(keys[:i])]
+        terms.append(" AND ".join([*equal, f"{quote(key)} {strict} %({prefix}{i})s"]))
+    if op == "<=":
+        terms.append(" AND ".join(f"{quote(k)} = %({prefix}{j})s" for j, k in enumerate(keys)))
+    return " OR ".join(f"({t})" for t in terms), params
