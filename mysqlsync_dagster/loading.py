@@ -209,17 +209,20 @@ class TableLoader:
             after, params = key_range_sql(keys, lower, ">", "lo")
             with self.engine.begin() as conn:
                 # the range's last key: `batch_size` keys on, or the stage's last key
-                upper = run_sql(
-                    conn,
-                    f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
-                    f" ORDER BY {key_list} LIMIT 1 OFFSET {int(self.batch_size) - 1}",
-                    params,
-                ).one_or_none() or run_sql(
-                    conn,
-                    f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
-                    f" ORDER BY {descending} LIMIT 1",
-                    params,
-                ).one_or_none()
+                upper = (
+                    run_sql(
+                        conn,
+                        f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
+                        f" ORDER BY {key_list} LIMIT 1 OFFSET {int(self.batch_size) - 1}",
+                        params,
+                    ).one_or_none()
+                    or run_sql(
+                        conn,
+                        f"SELECT {key_list} FROM {quote(self.stage)} WHERE {after}"
+                        f" ORDER BY {descending} LIMIT 1",
+                        params,
+                    ).one_or_none()
+                )
                 if upper is None:
                     return ranges
                 up_to, upper_params = key_range_sql(keys, tuple(upper), "<=", "hi")
