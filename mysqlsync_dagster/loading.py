@@ -7,6 +7,11 @@ Two strategies, both bounded by `batch_size` rows per statement:
   over the live table. Direct mode merges after each batch; staging mode (`merge_each_batch`
   off) bulk-loads every file first and then merges in primary-key ranges of `batch_size` rows
   (`merge_stage`), one transaction per range, so no transaction locks the whole table.
+
+Bulk-only work tables (the aside table of a swap, the stage of a range merge) are filled by
+`load_streams` LOAD DATA connections at once, with their secondary indexes dropped while
+filling: the aside table gets them back in one ALTER before the swap (a sorted index build
+beats maintaining them row by row); the stage never needs them.
 - `swap` (full refresh, first sync): batches are bulk-loaded into a table built aside, which
   replaces the live table in one atomic `RENAME TABLE` at the end; readers never see it half
   filled.
@@ -15,11 +20,14 @@ Two strategies, both bounded by `batch_size` rows per statement:
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -80,8 +88,11 @@ class TableLoader:
     on_batch: Callable[[LoadStats], None] | None = None
     primary_key: tuple[str, ...] = ()
     merge_each_batch: bool = True
+    load_streams: int = 1  # parallel LOAD DATA connections into a bulk-only work table
     run_token: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _deferred_indexes: list[str] = field(default_factory=list, repr=False)
 
     @property
     def stage(self) -> str:
@@ -102,11 +113,35 @@ class TableLoader:
         run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
         run_sql(conn, f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
         run_sql(conn, f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
+        if self._bulk_only:
+            self._deferred_indexes = self._drop_secondary_indexes(conn)
+
+    @property
+    def _bulk_only(self) -> bool:
+        """The work table only receives LOAD DATA until the end (no per-batch merge)."""
+        return self.strategy == "swap" or not self.merge_each_batch
+
+    def _drop_secondary_indexes(self, conn: Connection) -> list[str]:
+        """Drop the work table's secondary indexes; returns the clauses that restore them.
+
+        The aside table keeps them when it has a FULLTEXT or SPATIAL index (re-adding those
+        would rebuild the table, and index order must stay as in the source's DDL).
+        """
+        ddl = run_sql(conn, f"SHOW CREATE TABLE {quote(self._into)}").one()[1]
+        keys = _SECONDARY_KEY.findall(ddl)
+        restore = self.strategy == "swap"
+        if not keys or (restore and any(kind in ("FULLTEXT", "SPATIAL") for _, kind, _ in keys)):
+            return []
+        drops = ", ".join(f"DROP KEY {name}" for _, _, name in keys)
+        run_sql(conn, f"ALTER TABLE {quote(self._into)} {drops}")
+        return [f"ADD {line.strip().rstrip(',')}" for line, _, _ in keys] if restore else []
 
     def finish(self, conn: Connection) -> None:
         """Swap the aside copy in (swap) or drop the staging table (upsert)."""
         q = quote
         if self.strategy == "swap":
+            if self._deferred_indexes:
+                run_sql(conn, f"ALTER TABLE {q(self.aside)} {', '.join(self._deferred_indexes)}")
             old = work_table_name(self.target, "old")
             run_sql(
                 conn,
@@ -135,17 +170,33 @@ class TableLoader:
             )
         load_id_position = names.index(LOAD_ID_COLUMN)
         data_positions = [i for i in range(len(names)) if i != load_id_position]
-        for batch in parquet.iter_batches(batch_size=self.batch_size):
-            arrays: list[pa.Array] = []
-            for position, wire in zip(data_positions, self.wire, strict=True):
-                text, zeros = to_wire_text(batch.column(position), wire)
-                self.stats.zero_dates += zeros
-                arrays.append(text)
-            arrays.append(batch.column(load_id_position).cast(pa.string()))
-            arrays.append(self._row_ids(batch.num_rows))
-            self.load_batch(
-                pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-            )
+        # Batch N+1 is converted while up to `streams` batches load; each stream has its own
+        # connection and transaction. A merge per batch needs the stage to itself: one stream.
+        streams = self.load_streams if self._bulk_only else 1
+        pool = ThreadPoolExecutor(streams, "mysqlsync-load") if streams > 1 else None
+        pending: deque[Future[None]] = deque()
+        try:
+            for batch in parquet.iter_batches(batch_size=self.batch_size):
+                arrays: list[pa.Array] = []
+                for position, wire in zip(data_positions, self.wire, strict=True):
+                    text, zeros = to_wire_text(batch.column(position), wire)
+                    self.stats.zero_dates += zeros
+                    arrays.append(text)
+                arrays.append(batch.column(load_id_position).cast(pa.string()))
+                arrays.append(self._row_ids(batch.num_rows))
+                table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+                job = self._write_csv(table)
+                if pool is None:
+                    self._load_csv(*job)
+                    continue
+                while len(pending) >= streams:
+                    pending.popleft().result()
+                pending.append(pool.submit(self._load_csv, *job))
+            while pending:
+                pending.popleft().result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         self.stats.files += 1
 
     def _row_ids(self, count: int) -> pa.Array:
@@ -156,22 +207,28 @@ class TableLoader:
         return pc.binary_join_element_wise(self.run_token, numbers, "")
 
     def load_batch(self, table: pa.Table) -> None:
+        """Load one batch of wire text columns (plus the two dlt columns) now."""
+        self._load_csv(*self._write_csv(table))
+
+    def _write_csv(self, table: pa.Table) -> tuple[Path, int, float]:
         started = time.perf_counter()
         with tempfile.NamedTemporaryFile(
             "wb", suffix=".csv", dir=self.work_dir, delete=False
         ) as handle:
             pacsv.write_csv(table, handle, _CSV_OPTIONS)
             csv_path = Path(handle.name)
+        with self._stats_lock:
+            self.stats.convert_seconds += time.perf_counter() - started
+        return csv_path, table.num_rows, started
+
+    def _load_csv(self, csv_path: Path, rows: int, started: float) -> None:
         converted = time.perf_counter()
-        self.stats.convert_seconds += converted - started
         try:
-            self.stats.csv_bytes += csv_path.stat().st_size
+            size = csv_path.stat().st_size
             with self.engine.begin() as conn:
                 loaded = self._load_data(conn, csv_path, self._into)
-                if loaded != table.num_rows:
-                    raise LoadError(
-                        f"{self.target}: the target took {loaded} of {table.num_rows} rows"
-                    )
+                if loaded != rows:
+                    raise LoadError(f"{self.target}: the target took {loaded} of {rows} rows")
                 if self._merging_now:
                     self.stats.rows_affected += run_sql(conn, self._upsert_sql()).rowcount
             if self._merging_now:
@@ -179,12 +236,14 @@ class TableLoader:
                     run_sql(conn, f"TRUNCATE TABLE {quote(self.stage)}")
         finally:
             csv_path.unlink(missing_ok=True)
-        self.stats.server_seconds += time.perf_counter() - converted
-        self.stats.rows += table.num_rows
-        self.stats.batches += 1
-        self.stats.seconds += time.perf_counter() - started
-        if self.on_batch:
-            self.on_batch(self.stats)
+        with self._stats_lock:
+            self.stats.csv_bytes += size
+            self.stats.server_seconds += time.perf_counter() - converted
+            self.stats.rows += rows
+            self.stats.batches += 1
+            self.stats.seconds += time.perf_counter() - started
+            if self.on_batch:
+                self.on_batch(self.stats)
 
     @property
     def _merging_now(self) -> bool:
@@ -283,6 +342,12 @@ class TableLoader:
             f"INSERT INTO {q(self.target)} ({columns}) SELECT {columns} FROM {q(self.stage)}"
             f" WHERE {where} ON DUPLICATE KEY UPDATE {assignments}"
         )
+
+
+# A secondary index line of SHOW CREATE TABLE: (whole line, kind, quoted name).
+_SECONDARY_KEY = re.compile(
+    r"^(\s*(?:(UNIQUE|FULLTEXT|SPATIAL) )?KEY (`(?:[^`]|``)+`).*)$", re.MULTILINE
+)
 
 
 def key_range_sql(

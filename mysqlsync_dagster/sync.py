@@ -58,6 +58,11 @@ from mysqlsync_dagster.wire import wire_columns
 dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
 
 
+# LOAD DATA connections filling a bulk-only work table at once (see loading.py); on the
+# 2-core benchmark machine two streams beat one, more only add contention.
+LOAD_STREAMS = 2
+
+
 class WireTableLoader(ConnectorXTableLoader):
     """Hands connectorx the SELECT as the server will see it.
 
@@ -199,6 +204,7 @@ class TableSync:
             primary_key=tuple(cfg.primary_key),
             # staging mode loads every file into the stage first, then merges by key range
             merge_each_batch=cfg.mode != "staging",
+            load_streams=LOAD_STREAMS,
         )
         with self.target_engine.begin() as conn:
             self.loader.prepare(conn)
