@@ -122,7 +122,7 @@ defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), 300)
 r = dg.materialize(list(defs.assets), resources=defs.resources)
 [m] = r.asset_materializations_for_node(sys.argv[2])
 meta = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
-keep = ("rows_written", "strategy", "seconds", "extract_seconds", "load_seconds",
+keep = ("rows_written", "strategy", "seconds", "extract_seconds", "rewrite_seconds", "load_seconds",
         "bytes_staged", "files_staged", "compression_ratio", "merge_ranges")
 out = {k: meta[k] for k in keep if k in meta}
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
