@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -167,6 +168,9 @@ def remove_expired(table_dir: Path, retention_hours: float, now: float | None = 
 
 
 # -- extraction side -------------------------------------------------------------------------
+_CODEC_KEY = "data_writer.compression"
+
+
 @contextlib.contextmanager
 def dlt_parquet_codec(codec: str) -> Iterator[None]:
     """dlt's Parquet writer compresses with `codec` for the duration (its setting is global).
@@ -182,21 +186,20 @@ def dlt_parquet_codec(codec: str) -> Iterator[None]:
         dlt.config[_CODEC_KEY] = previous or "snappy"
 
 
-_CODEC_KEY = "data_writer.compression"
-
-
 class ParquetStager:
     """dlt destination callback: puts each Parquet file dlt wrote into the run directory.
 
     dlt already wrote it with the codec (`dlt_parquet_codec`) and one row group per extracted
     batch of `batch_size` rows: then it is hard-linked (or copied) as it is. Otherwise it is
-    rewritten, streaming batch by batch, so memory stays bounded.
+    rewritten, streaming batch by batch, so memory stays bounded. dlt may call from several
+    load threads: files are staged one at a time.
     """
 
     def __init__(self, run_dir: Path, manifest: StagingManifest, log: Any) -> None:
         self.run_dir = run_dir
         self.manifest = manifest
         self.log = log
+        self._lock = threading.Lock()
 
     def _as_wanted(self, footer: pq.FileMetaData) -> bool:
         codec = self.manifest.compression.upper()
@@ -218,6 +221,10 @@ class ParquetStager:
                 writer.write_table(pa.Table.from_batches([batch]), row_group_size=batch_size)
 
     def __call__(self, path: str) -> None:
+        with self._lock:
+            self._stage(path)
+
+    def _stage(self, path: str) -> None:
         started = time.perf_counter()
         source = pq.ParquetFile(path)
         name = f"part-{len(self.manifest.files):05d}.parquet"

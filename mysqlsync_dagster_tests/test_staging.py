@@ -245,3 +245,15 @@ def test_a_process_killed_between_staging_and_load_leaves_the_target_and_reruns_
     assert rerun["cursor_before"] == cursor_before
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
     assert [StagingManifest.read(d).status for d in run_dirs(sync_env)][-1] == "loaded"
+
+
+def test_an_empty_table_and_a_table_emptied_later(sync_env):
+    sync_env.source_exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))")
+    table = {"table": "t", "primary_key": "id", "mode": "staging"}
+    assert metadata(sync_env.sync([table]), node="sync_t")["rows_written"] == 0
+    sync_env.source_exec("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    assert sync_env.sync([table]).success
+    assert sync_env.target_rows("t") == [(1, "a"), (2, "b")]
+    sync_env.source_exec("DELETE FROM t")
+    assert sync_env.sync([table]).success
+    assert sync_env.target_rows("t") == []
