@@ -257,6 +257,36 @@ class ParquetStager:
         )
 
 
+class ExtractionProgress:
+    """dlt map step: passes batches through, logging rows read, rows/s and ETA every 10 s."""
+
+    def __init__(self, sync: TableSync, started: float, every_seconds: float = 10.0) -> None:
+        self.sync = sync
+        self.started = started
+        self.every_seconds = every_seconds
+        self.rows = 0
+        self.last_logged = started
+
+    def __call__(self, item: Any) -> Any:
+        self.rows += getattr(item, "num_rows", 0)
+        now = time.perf_counter()
+        if now - self.last_logged >= self.every_seconds:
+            self.last_logged = now
+            rate = self.rows / (now - self.started)
+            total = self.sync.source_rows_estimate if self.sync.cursor_before is None else None
+            eta = f", ETA {max(total - self.rows, 0) / rate:.0f}s" if total and rate else ""
+            of_total = f" of ~{total:,}" if total else ""
+            self.sync.log.info(
+                "%s: extracted %s%s rows, %.0f rows/s%s",
+                self.sync.cfg.table,
+                f"{self.rows:,}",
+                of_total,
+                rate,
+                eta,
+            )
+        return item
+
+
 @dataclass
 class StagedTable:
     """The asset's output in staging mode: the staged files, and the live sync to load them."""
@@ -290,8 +320,11 @@ def stage_table(sync: TableSync, settings: StagingSettings, run_id: str) -> Stag
     manifest.save(run_dir)
     started = time.perf_counter()
     pipeline = sync.dlt_pipeline(ParquetStager(run_dir, manifest, sync.log))
+    source = sync.dlt_source()
+    for resource in source.resources.values():
+        resource.add_map(ExtractionProgress(sync, started))
     with dlt_parquet_codec(settings.compression):
-        pipeline.run(sync.dlt_source())
+        pipeline.run(source)
     manifest.extract_seconds = time.perf_counter() - started
     manifest.status = "staged"
     manifest.save(run_dir)

@@ -257,3 +257,24 @@ def test_an_empty_table_and_a_table_emptied_later(sync_env):
     sync_env.source_exec("DELETE FROM t")
     assert sync_env.sync([table]).success
     assert sync_env.target_rows("t") == []
+
+
+def test_extraction_progress_lines(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from mysqlsync_dagster.staging import ExtractionProgress
+
+    sync = SimpleNamespace(
+        cfg=SimpleNamespace(table="orders"),
+        source_rows_estimate=1000,
+        cursor_before=None,
+        log=logging.getLogger("test_progress"),
+    )
+    progress = ExtractionProgress(sync, time.perf_counter() - 1, every_seconds=0)
+    batch = pa.table({"x": list(range(250))})
+    with caplog.at_level(logging.INFO, logger="test_progress"):
+        assert progress(batch) is batch
+    [line] = caplog.messages
+    assert line.startswith("orders: extracted 250 of ~1,000 rows, ")
+    assert "rows/s, ETA " in line
