@@ -161,7 +161,9 @@ class TableLoader:
             self._load_parquet(path)
 
     def _load_parquet(self, path: str | Path) -> None:
-        parquet = pq.ParquetFile(path)
+        # pre_buffer keeps every row group read so far cached until the reader is closed:
+        # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
+        parquet = pq.ParquetFile(path, pre_buffer=False)
         names = parquet.schema_arrow.names
         if LOAD_ID_COLUMN not in names or len(names) != len(self.wire) + 1:
             raise LoadError(
