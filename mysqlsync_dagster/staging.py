@@ -145,7 +145,7 @@ class StagingSettings:
         return self.directory / cfg.key
 
     def new_run_dir(self, cfg: TableConfig, run_id: str) -> Path:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]  # sorts by time
         path = self.table_dir(cfg) / f"{stamp}-{run_id[:8]}"
         path.mkdir(parents=True, exist_ok=False)
         return path

@@ -278,3 +278,31 @@ def test_extraction_progress_lines(caplog):
     [line] = caplog.messages
     assert line.startswith("orders: extracted 250 of ~1,000 rows, ")
     assert "rows/s, ETA " in line
+
+
+def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypatch):
+    from mysqlsync_dagster.loading import TableLoader
+
+    create_orders(sync_env, rows=20)
+    assert sync_env.sync([ORDERS]).success
+    before, cursor_before = sync_env.target_rows("orders"), cursor(sync_env)
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 5")
+
+    def broken_merge(self):
+        raise RuntimeError("the merge broke")
+
+    monkeypatch.setattr(TableLoader, "merge_stage", broken_merge)
+    result = sync_env.sync([ORDERS], raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert "the merge broke" in str(failure.event_specific_data.error)
+    assert sync_env.target_rows("orders") == before
+    assert cursor(sync_env) == cursor_before
+    with sync_env.target.connect() as conn:
+        work_tables = conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'").all()
+    assert work_tables == []
+    assert StagingManifest.read(run_dirs(sync_env)[-1]).status == "staged"
+
+    monkeypatch.undo()
+    assert sync_env.sync([ORDERS]).success  # the lock was released; the re-run converges
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
