@@ -19,7 +19,9 @@ beats maintaining them row by row); the stage never needs them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import secrets
 import tempfile
@@ -43,6 +45,15 @@ from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.schema import DLT_COLUMNS, LOAD_ID_COLUMN
 from mysqlsync_dagster.wire import WireColumn, to_wire_text
+
+# Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
+# with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column
+# benchmark table 562 -> 453 MB, 3M orders rows 462 -> 405 MB). An explicit
+# ARROW_DEFAULT_MEMORY_POOL still wins.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)  # return freed pages at once, not after 1 s
 
 Strategy = Literal["upsert", "swap"]
 _CSV_OPTIONS = pacsv.WriteOptions(
