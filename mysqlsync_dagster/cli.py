@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import dagster as dg
 from dotenv import load_dotenv
 
+from mysqlsync_dagster.bench import add_arguments as add_bench_arguments
 from mysqlsync_dagster.config import ConfigError, TableConfig, interval_seconds, load_tables_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -235,13 +235,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mysqlsync_dagster.bench import format_report, run_benchmark
+    from mysqlsync_dagster.bench import run_from_args
 
-    report = run_benchmark(args.rows, args.batch_size)
-    print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return EXIT_OK if report["copy_matches_source"] else EXIT_FAILED
+    return EXIT_OK if run_from_args(args) == 0 else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,9 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="time a sync against mariadb-dump | mariadb")
-    bench.add_argument("--rows", type=int, default=1_000_000)
-    bench.add_argument("--batch-size", type=int, default=50_000)
-    bench.add_argument("--json", help="also write the figures to this file")
+    add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -16,16 +16,30 @@ from mysqlsync_dagster.automation import build_automation
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.partitions import source_timezone
 from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.staging import (
+    IO_MANAGER_KEY,
+    build_staging_asset,
+    staging_io_manager_from_env,
+)
 
 SYNC_ALL_JOB = "sync_all_tables"
 
 
 def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    target_db = MySQLResource.from_env("TARGET", environ)
     return {
         "dlt": DagsterDltResource(),
         "source_db": MySQLResource.from_env("SOURCE", environ),
-        "target_db": MySQLResource.from_env("TARGET", environ),
+        "target_db": target_db,
+        # loads staging-mode tables, and serves every table to downstream assets
+        IO_MANAGER_KEY: staging_io_manager_from_env(target_db, environ),
     }
+
+
+def build_table(cfg: TableConfig, interval: int, timezone: str) -> dg.AssetsDefinition:
+    if cfg.mode == "staging":
+        return build_staging_asset(cfg, interval, timezone)
+    return build_table_asset(cfg, interval, timezone)
 
 
 def build_definitions(
@@ -38,7 +52,7 @@ def build_definitions(
     return dg.Definitions(
         assets=[
             *(source_asset_spec(cfg) for cfg in tables),
-            *(build_table_asset(cfg, interval, timezone) for cfg in tables),
+            *(build_table(cfg, interval, timezone) for cfg in tables),
         ],
         jobs=[
             dg.define_asset_job(

@@ -9,7 +9,8 @@
 Extraction is a dlt `sql_table` resource on the connectorx backend (Arrow record batches of
 `batch_size` rows, streamed), selecting the wire text of every column (see `wire.py`). dlt writes
 Parquet, adds `_dlt_load_id` and `_dlt_id`, and hands each file to a custom destination that is
-this run's `TableLoader`.
+this run's `TableLoader` (direct mode) or the Parquet stager (staging mode, see `staging.py`,
+which loads the staged files through the same `TableLoader` afterwards).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +59,11 @@ from mysqlsync_dagster.wire import wire_columns
 # dlt stamps Arrow data with `_dlt_load_id` only when asked. `_dlt_id` is made by the loader in
 # bulk: asking dlt for it would make its normalize step rewrite every file row by row.
 dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
+
+
+# LOAD DATA connections filling a bulk-only work table at once (see loading.py); on the
+# 2-core benchmark machine two streams beat one, more only add contention.
+LOAD_STREAMS = 2
 
 
 class WireTableLoader(ConnectorXTableLoader):
@@ -155,6 +162,10 @@ class TableSync:
         self.cursor_snapshot: str | None = None
         self.schema_changes = SchemaChanges()
         self.source_rows_estimate: int | None = None
+        # Progress lines: rates since `_phase_started`; staging mode restarts the clock for
+        # its load phase and knows the exact total from its manifest.
+        self._phase_started = self._started
+        self.expected_rows: int | None = None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -167,6 +178,14 @@ class TableSync:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._cleanup(failed=exc_type is not None)
+
+    def close(self, *, failed: bool) -> None:
+        """Drop work tables (if failed), release the lock, remove the work directory.
+
+        Idempotent; for a caller that learns of a failure outside the `with` block (the
+        staging I/O manager, which loads while the asset body is suspended inside it).
+        """
+        self._cleanup(failed=failed)
 
     def safe_message(self, error: BaseException) -> str:
         return redact(str(error), self._secrets)
@@ -209,6 +228,10 @@ class TableSync:
             batch_size=cfg.batch_size,
             work_dir=self.work_dir,
             on_batch=self._progress,
+            primary_key=tuple(cfg.primary_key),
+            # staging mode loads every file into the stage first, then merges by key range
+            merge_each_batch=cfg.mode != "staging",
+            load_streams=LOAD_STREAMS,
         )
         with self.target_engine.begin() as conn:
             self.loader.prepare(conn)
@@ -403,12 +426,13 @@ class TableSync:
 
         return mysql_table()
 
-    def dlt_pipeline(self) -> Pipeline:
-        loader = self.loader
-        assert loader is not None
+    def dlt_pipeline(self, handle_file: Callable[[str], None] | None = None) -> Pipeline:
+        """The pipeline whose destination gets each Parquet file: the loader, or `handle_file`."""
+        assert self.loader is not None
+        take = handle_file or self.loader.load_parquet
 
         def load_file(items: Any, table: Any) -> None:
-            loader.load_parquet(items)
+            take(items)
 
         destination = dlt.destination(
             load_file,
@@ -424,10 +448,15 @@ class TableSync:
             dataset_name=self.target_db,
         )
 
+    def start_phase(self, expected_rows: int | None = None) -> None:
+        """Restart the progress clock (rows/s, ETA) for a new phase with a known row total."""
+        self._phase_started = time.perf_counter()
+        self.expected_rows = expected_rows
+
     def _progress(self, stats: LoadStats) -> None:
-        elapsed = time.perf_counter() - self._started
+        elapsed = time.perf_counter() - self._phase_started
         rate = stats.rows / elapsed if elapsed > 0 else 0.0
-        total = (
+        total = self.expected_rows or (
             self.source_rows_estimate if self.loader and self.loader.strategy == "swap" else None
         )
         if total and rate:

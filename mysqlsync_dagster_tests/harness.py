@@ -106,6 +106,8 @@ class SyncEnv:
     target_db: str
     source: sa.Engine
     target: sa.Engine
+    staging_dir: str = ""  # STAGING_DIR of staging-mode syncs (a per-test temp dir)
+    compression: str | None = None  # PARQUET_COMPRESSION of staging-mode syncs
 
     def source_url(self) -> str:
         return self.servers.source.url.set(database=self.source_db).render_as_string(False)
@@ -116,10 +118,16 @@ class SyncEnv:
     def resources(self) -> dict[str, Any]:
         from dagster_dlt import DagsterDltResource
 
+        from mysqlsync_dagster.staging import IO_MANAGER_KEY, ParquetStagingIOManager
+
+        target_db = MySQLResource(side="TARGET", url=self.target_url())
         return {
             "dlt": DagsterDltResource(),
             "source_db": MySQLResource(side="SOURCE", url=self.source_url()),
-            "target_db": MySQLResource(side="TARGET", url=self.target_url()),
+            "target_db": target_db,
+            IO_MANAGER_KEY: ParquetStagingIOManager(
+                target_db=target_db, staging_dir=self.staging_dir, compression=self.compression
+            ),
         }
 
     def source_exec(self, *statements: str) -> None:
@@ -135,14 +143,18 @@ class SyncEnv:
         return fetch_comparable(self.target, table, order_by, skip_dlt=True)
 
     def sync(
-        self, tables: Sequence[dict[str, Any] | TableConfig], *, raise_on_error: bool = True
+        self,
+        tables: Sequence[dict[str, Any] | TableConfig],
+        *,
+        raise_on_error: bool = True,
+        extra_assets: Sequence[Any] = (),
     ) -> dg.ExecuteInProcessResult:
         configs = [
             t if isinstance(t, TableConfig) else parse_tables_config([t], "test")[0] for t in tables
         ]
         defs = build_definitions(configs, 300, environ={})
         return dg.materialize(
-            assets=list(defs.assets or []),
+            assets=[*(defs.assets or []), *extra_assets],
             resources=self.resources(),
             raise_on_error=raise_on_error,
         )
@@ -213,7 +225,7 @@ def column_types(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def sync_env(mariadb_servers: ServerPair) -> Iterator[SyncEnv]:
+def sync_env(mariadb_servers: ServerPair, tmp_path: Path) -> Iterator[SyncEnv]:
     n = next(_counter)
     source_db, target_db = f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
     admin_source = mariadb_servers.source.engine()
@@ -228,6 +240,7 @@ def sync_env(mariadb_servers: ServerPair) -> Iterator[SyncEnv]:
         target_db,
         mariadb_servers.source.engine(source_db),
         mariadb_servers.target.engine(target_db),
+        staging_dir=str(tmp_path / "staging"),
     )
     try:
         yield env

@@ -94,3 +94,24 @@ def test_dagster_definitions_validate_from_repo_root():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "secret" not in result.stdout + result.stderr
+
+
+def test_staging_tables_output_to_the_staging_io_manager():
+    tables = parse_tables_config(
+        [
+            {"table": "big", "primary_key": "id", "modifier": "updated_at", "mode": "staging"},
+            {"table": "small", "primary_key": "id"},
+        ]
+    )
+    environ = {"STAGING_DIR": "/var/tmp/x", "PARQUET_COMPRESSION": "gzip"}
+    defs = build_definitions(tables, 300, environ=environ)
+    big = defs.resolve_assets_def(dg.AssetKey(["big"]))
+    small = defs.resolve_assets_def(dg.AssetKey(["small"]))
+    assert big.get_io_manager_key_for_asset_key(dg.AssetKey(["big"])) == "staging_io_manager"
+    assert small.get_io_manager_key_for_asset_key(dg.AssetKey(["small"])) == "io_manager"
+    assert big.metadata_by_key[dg.AssetKey(["big"])]["mode"] == "staging"
+    io_manager = defs.resources["staging_io_manager"]
+    # bound by name: the values are read at run time, never when definitions load
+    assert isinstance(io_manager.staging_dir, dg.EnvVar)
+    assert io_manager.staging_dir.env_var_name == "STAGING_DIR"
+    assert io_manager.retention_hours is None  # unset: the default (24 hours)

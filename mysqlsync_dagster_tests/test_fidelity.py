@@ -86,18 +86,25 @@ TYPE_GROUPS = {
 }
 
 
+@pytest.mark.parametrize("mode", ["direct", "staging"])
 @pytest.mark.parametrize("group", list(TYPE_GROUPS))
-def test_values_and_types_round_trip(sync_env, group):
+def test_values_and_types_round_trip(sync_env, group, mode):
     ddl, inserts = TYPE_GROUPS[group]
     sync_env.source_exec(ddl, *inserts)
-    result = sync_env.sync([{"table": "t", "primary_key": "id"}])
+    table = {"table": "t", "primary_key": "id", "mode": mode}
+    result = sync_env.sync([table])
     assert result.success
     assert column_types(sync_env.target, "t") == column_types(sync_env.source, "t")
     source_rows = sync_env.source_rows("t")
     assert len(source_rows) == len(inserts)
     assert sync_env.target_rows("t") == source_rows
     # and again through the incremental-free full refresh: still identical
-    assert sync_env.sync([{"table": "t", "primary_key": "id"}]).success
+    assert sync_env.sync([table]).success
+    assert sync_env.target_rows("t") == source_rows
+    # and through the incremental path (stage table + keyed merge), on the key as modifier
+    incremental = {**table, "modifier": "id"}
+    assert sync_env.sync([incremental]).success  # first: swap, cursor = MAX(id)
+    assert sync_env.sync([incremental]).success  # then: upsert of the last row
     assert sync_env.target_rows("t") == source_rows
 
 

@@ -1,9 +1,17 @@
 """Composite keys, case-insensitive keys, and identifiers that must be quoted everywhere."""
 
+import pytest
 import sqlalchemy as sa
 
 
-def test_two_column_key_incremental(sync_env):
+@pytest.fixture(params=["direct", "staging"])
+def mode(request):
+    """Every key test runs in both modes: staging merges by key range (composite, binary,
+    case-insensitive keys compared by the server), direct merges per batch."""
+    return request.param
+
+
+def test_two_column_key_incremental(sync_env, mode):
     sync_env.source_exec(
         "CREATE TABLE order_items (order_id INT NOT NULL, product_id INT NOT NULL, qty INT,"
         " updated_at DATETIME NOT NULL, PRIMARY KEY (order_id, product_id), KEY (updated_at))",
@@ -14,6 +22,7 @@ def test_two_column_key_incremental(sync_env):
         "table": "order_items",
         "primary_key": ["order_id", "product_id"],
         "modifier": "updated_at",
+        "mode": mode,
     }
     sync_env.sync([cfg])
     sync_env.source_exec(
@@ -29,7 +38,7 @@ def test_two_column_key_incremental(sync_env):
     ]
 
 
-def test_four_column_key_with_mixed_types(sync_env):
+def test_four_column_key_with_mixed_types(sync_env, mode):
     sync_env.source_exec(
         "CREATE TABLE m (region CHAR(2) NOT NULL, day DATE NOT NULL, seq SMALLINT UNSIGNED NOT NULL,"
         " code VARBINARY(8) NOT NULL, v DOUBLE, updated_at DATETIME(6) NOT NULL,"
@@ -38,20 +47,26 @@ def test_four_column_key_with_mixed_types(sync_env):
         " seq, UNHEX(LPAD(HEX(seq), 4, '0')), seq / 3,"
         " TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_500",
     )
-    cfg = {"table": "m", "primary_key": ["region", "day", "seq", "code"], "modifier": "updated_at"}
+    cfg = {
+        "table": "m",
+        "primary_key": ["region", "day", "seq", "code"],
+        "modifier": "updated_at",
+        "mode": mode,
+        "batch_size": 7,  # several key ranges in staging mode
+    }
     sync_env.sync([cfg])
     sync_env.source_exec("UPDATE m SET v = -1, updated_at = '2025-01-01' WHERE seq % 50 = 0")
     sync_env.sync([cfg])
     assert sync_env.target_rows("m", "1, 2, 3, 4") == sync_env.source_rows("m", "1, 2, 3, 4")
 
 
-def test_case_insensitive_key_takes_the_source_spelling(sync_env):
+def test_case_insensitive_key_takes_the_source_spelling(sync_env, mode):
     sync_env.source_exec(
         "CREATE TABLE tags (name VARCHAR(20) COLLATE utf8mb4_general_ci PRIMARY KEY,"
         " n INT, updated_at DATETIME NOT NULL, KEY (updated_at))",
         "INSERT INTO tags VALUES ('abc', 1, '2024-01-01'), ('Straße', 2, '2024-01-01')",
     )
-    cfg = {"table": "tags", "primary_key": "name", "modifier": "updated_at"}
+    cfg = {"table": "tags", "primary_key": "name", "modifier": "updated_at", "mode": mode}
     sync_env.sync([cfg])
     # the key is re-spelled in the source: same key under the collation, different bytes
     sync_env.source_exec(
@@ -63,7 +78,7 @@ def test_case_insensitive_key_takes_the_source_spelling(sync_env):
     assert [tuple(r) for r in rows] == [("ABC", 10), ("Straße", 2)]
 
 
-def test_reserved_words_unicode_quotes_and_backticks(sync_env):
+def test_reserved_words_unicode_quotes_and_backticks(sync_env, mode):
     table = "select `from` \"where\" 'naïve' 表"
     sync_env.source_exec(
         "CREATE TABLE `select ``from`` \"where\" 'naïve' 表` ("
@@ -79,6 +94,7 @@ def test_reserved_words_unicode_quotes_and_backticks(sync_env):
         "primary_key": "order",
         "modifier": "group",
         "target_table": "copy of `select`; DROP TABLE x; --",
+        "mode": mode,
     }
     result = sync_env.sync([cfg])
     assert result.success

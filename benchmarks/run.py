@@ -1,0 +1,11 @@
+"""Run the benchmark of benchmarks/README.md: `.venv/bin/python benchmarks/run.py [--big]`."""
+
+import argparse
+import sys
+
+from mysqlsync_dagster.bench import add_arguments, run_from_args
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(run_from_args(parser.parse_args()))

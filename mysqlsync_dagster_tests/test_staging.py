@@ -1,0 +1,308 @@
+"""Staging mode: Parquet files under STAGING_DIR, loaded by the staging I/O manager."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from mysqlsync_dagster.loading import key_range_sql
+from mysqlsync_dagster.staging import MANIFEST, StagingManifest, StagingSettings, remove_expired
+
+ORDERS = {"table": "orders", "primary_key": "id", "modifier": "updated_at", "mode": "staging"}
+
+
+def metadata(result, node="sync_orders"):
+    [mat] = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def cursor(sync_env, table="orders"):
+    with sync_env.target.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT cursor_value FROM _mysqlsync_state WHERE target_table = :t"),
+            {"t": table},
+        ).scalar_one_or_none()
+
+
+def create_orders(sync_env, rows=200):
+    sync_env.source_exec(
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, status VARCHAR(20) NOT NULL,"
+        " amount DECIMAL(12,2), note TEXT, updated_at DATETIME NOT NULL, KEY (updated_at))",
+        "INSERT INTO orders SELECT seq, 'new', seq / 10, REPEAT('n', seq % 7),"
+        f" TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_{rows}",
+    )
+
+
+def run_dirs(sync_env, table="orders"):
+    return sorted((Path(sync_env.staging_dir) / table).iterdir())
+
+
+def test_round_trip_through_the_io_manager(sync_env):
+    create_orders(sync_env)
+    first = sync_env.sync([{**ORDERS, "batch_size": 64}])
+    meta = metadata(first)
+    assert meta["strategy"] == "swap"
+    assert meta["mode"] == "staging"
+    assert meta["rows_written"] == 200
+    assert meta["files_staged"] == 1
+    assert meta["bytes_staged"] > 0
+    assert meta["compression"] == "zstd"
+    assert meta["compression_ratio"] > 1
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+    assert cursor(sync_env) == "2024-01-01 03:20:00"
+
+    [run_dir] = run_dirs(sync_env)
+    manifest = StagingManifest.read(run_dir)
+    assert manifest.status == "loaded"
+    assert manifest.strategy == "swap"
+    assert manifest.cursor_before is None
+    assert manifest.cursor_after == "2024-01-01 03:20:00"
+    assert [c["name"] for c in manifest.columns] == [
+        "id",
+        "status",
+        "amount",
+        "note",
+        "updated_at",
+    ]
+    assert manifest.rows == 200 and manifest.batch_size == 64
+    parquet = pq.ParquetFile(run_dir / manifest.files[0].name)
+    assert parquet.metadata.num_rows == 200
+    assert parquet.metadata.num_row_groups == math.ceil(200 / 64)  # row groups of batch_size
+
+    sync_env.source_exec(
+        "UPDATE orders SET status = 'paid', updated_at = '2024-02-01 00:00:00' WHERE id % 10 = 0",
+        "INSERT INTO orders VALUES (201, 'new', 1.5, NULL, '2024-02-01 00:00:01')",
+    )
+    second = metadata(sync_env.sync([{**ORDERS, "batch_size": 64}]))
+    assert second["strategy"] == "upsert"
+    assert second["rows_written"] == 21  # 20 updated (the row at the old cursor among them), 1 new
+    assert second["merge_ranges"] == 1
+    assert second["dagster/row_count"] == 201
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+    assert cursor(sync_env) == "2024-02-01 00:00:01"
+    assert len(run_dirs(sync_env)) == 2  # kept for the retention period
+
+
+@pytest.mark.parametrize("codec", ["snappy", "zstd", "gzip", "brotli"])
+def test_every_compression_codec(sync_env, codec):
+    create_orders(sync_env, rows=50)
+    sync_env.compression = codec
+    meta = metadata(sync_env.sync([ORDERS]))
+    assert meta["compression"] == codec
+    [run_dir] = run_dirs(sync_env)
+    parquet = pq.ParquetFile(run_dir / StagingManifest.read(run_dir).files[0].name)
+    assert parquet.metadata.row_group(0).column(0).compression == codec.upper()
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def test_chunked_upsert_on_a_composite_key(sync_env):
+    sync_env.source_exec(
+        "CREATE TABLE shipments (region VARCHAR(8) NOT NULL, n INT NOT NULL, qty INT NOT NULL,"
+        " updated_at DATETIME(6) NOT NULL, PRIMARY KEY (region, n), KEY (updated_at))",
+        "INSERT INTO shipments SELECT ELT(1 + seq % 3, 'eu', 'us', 'apac'), seq, seq,"
+        " '2024-01-01 00:00:00' FROM seq_1_to_90",
+    )
+    table = {
+        "table": "shipments",
+        "primary_key": ["region", "n"],
+        "modifier": "updated_at",
+        "mode": "staging",
+        "batch_size": 7,
+    }
+    assert sync_env.sync([table]).success
+    sync_env.source_exec(
+        "UPDATE shipments SET qty = -qty, updated_at = '2024-01-02 00:00:00.5' WHERE n <= 40",
+        "INSERT INTO shipments VALUES ('eu', 1000, 1, '2024-01-02 00:00:01')",
+    )
+    meta = metadata(sync_env.sync([table]), node="sync_shipments")
+    assert meta["strategy"] == "upsert"
+    assert meta["rows_written"] == 91  # every row sits at the old cursor, plus the new one
+    assert meta["merge_ranges"] == math.ceil(91 / 7)  # ranges of at most batch_size keys
+    assert sync_env.target_rows("shipments", "region, n") == sync_env.source_rows(
+        "shipments", "region, n"
+    )
+
+
+def test_key_range_sql_compares_composite_keys_column_by_column():
+    sql, params = key_range_sql(["a", "b"], ("x", 3), ">", "lo")
+    assert sql == "(`a` > %(lo0)s) OR (`a` = %(lo0)s AND `b` > %(lo1)s)"
+    assert params == {"lo0": "x", "lo1": 3}
+    sql, _ = key_range_sql(["a", "b"], ("x", 3), "<=", "hi")
+    assert sql == (
+        "(`a` < %(hi0)s) OR (`a` = %(hi0)s AND `b` < %(hi1)s) OR (`a` = %(hi0)s AND `b` = %(hi1)s)"
+    )
+    assert key_range_sql(["a"], None, ">", "lo") == ("1", {})
+
+
+def test_settings_and_retention(tmp_path):
+    settings = StagingSettings.parse(str(tmp_path), "GZIP", "1.5")
+    assert (settings.compression, settings.retention_hours) == ("gzip", 1.5)
+    assert StagingSettings.parse(None, None, None).directory == Path(".staging").absolute()
+    with pytest.raises(ValueError, match="lz4"):
+        StagingSettings.parse(None, "lz4", None)
+    with pytest.raises(ValueError, match="STAGING_RETENTION_HOURS"):
+        StagingSettings.parse(None, None, "a day")
+    old, new = tmp_path / "t" / "old", tmp_path / "t" / "new"
+    old.mkdir(parents=True)
+    new.mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert remove_expired(tmp_path / "t", 1.5) == [old]
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["new"]
+
+
+def test_downstream_assets_read_the_synced_table(sync_env):
+    create_orders(sync_env, rows=30)
+    seen = {}
+
+    @dg.asset(ins={"orders": dg.AssetIn(key="orders", input_manager_key="staging_io_manager")})
+    def as_arrow(orders: pa.Table) -> None:
+        seen["arrow"] = orders
+
+    @dg.asset(ins={"orders": dg.AssetIn(key="orders", input_manager_key="staging_io_manager")})
+    def as_pandas(orders: pd.DataFrame) -> None:
+        seen["pandas"] = orders
+
+    @dg.asset(ins={"orders": dg.AssetIn(key="orders", input_manager_key="staging_io_manager")})
+    def as_stream(orders: pa.RecordBatchReader) -> None:
+        seen["stream"] = sum(batch.num_rows for batch in orders)
+
+    result = sync_env.sync([ORDERS], extra_assets=[as_arrow, as_pandas, as_stream])
+    assert result.success
+    assert seen["arrow"].num_rows == 30
+    assert seen["arrow"].column_names == ["id", "status", "amount", "note", "updated_at"]
+    assert sorted(seen["arrow"].column("id").to_pylist()) == list(range(1, 31))
+    assert isinstance(seen["pandas"], pd.DataFrame) and len(seen["pandas"]) == 30
+    assert seen["stream"] == 30
+
+
+CRASHING_SYNC = """
+import json, sys
+import dagster as dg
+from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.factory import build_definitions
+defs = build_definitions(parse_tables_config(json.loads(sys.argv[1]), "test"), 300)
+dg.materialize(list(defs.assets), resources=defs.resources)
+"""
+
+
+def test_a_process_killed_between_staging_and_load_leaves_the_target_and_reruns_clean(sync_env):
+    create_orders(sync_env)
+    assert sync_env.sync([ORDERS]).success
+    before, cursor_before = sync_env.target_rows("orders"), cursor(sync_env)
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 50")
+
+    env = {
+        **os.environ,
+        "SOURCE_DB_URL": sync_env.source_url(),
+        "TARGET_DB_URL": sync_env.target_url(),
+        "STAGING_DIR": sync_env.staging_dir,
+    }
+    # A reader holding row locks on the live table: the merge cannot start, so the process is
+    # certainly between "files staged" and "load committed" when it is killed.
+    blocker = sync_env.target.connect()
+    blocker.exec_driver_sql("BEGIN")
+    blocker.exec_driver_sql("SELECT * FROM orders FOR UPDATE").all()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SYNC, json.dumps([ORDERS])],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        staged = None
+        while time.monotonic() < deadline and process.poll() is None:
+            dirs = [d for d in run_dirs(sync_env) if (d / MANIFEST).exists()]
+            manifests = [StagingManifest.read(d) for d in dirs]
+            staged = next((m for m in manifests if m.status == "staged"), None)
+            if staged is not None:
+                break
+            time.sleep(0.1)
+        assert staged is not None, process.stderr.read().decode()[-2000:] if process.poll() else ""
+        time.sleep(0.5)  # into the load: the stage table is filling or the merge is waiting
+        process.kill()
+        process.wait()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert staged.rows == 51 and staged.status == "staged"
+    assert sync_env.target_rows("orders") == before
+    assert cursor(sync_env) == cursor_before
+
+    rerun = metadata(sync_env.sync([ORDERS]))
+    assert rerun["strategy"] == "upsert"
+    assert rerun["cursor_before"] == cursor_before
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+    assert [StagingManifest.read(d).status for d in run_dirs(sync_env)][-1] == "loaded"
+
+
+def test_an_empty_table_and_a_table_emptied_later(sync_env):
+    sync_env.source_exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))")
+    table = {"table": "t", "primary_key": "id", "mode": "staging"}
+    assert metadata(sync_env.sync([table]), node="sync_t")["rows_written"] == 0
+    sync_env.source_exec("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    assert sync_env.sync([table]).success
+    assert sync_env.target_rows("t") == [(1, "a"), (2, "b")]
+    sync_env.source_exec("DELETE FROM t")
+    assert sync_env.sync([table]).success
+    assert sync_env.target_rows("t") == []
+
+
+def test_extraction_progress_lines(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from mysqlsync_dagster.staging import ExtractionProgress
+
+    sync = SimpleNamespace(
+        cfg=SimpleNamespace(table="orders"),
+        source_rows_estimate=1000,
+        cursor_before=None,
+        log=logging.getLogger("test_progress"),
+    )
+    progress = ExtractionProgress(sync, time.perf_counter() - 1, every_seconds=0)
+    batch = pa.table({"x": list(range(250))})
+    with caplog.at_level(logging.INFO, logger="test_progress"):
+        assert progress(batch) is batch
+    [line] = caplog.messages
+    assert line.startswith("orders: extracted 250 of ~1,000 rows, ")
+    assert "rows/s, ETA " in line
+
+
+def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypatch):
+    from mysqlsync_dagster.loading import TableLoader
+
+    create_orders(sync_env, rows=20)
+    assert sync_env.sync([ORDERS]).success
+    before, cursor_before = sync_env.target_rows("orders"), cursor(sync_env)
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 5")
+
+    def broken_merge(self):
+        raise RuntimeError("the merge broke")
+
+    monkeypatch.setattr(TableLoader, "merge_stage", broken_merge)
+    result = sync_env.sync([ORDERS], raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert "the merge broke" in str(failure.event_specific_data.error)
+    assert sync_env.target_rows("orders") == before
+    assert cursor(sync_env) == cursor_before
+    with sync_env.target.connect() as conn:
+        work_tables = conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'").all()
+    assert work_tables == []
+    assert StagingManifest.read(run_dirs(sync_env)[-1]).status == "staged"
+
+    monkeypatch.undo()
+    assert sync_env.sync([ORDERS]).success  # the lock was released; the re-run converges
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
