@@ -190,6 +190,10 @@ def run_table_sync(
         )
     except Exception as error:
         raise retries.sync_failure(cfg.table, error, secrets) from None
+    except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
+        if not retries.is_driver_panic(error):
+            raise
+        raise retries.sync_failure(cfg.table, error, secrets) from None
     context.log.info(
         "%s: %s rows written in %.1fs (%s)",
         cfg.table,

@@ -35,7 +35,9 @@ TRANSIENT_ERROR_CODES = frozenset(
 )
 _TRANSIENT_TEXT = re.compile(
     r"Lost connection|server has gone away|Connection refused|Broken pipe|Connection reset|"
-    r"Deadlock found|Lock wait timeout|QueuePool limit",
+    r"Deadlock found|Lock wait timeout|QueuePool limit|"
+    # connectorx (Rust driver) losing its connection mid-read
+    r"bytes remaining on stream|CodecError \{ IO error",
     re.IGNORECASE,
 )
 

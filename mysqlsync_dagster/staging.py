@@ -550,6 +550,10 @@ def run_table_staging(
                 context.log.info("%s: %s rows deleted in the source removed", cfg.table, deleted)
     except Exception as error:
         raise retries.sync_failure(cfg.table, error, secrets) from None
+    except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
+        if not retries.is_driver_panic(error):
+            raise
+        raise retries.sync_failure(cfg.table, error, secrets) from None
     try:
         yield from post_sync_check_results(
             cfg,

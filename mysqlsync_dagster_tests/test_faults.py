@@ -1,6 +1,7 @@
-"""Faults injected into real servers: the failed run says so, the next run converges.
+"""Faults injected into real servers mid-transfer: the sync fails over, retries, converges.
 
-These tests kill and restart the session's target server (SIGKILL, as in a crash).
+These tests kill and restart the session's servers (SIGKILL, as in a crash) and kill
+connections from the server side, then compare the target with the source.
 """
 
 import threading
@@ -47,6 +48,93 @@ def _aside_rows_sql(sync_env, table: str) -> str:
     from mysqlsync_dagster.loading import work_table_name
 
     return f"SELECT COUNT(*) FROM `{work_table_name(table, 'new')}`"
+
+
+def _when(engine: sa.Engine, sql: str, action, *, timeout: float = 60) -> threading.Thread:
+    """Poll `sql` on `engine` (a fresh connection each time); once it returns a row, run
+    `action(row)` once, outside any connection to the server it may kill."""
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done.is_set():
+            try:
+                with engine.connect() as conn:
+                    row = conn.exec_driver_sql(sql).first()
+            except sa.exc.SQLAlchemyError:
+                row = None
+            if row is not None:
+                action(row)
+                done.set()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.fired = done  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _big_source_table(sync_env, rows: int) -> None:
+    sync_env.source_exec(
+        "CREATE TABLE big (id INT PRIMARY KEY, v VARCHAR(40), updated_at DATETIME NOT NULL,"
+        " KEY (updated_at))",
+        "INSERT INTO big SELECT seq, CONCAT('v', seq), TIMESTAMP'2024-01-01 00:00:00'"
+        f" + INTERVAL seq SECOND FROM seq_1_to_{rows}",
+    )
+
+
+def test_load_connection_killed_by_the_server_is_retried(sync_env):
+    """KILL CONNECTION on the loader's session, mid-load (as an admin or a proxy would)."""
+    _big_source_table(sync_env, 30000)
+    admin = sync_env.servers.target.engine(poolclass=sa.pool.NullPool)
+    killed: list[int] = []
+
+    def kill(row) -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"KILL CONNECTION {int(row[0])}")
+        killed.append(int(row[0]))
+
+    watcher = _when(
+        admin,
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = "
+        f"'{sync_env.target_db}' AND INFO LIKE 'LOAD DATA%%' LIMIT 1",
+        kill,
+    )
+    result = sync_env.sync([{"table": "big", "primary_key": "id", "batch_size": 1000}])
+    watcher.join(timeout=5)
+    assert killed, "no load was caught running: the test proved nothing"
+    assert result.success
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")
+
+
+def test_source_killed_mid_extract_then_the_retry_converges(sync_env):
+    """SIGKILL of the source server while the extraction query runs; restarted at once."""
+    server = sync_env.servers.source.require_control()
+    _big_source_table(sync_env, 400000)
+    admin = sync_env.servers.source.engine(poolclass=sa.pool.NullPool)
+
+    def crash(row) -> None:
+        server.kill()
+        server.start()
+
+    watcher = _when(
+        admin,
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT CAST(%%'"
+        " AND INFO LIKE '%%FROM%%big%%' LIMIT 1",
+        crash,
+    )
+    result = sync_env.sync(
+        [{"table": "big", "primary_key": "id", "modifier": "updated_at", "batch_size": 5000}],
+        raise_on_error=False,
+    )
+    watcher.join(timeout=60)
+    sync_env.source.dispose()
+    assert watcher.fired.is_set(), "the extraction ended before the crash: nothing was proved"
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried, "the crash did not fail the step"
+    assert result.success
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")
 
 
 @pytest.mark.parametrize("incremental", [False, True])
