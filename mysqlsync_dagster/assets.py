@@ -136,6 +136,8 @@ def result_metadata(
         "columns_changed": ", ".join(result.schema_changes.modified),
         "columns_dropped_in_source": ", ".join(result.schema_changes.dropped_in_source),
     }
+    if result.warnings:
+        metadata["warnings"] = "\n".join(result.warnings)
     if result.source_rows_estimate is not None:
         metadata["source_rows_estimate"] = dg.MetadataValue.int(int(result.source_rows_estimate))
     return metadata

@@ -99,6 +99,7 @@ class SyncResult:
     schema_changes: SchemaChanges
     source_rows_estimate: int | None
     columns: list[tuple[str, str, bool]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -162,6 +163,7 @@ class TableSync:
         self.cursor_snapshot: str | None = None
         self.schema_changes = SchemaChanges()
         self.source_rows_estimate: int | None = None
+        self.warnings: list[str] = []  # allowed, but worth a user's attention
         # Progress lines: rates since `_phase_started`; staging mode restarts the clock for
         # its load phase and knows the exact total from its manifest.
         self._phase_started = self._started
@@ -269,6 +271,10 @@ class TableSync:
                 "the same key would be merged into one: configure columns that are unique"
             )
 
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log.warning(message)
+
     def _validate(self, shape: TableShape, conn: sa.Connection) -> None:
         cfg = self.cfg
         names = set(shape.column_names)
@@ -285,6 +291,11 @@ class TableSync:
             )
         if not shape.primary_key:
             self._check_key_is_unique(conn)
+        if cfg.modifier is not None and cfg.modifier in cfg.primary_key:
+            self._warn(
+                f"table {cfg.table!r}: the modifier {cfg.modifier!r} is part of the primary key: "
+                "only new keys are picked up, an update that keeps its key is never re-read"
+            )
         if cfg.modifier is not None:
             if cfg.modifier not in names:
                 raise SchemaError(
@@ -499,6 +510,7 @@ class TableSync:
             load=self.loader.stats,
             schema_changes=self.schema_changes,
             source_rows_estimate=self.source_rows_estimate,
+            warnings=self.warnings,
             columns=[(c.name, c.column_type, c.nullable) for c in self.shape.columns],
         )
 

@@ -138,3 +138,17 @@ def test_connection_problems_are_one_actionable_line(
     assert expected.format(port=port) in out.out
     assert PASSWORD not in out.out + out.err
     assert quote(PASSWORD, safe="") not in out.out + out.err
+
+
+def test_modifier_that_is_a_key_column_is_allowed_but_reported(sync_env):
+    sync_env.source_exec(
+        "CREATE TABLE log (seq BIGINT PRIMARY KEY, msg VARCHAR(20))",
+        "INSERT INTO log VALUES (1, 'a'), (2, 'b')",
+    )
+    cfg = {"table": "log", "primary_key": "seq", "modifier": "seq"}
+    result = sync_env.sync([cfg])
+    [mat] = result.asset_materializations_for_node("sync_log")
+    assert "the modifier 'seq' is part of the primary key" in mat.metadata["warnings"].value
+    sync_env.source_exec("INSERT INTO log VALUES (3, 'c')")
+    sync_env.sync([cfg])
+    assert sync_env.target_rows("log") == sync_env.source_rows("log")

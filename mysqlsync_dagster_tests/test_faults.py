@@ -193,3 +193,59 @@ def test_pool_whose_connections_died_heals_itself(sync_env):
         assert conn.exec_driver_sql("SELECT 2").scalar() == 2
     assert time.monotonic() - started < 120
     resource.dispose()
+
+
+def test_sync_process_killed_mid_load_then_next_run_converges(sync_env, tmp_path):
+    """SIGKILL of the process doing the sync, mid-load: its table lock dies with its
+    connection, its work tables are cleaned by the next run, which converges."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mysqlsync_dagster.loading import work_table_name
+
+    _big_source_table(sync_env, 60000)
+    table = {"table": "big", "primary_key": "id", "modifier": "updated_at", "batch_size": 1000}
+    code = (
+        "import json, sys, dagster as dg\n"
+        "from mysqlsync_dagster.config import parse_tables_config\n"
+        "from mysqlsync_dagster.factory import build_definitions\n"
+        "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), 300)\n"
+        "dg.materialize(list(defs.assets), resources=defs.resources)\n"
+    )
+    env = {
+        **os.environ,
+        "SOURCE_DB_URL": sync_env.source_url(),
+        "TARGET_DB_URL": sync_env.target_url(),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps([table])],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
+    watcher = _when(
+        admin,
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND"
+        f" TABLE_NAME = '{work_table_name('big', 'new')}' AND"
+        f" (SELECT COUNT(*) FROM `{work_table_name('big', 'new')}`) >= 5000",
+        lambda row: os.kill(process.pid, signal.SIGKILL),
+        timeout=120,
+    )
+    process.wait(timeout=180)
+    watcher.join(timeout=5)
+    assert watcher.fired.is_set(), "the sync ended before it was killed: nothing was proved"
+    assert process.returncode == -signal.SIGKILL
+    with admin.connect() as conn:  # the killed run committed no cursor
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM _mysqlsync_state").scalar() == 0
+
+    result = sync_env.sync([table])
+    assert result.success
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")
+    with admin.connect() as conn:
+        leftovers = [r[0] for r in conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'")]
+    assert leftovers == []
