@@ -232,7 +232,7 @@ def build_table_asset(
         specs=[translator.spec],
         check_specs=table_check_specs(cfg, target_asset_key(cfg)),
         pool=TARGET_POOL,
-        retry_policy=retries.RETRY_POLICY,
+        retry_policy=retries.retry_policy(),
         backfill_policy=backfill_policy(cfg),
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )

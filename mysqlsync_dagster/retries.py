@@ -12,7 +12,8 @@ a `dg.Failure` whose `allow_retries` says whether trying again can help:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
@@ -26,6 +27,20 @@ from mysqlsync_dagster.sync import SyncError, TableBusy
 RETRY_POLICY = dg.RetryPolicy(
     max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+
+
+def retry_policy(environ: Mapping[str, str] | None = None) -> dg.RetryPolicy:
+    """`RETRY_POLICY`, or as many retries (`SYNC_RETRIES`) with a first wait
+    (`SYNC_RETRY_DELAY` seconds) as the environment asks for, e.g. none for a one-shot CLI run."""
+    env = os.environ if environ is None else environ
+    if not (env.get("SYNC_RETRIES") or env.get("SYNC_RETRY_DELAY")):
+        return RETRY_POLICY
+    return dg.RetryPolicy(
+        max_retries=int(env.get("SYNC_RETRIES") or RETRY_POLICY.max_retries),
+        delay=float(env.get("SYNC_RETRY_DELAY") or RETRY_POLICY.delay or 0),
+        backoff=RETRY_POLICY.backoff,
+        jitter=RETRY_POLICY.jitter,
+    )
 
 
 def is_retryable(error: BaseException) -> bool:

@@ -121,6 +121,7 @@ def test_connection_problems_are_one_actionable_line(
 
     sync_env.source_exec("CREATE TABLE t (id INT PRIMARY KEY)", "INSERT INTO t VALUES (1)")
     monkeypatch.chdir(tmp_path)  # no .env of the checkout's demo
+    monkeypatch.setenv("SYNC_RETRIES", "0")  # a refused connection would be retried for minutes
     config = tmp_path / "tables.json"
     config.write_text('[{"table": "t", "primary_key": "id"}]')
     servers = {"SOURCE": sync_env.servers.source.url, "TARGET": sync_env.servers.target.url}
