@@ -108,6 +108,32 @@ def test_load_connection_killed_by_the_server_is_retried(sync_env):
     assert sync_env.target_rows("big") == sync_env.source_rows("big")
 
 
+def test_extract_connection_killed_by_the_server_is_retried(sync_env):
+    """KILL CONNECTION on the extraction's session while it streams rows."""
+    _big_source_table(sync_env, 400000)
+    admin = sync_env.servers.source.engine(poolclass=sa.pool.NullPool)
+    killed: list[int] = []
+
+    def kill(row) -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"KILL CONNECTION {int(row[0])}")
+        killed.append(int(row[0]))
+
+    watcher = _when(
+        admin,
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT CAST(%%'"
+        " AND INFO LIKE '%%FROM%%big%%' LIMIT 1",
+        kill,
+    )
+    result = sync_env.sync(
+        [{"table": "big", "primary_key": "id", "batch_size": 5000}], raise_on_error=False
+    )
+    watcher.join(timeout=5)
+    assert killed, "no extraction was caught running: the test proved nothing"
+    assert result.success
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")
+
+
 def test_source_killed_mid_extract_then_the_retry_converges(sync_env):
     """SIGKILL of the source server while the extraction query runs; restarted at once."""
     server = sync_env.servers.source.require_control()
