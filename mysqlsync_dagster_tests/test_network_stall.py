@@ -32,6 +32,8 @@ class StallingProxy:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # the listener was closed: the test is over
+                return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
