@@ -5,8 +5,10 @@ the asset prepares a `TableSync`, runs its dlt pipeline through `DagsterDltResou
 reports what happened as numeric metadata the UI can plot.
 """
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -17,6 +19,7 @@ from dagster_dlt.translator import DltResourceTranslatorData
 from mysqlsync_dagster import retries
 from mysqlsync_dagster.cadence import freshness_minutes
 from mysqlsync_dagster.checks import (
+    CheckOutcome,
     TablePair,
     TransientCheckError,
     check_result,
@@ -29,6 +32,7 @@ from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.partitions import (
     DEFAULT_SOURCE_TIMEZONE,
+    ModifierWindow,
     backfill_policy,
     partitions_definition,
     window_for_context,
@@ -148,6 +152,96 @@ def target_row_count(engine: sa.Engine, table: str) -> int:
         return int(run_sql(conn, f"SELECT COUNT(*) FROM {quote(table)}").scalar_one())
 
 
+@dataclass
+class TableRun:
+    """What a table asset's run does around its sync, the same in direct and staging mode: the
+    pre- and post-sync checks, the `TableSync` (with the partition window, if any), hard-delete
+    detection, and failures reported as retryable or not."""
+
+    context: dg.AssetExecutionContext
+    cfg: TableConfig
+    source_db: MySQLResource
+    target_db: MySQLResource
+    secrets: list[str]
+    window: ModifierWindow | None
+    pre_sync: CheckOutcome
+
+    @classmethod
+    def start(
+        cls,
+        context: dg.AssetExecutionContext,
+        cfg: TableConfig,
+        source_db: MySQLResource,
+        target_db: MySQLResource,
+    ) -> "TableRun":
+        secrets = source_db.settings().secrets + target_db.settings().secrets
+        pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
+        return cls(
+            context, cfg, source_db, target_db, secrets, window_for_context(context), pre_sync
+        )
+
+    def pre_sync_results(self) -> Iterator[dg.AssetCheckResult]:
+        """A failed pre-sync check is reported at once: the sync then fails for that reason."""
+        if not self.pre_sync.passed:
+            yield check_result(self.pre_sync, target_asset_key(self.cfg))
+
+    def table_sync(self) -> TableSync:
+        return TableSync(
+            self.cfg,
+            self.source_db.settings(),
+            self.source_db.engine,
+            self.target_db.engine,
+            log=self.context.log,
+            window=self.window,
+            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
+        )
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """Turn any error into a `dg.Failure` that says whether a retry can help."""
+        try:
+            yield
+        except Exception as error:
+            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
+        except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
+            if not retries.is_driver_panic(error):
+                raise
+            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
+
+    def delete_missing_rows(self, strategy: str) -> int:
+        """With `detect_deletes`, after an upsert (a swap drops such rows anyway)."""
+        if not self.cfg.detect_deletes or strategy != "upsert":
+            return 0
+        pair = TablePair.open(self.cfg, self.source_db.engine, self.target_db.engine)
+        return delete_missing_rows(pair, log=self.context.log).rows_deleted
+
+    def post_sync_results(self) -> Iterator[dg.AssetCheckResult]:
+        try:
+            yield from post_sync_check_results(
+                self.cfg,
+                target_asset_key(self.cfg),
+                self.source_db.engine,
+                self.target_db.engine,
+                self.pre_sync if self.pre_sync.passed else None,
+                self.window,
+            )
+        except TransientCheckError as error:  # no verdict: retry the step (syncs are idempotent)
+            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
+
+
+def table_multi_asset(cfg: TableConfig, spec: dg.AssetSpec) -> Any:
+    """`dg.multi_asset` for a table's sync op, with its checks, pool, retries and backfills."""
+    return dg.multi_asset(
+        name=f"sync_{cfg.key}",
+        specs=[spec],
+        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
+        pool=TARGET_POOL,
+        retry_policy=retries.retry_policy(),
+        backfill_policy=backfill_policy(cfg),
+        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
+    )
+
+
 def run_table_sync(
     context: dg.AssetExecutionContext,
     cfg: TableConfig,
@@ -156,23 +250,10 @@ def run_table_sync(
     source_db: MySQLResource,
     target_db: MySQLResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    source_settings = source_db.settings()
-    secrets = source_settings.secrets + target_db.settings().secrets
-    pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
-    if not pre_sync.passed:  # reported now: the sync below fails for the same reason
-        yield check_result(pre_sync, target_asset_key(cfg))
-    rows_deleted = 0
-    window = window_for_context(context)
-    try:
-        with TableSync(
-            cfg,
-            source_settings,
-            source_db.engine,
-            target_db.engine,
-            log=context.log,
-            window=window,
-            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if window else 0,
-        ) as sync:
+    run = TableRun.start(context, cfg, source_db, target_db)
+    yield from run.pre_sync_results()
+    with run.failures():
+        with run.table_sync() as sync:
             dlt_meta: dict[str, Any] = {}
             for event in dlt.run(
                 context=context,
@@ -182,20 +263,12 @@ def run_table_sync(
             ):
                 dlt_meta = dict(event.metadata or {})
             result = sync.finalize()
-            if cfg.detect_deletes and result.strategy == "upsert":  # a swap drops them anyway
-                pair = TablePair.open(cfg, source_db.engine, target_db.engine)
-                rows_deleted = delete_missing_rows(pair, log=context.log).rows_deleted
+            rows_deleted = run.delete_missing_rows(result.strategy)
         row_count = (
             result.rows_written
             if result.strategy == "swap"
             else target_row_count(target_db.engine, cfg.target)
         )
-    except Exception as error:
-        raise retries.sync_failure(cfg.table, error, secrets) from None
-    except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
-        if not retries.is_driver_panic(error):
-            raise
-        raise retries.sync_failure(cfg.table, error, secrets) from None
     context.log.info(
         "%s: %s rows written in %.1fs (%s)",
         cfg.table,
@@ -206,20 +279,10 @@ def run_table_sync(
     metadata = result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta)
     if cfg.detect_deletes:
         metadata["rows_deleted"] = dg.MetadataValue.int(rows_deleted)
-    if window is not None:
-        metadata["window"] = window.describe()
+    if run.window is not None:
+        metadata["window"] = run.window.describe()
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
-    try:
-        yield from post_sync_check_results(
-            cfg,
-            target_asset_key(cfg),
-            source_db.engine,
-            target_db.engine,
-            pre_sync if pre_sync.passed else None,
-            window,
-        )
-    except TransientCheckError as error:  # no verdict: retry the step (the sync is idempotent)
-        raise retries.sync_failure(cfg.table, error, secrets) from None
+    yield from run.post_sync_results()
 
 
 def build_table_asset(
@@ -227,15 +290,7 @@ def build_table_asset(
 ) -> dg.AssetsDefinition:
     translator = TableTranslator(cfg, interval_seconds, timezone)
 
-    @dg.multi_asset(
-        name=f"sync_{cfg.key}",
-        specs=[translator.spec],
-        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
-        pool=TARGET_POOL,
-        retry_policy=retries.retry_policy(),
-        backfill_policy=backfill_policy(cfg),
-        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
-    )
+    @table_multi_asset(cfg, translator.spec)
     def sync_table(
         context: dg.AssetExecutionContext,
         dlt: DagsterDltResource,

@@ -46,29 +46,15 @@ import pyarrow.parquet as pq
 
 from mysqlsync_dagster import retries
 from mysqlsync_dagster.assets import (
-    PARTITION_LOCK_WAIT_SECONDS,
-    TARGET_POOL,
+    TableRun,
     result_metadata,
     table_asset_spec,
-    target_asset_key,
+    table_multi_asset,
     target_row_count,
-)
-from mysqlsync_dagster.checks import (
-    TablePair,
-    TransientCheckError,
-    check_result,
-    delete_missing_rows,
-    post_sync_check_results,
-    source_row_count,
-    table_check_specs,
 )
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import run_sql
-from mysqlsync_dagster.partitions import (
-    DEFAULT_SOURCE_TIMEZONE,
-    backfill_policy,
-    window_for_context,
-)
+from mysqlsync_dagster.partitions import DEFAULT_SOURCE_TIMEZONE
 from mysqlsync_dagster.resources import MySQLResource
 from mysqlsync_dagster.schema import DLT_COLUMNS
 from mysqlsync_dagster.sync import SyncResult, TableSync
@@ -518,53 +504,26 @@ def run_table_staging(
 ) -> Iterator[dg.Output[StagedTable] | dg.AssetCheckResult]:
     """Extract to staged files and hand them to the I/O manager; then the same checks (and
     `detect_deletes`) as direct mode, once the I/O manager has loaded and committed."""
-    source_settings = source_db.settings()
-    secrets = source_settings.secrets + target_db.settings().secrets
-    key = target_asset_key(cfg)
-    pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
-    if not pre_sync.passed:
-        yield check_result(pre_sync, key)
-    window = window_for_context(context)
-    try:
+    run = TableRun.start(context, cfg, source_db, target_db)
+    yield from run.pre_sync_results()
+    with run.failures():
         settings = staging.settings()
-        with TableSync(
-            cfg,
-            source_settings,
-            source_db.engine,
-            target_db.engine,
-            log=context.log,
-            window=window,
-            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if window else 0,
-        ) as sync:
+        with run.table_sync() as sync:
             staged = stage_table(sync, settings, context.run.run_id)
-            staged.secrets = secrets
+            staged.secrets = run.secrets
             # handle_output loads and commits while this body waits here, lock still held
             yield dg.Output(
                 staged,
                 output_name=output_name,
                 metadata={"rows_staged": dg.MetadataValue.int(staged.manifest.rows)},
             )
-            if cfg.detect_deletes and sync.loader is not None and sync.loader.strategy == "upsert":
-                pair = TablePair.open(cfg, source_db.engine, target_db.engine)
-                deleted = delete_missing_rows(pair, log=context.log).rows_deleted
-                context.log.info("%s: %s rows deleted in the source removed", cfg.table, deleted)
-    except Exception as error:
-        raise retries.sync_failure(cfg.table, error, secrets) from None
-    except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
-        if not retries.is_driver_panic(error):
-            raise
-        raise retries.sync_failure(cfg.table, error, secrets) from None
-    try:
-        yield from post_sync_check_results(
-            cfg,
-            key,
-            source_db.engine,
-            target_db.engine,
-            pre_sync if pre_sync.passed else None,
-            window,
-        )
-    except TransientCheckError as error:  # no verdict: retry the step (the sync is idempotent)
-        raise retries.sync_failure(cfg.table, error, secrets) from None
+            if sync.loader is not None:
+                deleted = run.delete_missing_rows(sync.loader.strategy)
+                if deleted:
+                    context.log.info(
+                        "%s: %s rows deleted in the source removed", cfg.table, deleted
+                    )
+    yield from run.post_sync_results()
 
 
 def build_staging_asset(
@@ -575,15 +534,7 @@ def build_staging_asset(
     spec = table_asset_spec(cfg, interval_seconds, timezone).with_io_manager_key(IO_MANAGER_KEY)
     output_name = spec.key.to_python_identifier()
 
-    @dg.multi_asset(
-        name=f"sync_{cfg.key}",
-        specs=[spec],
-        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
-        pool=TARGET_POOL,
-        retry_policy=retries.retry_policy(),
-        backfill_policy=backfill_policy(cfg),
-        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
-    )
+    @table_multi_asset(cfg, spec)
     def sync_table(
         context: dg.AssetExecutionContext,
         source_db: MySQLResource,

@@ -27,6 +27,7 @@ from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.factory import build_definitions
 from mysqlsync_dagster.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
 from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.schema import SPATIAL_TYPES
 
 SOURCE_TIME_ZONE = "+07:00"
 _counter = itertools.count(1)
@@ -189,16 +190,7 @@ def fetch_comparable(
                 expressions.append(f"CAST({col} AS DOUBLE)")
             elif data_type == "timestamp":
                 expressions.append(f"UNIX_TIMESTAMP({col})")
-            elif data_type in (
-                "geometry",
-                "point",
-                "linestring",
-                "polygon",
-                "multipoint",
-                "multilinestring",
-                "multipolygon",
-                "geometrycollection",
-            ):
+            elif data_type in SPATIAL_TYPES:
                 expressions.append(f"CONCAT(ST_SRID({col}), ':', ST_AsText({col}))")
             else:
                 expressions.append(col)
