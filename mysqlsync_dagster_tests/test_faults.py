@@ -84,10 +84,26 @@ def _big_source_table(sync_env, rows: int) -> None:
     )
 
 
-def test_load_connection_killed_by_the_server_is_retried(sync_env):
-    """KILL CONNECTION on the loader's session, mid-load (as an admin or a proxy would)."""
-    _big_source_table(sync_env, 30000)
-    admin = sync_env.servers.target.engine(poolclass=sa.pool.NullPool)
+EXTRACTION_RUNNING = (
+    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT CAST(%%'"
+    " AND INFO LIKE '%%FROM%%big%%' LIMIT 1"
+)
+
+
+@pytest.mark.parametrize("phase", ["load", "extract"])
+def test_connection_killed_by_the_server_is_retried(sync_env, phase):
+    """KILL CONNECTION (as an admin or a proxy would) on the session that loads, or on the one
+    that extracts while it streams rows: the sync retries and converges."""
+    _big_source_table(sync_env, 30000 if phase == "load" else 400000)
+    if phase == "load":
+        handle = sync_env.servers.target
+        running = (
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = "
+            f"'{sync_env.target_db}' AND INFO LIKE 'LOAD DATA%%' LIMIT 1"
+        )
+    else:
+        handle, running = sync_env.servers.source, EXTRACTION_RUNNING
+    admin = handle.engine(poolclass=sa.pool.NullPool)
     killed: list[int] = []
 
     def kill(row) -> None:
@@ -95,41 +111,13 @@ def test_load_connection_killed_by_the_server_is_retried(sync_env):
             conn.exec_driver_sql(f"KILL CONNECTION {int(row[0])}")
         killed.append(int(row[0]))
 
-    watcher = _when(
-        admin,
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = "
-        f"'{sync_env.target_db}' AND INFO LIKE 'LOAD DATA%%' LIMIT 1",
-        kill,
-    )
-    result = sync_env.sync([{"table": "big", "primary_key": "id", "batch_size": 1000}])
-    watcher.join(timeout=5)
-    assert killed, "no load was caught running: the test proved nothing"
-    assert result.success
-    assert sync_env.target_rows("big") == sync_env.source_rows("big")
-
-
-def test_extract_connection_killed_by_the_server_is_retried(sync_env):
-    """KILL CONNECTION on the extraction's session while it streams rows."""
-    _big_source_table(sync_env, 400000)
-    admin = sync_env.servers.source.engine(poolclass=sa.pool.NullPool)
-    killed: list[int] = []
-
-    def kill(row) -> None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"KILL CONNECTION {int(row[0])}")
-        killed.append(int(row[0]))
-
-    watcher = _when(
-        admin,
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT CAST(%%'"
-        " AND INFO LIKE '%%FROM%%big%%' LIMIT 1",
-        kill,
-    )
+    watcher = _when(admin, running, kill)
     result = sync_env.sync(
-        [{"table": "big", "primary_key": "id", "batch_size": 5000}], raise_on_error=False
+        [{"table": "big", "primary_key": "id", "batch_size": 1000 if phase == "load" else 5000}],
+        raise_on_error=False,
     )
     watcher.join(timeout=5)
-    assert killed, "no extraction was caught running: the test proved nothing"
+    assert killed, f"no {phase} was caught running: the test proved nothing"
     assert result.success
     assert sync_env.target_rows("big") == sync_env.source_rows("big")
 
@@ -144,12 +132,7 @@ def test_source_killed_mid_extract_then_the_retry_converges(sync_env):
         server.kill()
         server.start()
 
-    watcher = _when(
-        admin,
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT CAST(%%'"
-        " AND INFO LIKE '%%FROM%%big%%' LIMIT 1",
-        crash,
-    )
+    watcher = _when(admin, EXTRACTION_RUNNING, crash)
     result = sync_env.sync(
         [{"table": "big", "primary_key": "id", "modifier": "updated_at", "batch_size": 5000}],
         raise_on_error=False,
