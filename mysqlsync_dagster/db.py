@@ -37,7 +37,7 @@ _TRANSIENT_TEXT = re.compile(
     r"Lost connection|server has gone away|Connection refused|Broken pipe|Connection reset|"
     r"Deadlock found|Lock wait timeout|QueuePool limit|"
     # connectorx (Rust driver) losing its connection mid-read
-    r"bytes remaining on stream|CodecError \{ IO error",
+    r"bytes remaining on stream|CodecError \{ IO error|read timed out",
     re.IGNORECASE,
 )
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import queue
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -75,6 +77,46 @@ class WireTableLoader(ConnectorXTableLoader):
 
     def compile_query(self, query: Any) -> str:
         return str(query.compile(dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}))
+
+    def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
+        """connectorx has no read timeout of its own: with `read_timeout` in `backend_kwargs`,
+        a stream that delivers no batch for that long fails instead of hanging forever."""
+        kwargs = dict(backend_kwargs or {})
+        timeout = kwargs.pop("read_timeout", None)
+        batches = super().load_rows(kwargs)
+        yield from (iterate_with_timeout(batches, timeout) if timeout else batches)
+
+
+class ReadTimeout(TimeoutError):
+    """The source sent nothing for `DB_READ_TIMEOUT` seconds (a stalled network or server)."""
+
+
+def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
+    """Yield from `items`, produced in a thread, failing when the next one takes longer than
+    `timeout` seconds. A producer stuck in a blocking call is left behind (a daemon thread)."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                handoff.put(("item", item))
+            handoff.put(("done", None))
+        except BaseException as error:  # a driver panic included: re-raised by the consumer
+            handoff.put(("error", error))
+
+    threading.Thread(target=produce, name="mysqlsync-extract", daemon=True).start()
+    while True:
+        try:
+            kind, value = handoff.get(timeout=timeout)
+        except queue.Empty:
+            raise ReadTimeout(
+                f"no rows from the source for {timeout:.0f}s (DB_READ_TIMEOUT): read timed out"
+            ) from None
+        if kind == "done":
+            return
+        if kind == "error":
+            raise value
+        yield value
 
 
 class SyncError(RuntimeError):
@@ -423,6 +465,7 @@ class TableSync:
             "table_loader_class": WireTableLoader,
             "backend_kwargs": {
                 "conn": self.source_settings.connectorx_url(),
+                "read_timeout": self.source_settings.read_timeout,
                 "return_type": "arrow_stream",
                 "batch_size": self.cfg.batch_size,
             },

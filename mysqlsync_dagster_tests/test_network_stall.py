@@ -1,11 +1,14 @@
 """A network that stops forwarding: the read timeout fires instead of the sync hanging."""
 
 import contextlib
+import select
 import socket
 import threading
 import time
 
 import dagster as dg
+import pytest
+import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
@@ -39,22 +42,21 @@ class StallingProxy:
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.2)
+        # Blocking sockets, polled with select: a slow reader applies backpressure (sendall
+        # waits), as on a real network, instead of the proxy giving up on it.
         while not self.stop.is_set():
             if self.stalled.is_set():
                 time.sleep(0.05)
                 continue
             try:
+                readable, _, _ = select.select([src], [], [], 0.2)
+                if not readable:
+                    continue
                 data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            try:
+                if not data:
+                    break
                 dst.sendall(data)
-            except OSError:
+            except (OSError, ValueError):
                 break
         for s in (src, dst):
             with contextlib.suppress(OSError):
@@ -65,47 +67,64 @@ class StallingProxy:
         self.listener.close()
 
 
-def test_stalled_target_connection_times_out_and_the_run_recovers(sync_env):
+@pytest.mark.parametrize("side", ["target"])
+def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch, side):
+    """Stall the target mid-load: the read timeout fires, the run retries and converges.
+
+    (The source side is not run through this proxy: connectorx's streaming reader does not
+    connect through it, stalled or not. Its watchdog is tested below on its own.)"""
+    from mysqlsync_dagster.loading import work_table_name
+
+    rows = 20000 if side == "target" else 300000
     sync_env.source_exec(
         "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
-        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_20000",
+        f"INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_{rows}",
     )
-    proxy = StallingProxy(sync_env.servers.target.url.port)
-    target_url = sync_env.servers.target.url.set(port=proxy.port, database=sync_env.target_db)
+    monkeypatch.setenv("SYNC_RETRY_DELAY", "1")  # read when the definitions are built
+    handle = getattr(sync_env.servers, side)
+    database = sync_env.target_db if side == "target" else sync_env.source_db
+    proxy = StallingProxy(handle.url.port)
+    proxied = handle.url.set(port=proxy.port, database=database).render_as_string(False)
+    direct = {"target": sync_env.target_url(), "source": sync_env.source_url()}
     resources = {
         "dlt": DagsterDltResource(),
-        "source_db": MySQLResource(side="SOURCE", url=sync_env.source_url()),
-        "target_db": MySQLResource(
-            side="TARGET",
-            url=target_url.render_as_string(False),
-            read_timeout="2",
-            write_timeout="2",
-        ),
+        **{
+            f"{name}_db": MySQLResource(
+                side=name.upper(),
+                url=proxied if name == side else direct[name],
+                read_timeout="2",
+                write_timeout="2",
+            )
+            for name in ("source", "target")
+        },
     }
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "batch_size": 1000}])
     defs = build_definitions(tables, 300, environ={})
-
-    from mysqlsync_dagster.loading import work_table_name
-
-    watcher = sync_env.servers.target.engine(sync_env.target_db)
-    aside = work_table_name("t", "new")
-    stalled_mid_load = threading.Event()
+    if side == "target":  # the load is under way: the copy built aside has rows
+        probe = f"SELECT COUNT(*) >= 3000 FROM `{work_table_name('t', 'new')}`"
+    else:  # the extraction query is running
+        probe = (
+            "SELECT COUNT(*) > 0 FROM information_schema.PROCESSLIST"
+            " WHERE INFO LIKE 'SELECT CAST(%%' AND INFO LIKE '%%FROM%%t%%'"
+        )
+    watcher = handle.engine(database, poolclass=sa.pool.NullPool)
+    stalled = threading.Event()
 
     def stall_for_a_while() -> None:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until the load is under way
+        while time.monotonic() < deadline:  # through a direct connection, not the proxy
             try:
                 with watcher.connect() as conn:
                     conn.exec_driver_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
-                    if conn.exec_driver_sql(f"SELECT COUNT(*) FROM `{aside}`").scalar() >= 3000:
+                    if conn.exec_driver_sql(probe).scalar():
                         break
-            except Exception:
+            except sa.exc.SQLAlchemyError:
                 pass
-            time.sleep(0.01)
+            time.sleep(0.005)
         else:
             return
         proxy.stalled.set()
-        stalled_mid_load.set()
+        stalled.set()
         time.sleep(4.0)  # longer than the 2 s read timeout
         proxy.stalled.clear()
 
@@ -118,8 +137,42 @@ def test_stalled_target_connection_times_out_and_the_run_recovers(sync_env):
         staller.join()
         proxy.close()
     elapsed = time.monotonic() - started
-    assert stalled_mid_load.is_set(), "the load ended before the stall: the test proved nothing"
+    assert stalled.is_set(), f"the {side} work ended before the stall: the test proved nothing"
     assert result.success
     assert sync_env.target_rows("t") == sync_env.source_rows("t")
     # the stall cost a timeout and a retry, not a hang
     assert elapsed < 120, f"took {elapsed:.0f}s"
+
+
+def _slow(items, pause_after: int, pause: float):
+    for i, item in enumerate(items):
+        if i == pause_after:
+            time.sleep(pause)
+        yield item
+
+
+def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
+    from mysqlsync_dagster.sync import ReadTimeout, iterate_with_timeout
+
+    assert list(iterate_with_timeout(_slow(range(5), 2, 0.1), timeout=2)) == [0, 1, 2, 3, 4]
+    got = []
+    started = time.monotonic()
+    with pytest.raises(ReadTimeout, match="no rows from the source for 1s"):
+        for item in iterate_with_timeout(_slow(range(5), 2, 30), timeout=1):
+            got.append(item)
+    assert got == [0, 1] and time.monotonic() - started < 5
+
+
+def test_extraction_watchdog_passes_errors_through():
+    from mysqlsync_dagster.db import is_transient
+    from mysqlsync_dagster.sync import ReadTimeout, iterate_with_timeout
+
+    def broken():
+        yield 1
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(iterate_with_timeout(broken(), timeout=1))
+    assert is_transient(
+        ReadTimeout("no rows from the source for 2s (DB_READ_TIMEOUT): read timed out")
+    )
