@@ -38,7 +38,7 @@ from croniter import croniter
 
 from mysqlsync_dagster.assets import target_asset_key
 from mysqlsync_dagster.cadence import freshness_minutes, table_cron
-from mysqlsync_dagster.config import ConfigError, TableConfig
+from mysqlsync_dagster.config import ConfigError, TableConfig, positive_seconds
 from mysqlsync_dagster.db import is_transient
 from mysqlsync_dagster.partitions import DEFAULT_SOURCE_TIMEZONE, partitions_definition
 from mysqlsync_dagster.resources import MySQLResource
@@ -58,15 +58,7 @@ def sync_trigger(environ: Mapping[str, str] | None = None) -> Trigger:
 
 
 def sensor_interval(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    raw = env.get("SENSOR_INTERVAL") or str(DEFAULT_SENSOR_INTERVAL)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"SENSOR_INTERVAL: expected whole seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"SENSOR_INTERVAL: must be positive, got {value}")
-    return value
+    return positive_seconds("SENSOR_INTERVAL", DEFAULT_SENSOR_INTERVAL, environ)
 
 
 # -- schedules ----------------------------------------------------------------------------

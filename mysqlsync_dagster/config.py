@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -240,13 +240,18 @@ def load_tables_config(path: str | os.PathLike[str] | None = None) -> list[Table
     return parse_tables_config(raw, str(resolved))
 
 
-def interval_seconds(environ: dict[str, str] | None = None) -> int:
+def positive_seconds(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    """Environment variable `name` as a positive whole number of seconds (`default` if unset)."""
     env = os.environ if environ is None else environ
-    raw = env.get("INTERVAL", str(DEFAULT_INTERVAL_SECONDS))
+    raw = env.get(name) or str(default)
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"INTERVAL: expected whole seconds, got {raw!r}") from None
+        raise ConfigError(f"{name}: expected whole seconds, got {raw!r}") from None
     if value <= 0:
-        raise ConfigError(f"INTERVAL: must be positive, got {value}")
+        raise ConfigError(f"{name}: must be positive, got {value}")
     return value
+
+
+def interval_seconds(environ: Mapping[str, str] | None = None) -> int:
+    return positive_seconds("INTERVAL", DEFAULT_INTERVAL_SECONDS, environ)

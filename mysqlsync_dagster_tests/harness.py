@@ -198,6 +198,23 @@ def fetch_comparable(
         return [tuple(row) for row in run_sql(conn, sql)]
 
 
+def materialization_metadata(
+    result: dg.ExecuteInProcessResult, node: str = "sync_orders"
+) -> dict[str, Any]:
+    """The plain values of the one materialization of `node` in `result`."""
+    [mat] = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def stored_cursor(sync_env: SyncEnv, table: str = "orders") -> str | None:
+    """The incremental cursor `_mysqlsync_state` holds for target `table` (None: no state)."""
+    with sync_env.target.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT cursor_value FROM _mysqlsync_state WHERE target_table = :t"),
+            {"t": table},
+        ).scalar_one_or_none()
+
+
 def column_types(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
     """(name, COLUMN_TYPE, nullable, charset, collation, default, extra) per column."""
     with engine.connect() as conn:

@@ -1,21 +1,8 @@
 """Incremental merge on the modifier: inserts, updates, same-second writes, idempotence."""
 
-import sqlalchemy as sa
+from mysqlsync_dagster_tests.harness import materialization_metadata, stored_cursor
 
 ORDERS = {"table": "orders", "primary_key": "id", "modifier": "updated_at"}
-
-
-def metadata(result, node="sync_orders"):
-    [mat] = result.asset_materializations_for_node(node)
-    return {k: v.value for k, v in mat.metadata.items()}
-
-
-def state(sync_env, table="orders"):
-    with sync_env.target.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT cursor_value FROM _mysqlsync_state WHERE target_table = :t"),
-            {"t": table},
-        ).scalar_one()
 
 
 def create_orders(sync_env, rows=100):
@@ -30,8 +17,8 @@ def create_orders(sync_env, rows=100):
 def test_inserts_and_updates_are_merged(sync_env):
     create_orders(sync_env)
     first = sync_env.sync([ORDERS])
-    assert metadata(first)["strategy"] == "swap"
-    assert state(sync_env) == "2024-01-01 01:40:00"
+    assert materialization_metadata(first)["strategy"] == "swap"
+    assert stored_cursor(sync_env) == "2024-01-01 01:40:00"
 
     sync_env.source_exec(
         "UPDATE orders SET status = 'paid', updated_at = '2024-02-01 00:00:00' WHERE id IN (3, 50)",
@@ -39,7 +26,7 @@ def test_inserts_and_updates_are_merged(sync_env):
         " (102, 'new', NULL, '2024-02-01 00:00:02')",
     )
     second = sync_env.sync([ORDERS])
-    meta = metadata(second)
+    meta = materialization_metadata(second)
     assert meta["strategy"] == "upsert"
     # the two updated rows, the two new ones, and the row at the old cursor (closed bound)
     assert meta["rows_written"] == 5
@@ -58,7 +45,7 @@ def test_rerun_is_idempotent(sync_env):
     sync_env.sync([ORDERS])
     before = sync_env.target_rows("orders")
     for _ in range(2):
-        meta = metadata(sync_env.sync([ORDERS]))
+        meta = materialization_metadata(sync_env.sync([ORDERS]))
         assert meta["rows_written"] == 1  # only the row at the cursor is re-read
         assert sync_env.target_rows("orders") == before == sync_env.source_rows("orders")
 
@@ -66,7 +53,7 @@ def test_rerun_is_idempotent(sync_env):
 def test_rows_written_in_the_cursor_second_are_not_lost(sync_env):
     create_orders(sync_env, rows=10)
     sync_env.sync([ORDERS])
-    cursor = state(sync_env)
+    cursor = stored_cursor(sync_env)
     # written later, but stamped with the same second as the synced cursor
     sync_env.source_exec(
         f"INSERT INTO orders VALUES (11, 'late', 7, '{cursor}')",
@@ -116,7 +103,7 @@ def test_non_utc_source_values_are_copied_verbatim(sync_env):
         conn.exec_driver_sql("UPDATE events SET local_dt = '2000-01-01 00:00:00' WHERE id = 1")
         conn.exec_driver_sql("INSERT INTO events (id, local_dt) VALUES (3, NOW())")
     result = sync_env.sync([events])
-    assert metadata(result, "sync_events")["strategy"] == "upsert"
+    assert materialization_metadata(result, "sync_events")["strategy"] == "upsert"
     assert sync_env.target_rows("events") == sync_env.source_rows("events")
 
 
@@ -128,8 +115,8 @@ def test_integer_version_modifier(sync_env):
     )
     docs = {"table": "docs", "primary_key": "id", "modifier": "version"}
     sync_env.sync([docs])
-    assert state(sync_env, "docs") == "18446744073709551610"
+    assert stored_cursor(sync_env, "docs") == "18446744073709551610"
     sync_env.source_exec("UPDATE docs SET body = 'b2', version = 18446744073709551615 WHERE id = 2")
-    meta = metadata(sync_env.sync([docs]), "sync_docs")
+    meta = materialization_metadata(sync_env.sync([docs]), "sync_docs")
     assert meta["rows_written"] == 2
     assert sync_env.target_rows("docs") == sync_env.source_rows("docs")

@@ -13,25 +13,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
 
 from mysqlsync_dagster.loading import key_range_sql
 from mysqlsync_dagster.staging import MANIFEST, StagingManifest, StagingSettings, remove_expired
+from mysqlsync_dagster_tests.harness import materialization_metadata, stored_cursor
 
 ORDERS = {"table": "orders", "primary_key": "id", "modifier": "updated_at", "mode": "staging"}
-
-
-def metadata(result, node="sync_orders"):
-    [mat] = result.asset_materializations_for_node(node)
-    return {k: v.value for k, v in mat.metadata.items()}
-
-
-def cursor(sync_env, table="orders"):
-    with sync_env.target.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT cursor_value FROM _mysqlsync_state WHERE target_table = :t"),
-            {"t": table},
-        ).scalar_one_or_none()
 
 
 def create_orders(sync_env, rows=200):
@@ -50,7 +37,7 @@ def run_dirs(sync_env, table="orders"):
 def test_round_trip_through_the_io_manager(sync_env):
     create_orders(sync_env)
     first = sync_env.sync([{**ORDERS, "batch_size": 64}])
-    meta = metadata(first)
+    meta = materialization_metadata(first)
     assert meta["strategy"] == "swap"
     assert meta["mode"] == "staging"
     assert meta["rows_written"] == 200
@@ -59,7 +46,7 @@ def test_round_trip_through_the_io_manager(sync_env):
     assert meta["compression"] == "zstd"
     assert meta["compression_ratio"] > 1
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
-    assert cursor(sync_env) == "2024-01-01 03:20:00"
+    assert stored_cursor(sync_env) == "2024-01-01 03:20:00"
 
     [run_dir] = run_dirs(sync_env)
     manifest = StagingManifest.read(run_dir)
@@ -83,13 +70,13 @@ def test_round_trip_through_the_io_manager(sync_env):
         "UPDATE orders SET status = 'paid', updated_at = '2024-02-01 00:00:00' WHERE id % 10 = 0",
         "INSERT INTO orders VALUES (201, 'new', 1.5, NULL, '2024-02-01 00:00:01')",
     )
-    second = metadata(sync_env.sync([{**ORDERS, "batch_size": 64}]))
+    second = materialization_metadata(sync_env.sync([{**ORDERS, "batch_size": 64}]))
     assert second["strategy"] == "upsert"
     assert second["rows_written"] == 21  # 20 updated (the row at the old cursor among them), 1 new
     assert second["merge_ranges"] == 1
     assert second["dagster/row_count"] == 201
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
-    assert cursor(sync_env) == "2024-02-01 00:00:01"
+    assert stored_cursor(sync_env) == "2024-02-01 00:00:01"
     assert len(run_dirs(sync_env)) == 2  # kept for the retention period
 
 
@@ -97,7 +84,7 @@ def test_round_trip_through_the_io_manager(sync_env):
 def test_every_compression_codec(sync_env, codec):
     create_orders(sync_env, rows=50)
     sync_env.compression = codec
-    meta = metadata(sync_env.sync([ORDERS]))
+    meta = materialization_metadata(sync_env.sync([ORDERS]))
     assert meta["compression"] == codec
     [run_dir] = run_dirs(sync_env)
     parquet = pq.ParquetFile(run_dir / StagingManifest.read(run_dir).files[0].name)
@@ -124,7 +111,7 @@ def test_chunked_upsert_on_a_composite_key(sync_env):
         "UPDATE shipments SET qty = -qty, updated_at = '2024-01-02 00:00:00.5' WHERE n <= 40",
         "INSERT INTO shipments VALUES ('eu', 1000, 1, '2024-01-02 00:00:01')",
     )
-    meta = metadata(sync_env.sync([table]), node="sync_shipments")
+    meta = materialization_metadata(sync_env.sync([table]), node="sync_shipments")
     assert meta["strategy"] == "upsert"
     assert meta["rows_written"] == 91  # every row sits at the old cursor, plus the new one
     assert meta["merge_ranges"] == math.ceil(91 / 7)  # ranges of at most batch_size keys
@@ -199,7 +186,7 @@ dg.materialize(list(defs.assets), resources=defs.resources)
 def test_a_process_killed_between_staging_and_load_leaves_the_target_and_reruns_clean(sync_env):
     create_orders(sync_env)
     assert sync_env.sync([ORDERS]).success
-    before, cursor_before = sync_env.target_rows("orders"), cursor(sync_env)
+    before, cursor_before = sync_env.target_rows("orders"), stored_cursor(sync_env)
     sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 50")
 
     env = {
@@ -238,9 +225,9 @@ def test_a_process_killed_between_staging_and_load_leaves_the_target_and_reruns_
         blocker.close()
     assert staged.rows == 51 and staged.status == "staged"
     assert sync_env.target_rows("orders") == before
-    assert cursor(sync_env) == cursor_before
+    assert stored_cursor(sync_env) == cursor_before
 
-    rerun = metadata(sync_env.sync([ORDERS]))
+    rerun = materialization_metadata(sync_env.sync([ORDERS]))
     assert rerun["strategy"] == "upsert"
     assert rerun["cursor_before"] == cursor_before
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
@@ -250,7 +237,7 @@ def test_a_process_killed_between_staging_and_load_leaves_the_target_and_reruns_
 def test_an_empty_table_and_a_table_emptied_later(sync_env):
     sync_env.source_exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))")
     table = {"table": "t", "primary_key": "id", "mode": "staging"}
-    assert metadata(sync_env.sync([table]), node="sync_t")["rows_written"] == 0
+    assert materialization_metadata(sync_env.sync([table]), node="sync_t")["rows_written"] == 0
     sync_env.source_exec("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
     assert sync_env.sync([table]).success
     assert sync_env.target_rows("t") == [(1, "a"), (2, "b")]
@@ -285,7 +272,7 @@ def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypa
 
     create_orders(sync_env, rows=20)
     assert sync_env.sync([ORDERS]).success
-    before, cursor_before = sync_env.target_rows("orders"), cursor(sync_env)
+    before, cursor_before = sync_env.target_rows("orders"), stored_cursor(sync_env)
     sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 5")
 
     def broken_merge(self):
@@ -297,7 +284,7 @@ def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypa
     [failure] = result.get_step_failure_events()
     assert "the merge broke" in str(failure.event_specific_data.error)
     assert sync_env.target_rows("orders") == before
-    assert cursor(sync_env) == cursor_before
+    assert stored_cursor(sync_env) == cursor_before
     with sync_env.target.connect() as conn:
         work_tables = conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'").all()
     assert work_tables == []
