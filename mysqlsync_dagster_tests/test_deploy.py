@@ -56,6 +56,7 @@ _ENV_READ = re.compile(
     r"""|(?:environ|env)\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]"""
     r"""|getenv\(\s*["']([A-Z][A-Z0-9_]+)["']"""
     r"""|EnvVar\(\s*["']([A-Z][A-Z0-9_]+)["']"""
+    r"""|positive_seconds\(\s*["']([A-Z][A-Z0-9_]+)["']"""
 )
 
 
