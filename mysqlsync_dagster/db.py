@@ -210,26 +210,8 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def mysql_error_code(error: BaseException) -> int | None:
-    """The MySQL error number behind a (possibly wrapped) driver exception, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        orig = getattr(current, "orig", None)
-        for candidate in (current, orig):
-            args = getattr(candidate, "args", ())
-            if args and isinstance(args[0], int):
-                return args[0]
-        current = current.__cause__ or current.__context__
-    return None
-
-
-# TLS failures arrive as "can't connect" (2003) but will fail the same way every time.
-_PERMANENT_TEXT = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed")
-
-
 def _error_chain(error: BaseException) -> list[BaseException]:
+    """The error, what it wraps (`orig`), and what caused it, outermost first."""
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain:
@@ -239,6 +221,18 @@ def _error_chain(error: BaseException) -> list[BaseException]:
             chain.append(orig)
         current = current.__cause__ or current.__context__
     return chain
+
+
+def mysql_error_code(error: BaseException) -> int | None:
+    """The MySQL error number behind a (possibly wrapped) driver exception, if any."""
+    for candidate in _error_chain(error):
+        if candidate.args and isinstance(candidate.args[0], int):
+            return candidate.args[0]
+    return None
+
+
+# TLS failures arrive as "can't connect" (2003) but will fail the same way every time.
+_PERMANENT_TEXT = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed")
 
 
 def is_transient(error: BaseException) -> bool:

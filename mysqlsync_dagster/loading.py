@@ -26,7 +26,6 @@ import re
 import secrets
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,10 +77,6 @@ class LoadStats:
     files: int = 0
     zero_dates: int = 0
     csv_bytes: int = 0
-    rows_affected: int = 0
-    seconds: float = 0.0
-    convert_seconds: float = 0.0  # Parquet batch -> wire CSV, on this side
-    server_seconds: float = 0.0  # LOAD DATA and the upsert, on the target
     rows_numbered: int = 0
     load_id: str | None = None  # dlt's load id of the data loaded
 
@@ -227,29 +222,24 @@ class TableLoader:
         """Load one batch of wire text columns (plus the two dlt columns) now."""
         self._load_csv(*self._write_csv(table))
 
-    def _write_csv(self, table: pa.Table) -> tuple[Path, int, float]:
-        started = time.perf_counter()
+    def _write_csv(self, table: pa.Table) -> tuple[Path, int]:
         with tempfile.NamedTemporaryFile(
             "wb", suffix=".csv", dir=self.work_dir, delete=False
         ) as handle:
             pacsv.write_csv(table, handle, _CSV_OPTIONS)
             csv_path = Path(handle.name)
-        with self._stats_lock:
-            self.stats.convert_seconds += time.perf_counter() - started
-        return csv_path, table.num_rows, started
+        return csv_path, table.num_rows
 
-    def _load_csv(self, csv_path: Path, rows: int, started: float) -> None:
-        converted = time.perf_counter()
+    def _load_csv(self, csv_path: Path, rows: int) -> None:
         try:
             size = csv_path.stat().st_size
             with self.engine.begin() as conn:
-                # affected rows: 1 per new row, 2 per row replaced by a batch loaded again
                 loaded = self._load_data(conn, csv_path, self._into)
                 # affected rows: 1 per new row, 2 per row replaced by a batch loaded again
                 if not rows <= loaded <= 2 * rows:
                     raise LoadError(f"{self.target}: the target took {loaded} of {rows} rows")
                 if self._merging_now:
-                    self.stats.rows_affected += run_sql(conn, self._upsert_sql()).rowcount
+                    run_sql(conn, self._upsert_sql())
             if self._merging_now:
                 with self.engine.begin() as conn:
                     run_sql(conn, f"TRUNCATE TABLE {quote(self.stage)}")
@@ -257,10 +247,8 @@ class TableLoader:
             csv_path.unlink(missing_ok=True)
         with self._stats_lock:
             self.stats.csv_bytes += size
-            self.stats.server_seconds += time.perf_counter() - converted
             self.stats.rows += rows
             self.stats.batches += 1
-            self.stats.seconds += time.perf_counter() - started
             if self.on_batch:
                 self.on_batch(self.stats)
 
@@ -283,7 +271,6 @@ class TableLoader:
         lower: tuple[object, ...] | None = None
         ranges = 0
         while True:
-            started = time.perf_counter()
             after, params = key_range_sql(keys, lower, ">", "lo")
             with self.engine.begin() as conn:
                 # the range's last key: `batch_size` keys on, or the stage's last key
@@ -305,10 +292,8 @@ class TableLoader:
                     return ranges
                 up_to, upper_params = key_range_sql(keys, tuple(upper), "<=", "hi")
                 sql = self._upsert_sql(f"({after}) AND ({up_to})")
-                self.stats.rows_affected += run_sql(conn, sql, {**params, **upper_params}).rowcount
+                run_sql(conn, sql, {**params, **upper_params})
             ranges += 1
-            self.stats.server_seconds += time.perf_counter() - started
-            self.stats.seconds += time.perf_counter() - started
             lower = tuple(upper)
 
     def _columns(self) -> list[str]:

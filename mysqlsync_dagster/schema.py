@@ -98,19 +98,6 @@ def qualified(database: str, table: str) -> str:
     return f"{quote(database)}.{quote(table)}"
 
 
-def table_exists(conn: Connection, database: str, table: str) -> bool:
-    return (
-        conn.execute(
-            sa.text(
-                "SELECT COUNT(*) FROM information_schema.TABLES"
-                " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
-            ),
-            {"db": database, "t": table},
-        ).scalar_one()
-        > 0
-    )
-
-
 def read_table_shape(conn: Connection, database: str, table: str) -> TableShape | None:
     """The table's columns, primary key and DDL; None when it does not exist."""
     rows = conn.execute(

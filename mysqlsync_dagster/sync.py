@@ -38,7 +38,7 @@ from dlt.sources.sql_database import sql_table
 from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, redact, run_sql
+from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, run_sql
 from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
 from mysqlsync_dagster.partitions import WINDOW_TYPES, ModifierWindow, window_condition
 from mysqlsync_dagster.schema import (
@@ -194,9 +194,6 @@ class TableSync:
         self.target_settings = DatabaseSettings(url=target_engine.url)
         self.log = log or logging.getLogger("mysqlsync_dagster")
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
-        self._secrets = source_settings.secrets + (
-            [target_engine.url.password] if target_engine.url.password else []
-        )
         self._lock_conn: sa.Connection | None = None
         self._started = time.perf_counter()
         self.shape: TableShape | None = None
@@ -231,10 +228,6 @@ class TableSync:
         """
         self._cleanup(failed=failed)
 
-    def safe_message(self, error: BaseException) -> str:
-        return redact(str(error), self._secrets)
-
-    # -- prepare ---------------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
         with connect(self.source_engine, "source", self.source_settings) as conn:
