@@ -9,8 +9,8 @@ in the same run (`mariadb-dump --single-transaction --quick SRC t | mariadb TGT`
 - a 1%-changed incremental sync in each mode, and a no-change incremental sync in each mode;
 - the same full syncs of `wide` against its own dump reference.
 
-Every sync runs in a fresh process (`python -c`, materializing the table's asset as the CLI
-does), so its wall time includes start-up and its peak RSS is its own. The copies are checked
+Every sync is a fresh `mysqlsync-dagster sync --json TABLE` process, so its wall time includes
+start-up and exit, and its peak RSS is its own. The copies are checked
 against the source (row count and a CRC32 sum) at the end.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -113,38 +114,55 @@ def _dump_pipe(source: MariaDBServer, target: MariaDBServer, table: str, db: str
     return seconds
 
 
-_SYNC_CODE = """
-import json, resource, sys, time
-import dagster as dg
-from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
-defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), 300)
-r = dg.materialize(list(defs.assets), resources=defs.resources)
-[m] = r.asset_materializations_for_node(sys.argv[2])
-meta = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
-keep = ("rows_written", "strategy", "seconds", "extract_seconds", "rewrite_seconds", "load_seconds",
-        "bytes_staged", "files_staged", "compression_ratio", "merge_ranges")
-out = {k: meta[k] for k in keep if k in meta}
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(out))
-"""
+def peak_rss_mb(usage: resource.struct_rusage) -> float:
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def sync_command() -> list[str]:
+    """The console script a user runs, from this interpreter's environment."""
+    script = Path(sys.executable).with_name("mysqlsync-dagster")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "mysqlsync_dagster"]
 
 
 def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, Any]:
-    """One sync of `table` in a fresh process: wall time from process start, peak RSS."""
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _SYNC_CODE, json.dumps([table]), f"sync_{table['table']}"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
+    """`mysqlsync-dagster sync --json TABLE` in a fresh process: its wall time from start to
+    exit, as a user sees it, and its own peak RSS (from wait4)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump([table], config)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [*sync_command(), "--config", config.name, "sync", "--json", table["table"]],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(process.pid, 0)  # reaped here: its own rusage
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    os.unlink(config.name)
+    if process.returncode != 0:
+        raise SystemExit(f"sync failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    [outcome] = json.loads(stdout)
+    keep = (
+        "rows_written",
+        "strategy",
+        "seconds",
+        "extract_seconds",
+        "load_seconds",
+        "bytes_staged",
+        "files_staged",
+        "compression_ratio",
+        "merge_ranges",
     )
-    wall = time.perf_counter() - started
-    if out.returncode != 0:
-        raise SystemExit(f"sync failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = {k: outcome["metadata"][k] for k in keep if k in outcome["metadata"]}
     result["wall_seconds"] = wall
+    result["peak_rss_mb"] = peak_rss_mb(usage)
     return result
 
 

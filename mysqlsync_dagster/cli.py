@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,22 @@ class TableOutcome:
     strategy: str = ""
     error: str = ""
     checks: str = "-"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "table": self.cfg.table,
+            "target_table": self.cfg.target,
+            "mode": self.cfg.mode,
+            "ok": self.ok,
+            "strategy": self.strategy or None,
+            "rows_read": self.rows_read,
+            "rows_written": self.rows_written,
+            "seconds": self.seconds,
+            "checks": self.checks,
+            "error": self.error or None,
+            "metadata": self.metadata,
+        }
 
 
 def select_tables(tables: list[TableConfig], names: Sequence[str]) -> list[TableConfig]:
@@ -112,6 +129,11 @@ def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutc
                     strategy=str(_metadata_value(metadata, "strategy") or ""),
                     error="; ".join(f"check {e.check_name}: {e.description}" for e in blocked),
                     checks=f"{sum(e.passed for e in checks)}/{len(checks)} ok" if checks else "-",
+                    metadata={
+                        key: value.value
+                        for key, value in metadata.items()
+                        if isinstance(value.value, str | int | float | bool)
+                    },
                 )
             )
         else:
@@ -174,7 +196,10 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
 def cmd_sync(args: argparse.Namespace) -> int:
     tables = select_tables(load_tables_config(args.config), args.tables)
     outcomes = run_sync(tables, verbose=args.verbose)
-    print(format_summary(outcomes))
+    if args.json:
+        print(json.dumps([o.as_json() for o in outcomes], indent=2))
+    else:
+        print(format_summary(outcomes))
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
@@ -253,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="materialize table assets once, in process")
     sync.add_argument("tables", nargs="*", metavar="TABLE")
     sync.add_argument("-v", "--verbose", action="store_true", help="show the run's log")
+    sync.add_argument(
+        "--json", action="store_true", help="one JSON object per table, with its run metadata"
+    )
     sync.set_defaults(func=cmd_sync)
 
     check = sub.add_parser("check", help="run the asset checks against the databases as they are")

@@ -1,0 +1,29 @@
+"""The `mysqlsync-dagster` console script (also `python -m mysqlsync_dagster`).
+
+A one-shot sync is a short process that mostly starts up: importing Dagster, dlt, SQLAlchemy
+and pyarrow creates about a million objects, and the cyclic garbage collector walks them again
+and again while they are created, and once more at exit. Here it is paused while the CLI's
+modules import, those objects are then frozen (never walked again: they live as long as the
+process), and the final collection at exit is skipped. Measured on a 1%-changed incremental
+sync of the 1M-row benchmark table: about 1.3 s of a 4 s process. Objects are still released
+by reference counting, and atexit handlers (log flushing) still run.
+"""
+
+import gc
+import sys
+
+
+def run() -> None:
+    gc.disable()
+    from mysqlsync_dagster import cli
+
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)  # fewer young-generation passes over the run's objects
+    gc.enable()
+    code = cli.main()
+    gc.freeze()  # nothing left to collect that the exit would not free anyway
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
