@@ -27,7 +27,7 @@ import secrets
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
-from mysqlsync_dagster.schema import DLT_COLUMNS, LOAD_ID_COLUMN
+from mysqlsync_dagster.schema import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 from mysqlsync_dagster.wire import WireColumn, to_wire_text
 
 # Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
@@ -162,42 +162,39 @@ class TableLoader:
         run_sql(conn, f"DROP TABLE IF EXISTS {quote(self.stage)}, {quote(self.aside)}")
 
     # -- loading ---------------------------------------------------------------------
-    def load_parquet(self, path: str | Path) -> None:
-        """Load one file; files of a run load one after another (dlt may call from threads)."""
+    def load_parquet(self, path: str | Path, load_id: str) -> None:
+        """Load one file of wire columns, stamped `load_id`; files of a run load one after
+        another (dlt may call from threads)."""
         with self._lock:
-            self._load_parquet(path)
+            # pre_buffer keeps every row group read so far cached until the reader is closed:
+            # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
+            parquet = pq.ParquetFile(path, pre_buffer=False)
+            names = parquet.schema_arrow.names
+            if len(names) != len(self.wire):
+                raise LoadError(
+                    f"{path}: expected the {len(self.wire)} source columns "
+                    f"{[w.column.name for w in self.wire]}, found columns {names}"
+                )
+            self._load_batches(parquet.iter_batches(batch_size=self.batch_size), load_id)
+            self.stats.files += 1
 
-    def _load_parquet(self, path: str | Path) -> None:
-        # pre_buffer keeps every row group read so far cached until the reader is closed:
-        # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
-        parquet = pq.ParquetFile(path, pre_buffer=False)
-        names = parquet.schema_arrow.names
-        if LOAD_ID_COLUMN not in names or len(names) != len(self.wire) + 1:
-            raise LoadError(
-                f"{path}: expected {len(self.wire)} source columns and {LOAD_ID_COLUMN!r}, "
-                f"found columns {names}"
-            )
-        load_id_position = names.index(LOAD_ID_COLUMN)
-        data_positions = [i for i in range(len(names)) if i != load_id_position]
+    def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:
+        self.stats.load_id = load_id
         # Batch N+1 is converted while up to `streams` batches load; each stream has its own
         # connection and transaction. A merge per batch needs the stage to itself: one stream.
         streams = self.load_streams if self._bulk_only else 1
         pool = ThreadPoolExecutor(streams, "mysqlsync-load") if streams > 1 else None
         pending: deque[Future[None]] = deque()
         try:
-            for batch in parquet.iter_batches(batch_size=self.batch_size):
+            for batch in batches:
                 arrays: list[pa.Array] = []
-                for position, wire in zip(data_positions, self.wire, strict=True):
+                for position, wire in enumerate(self.wire):
                     text, zeros = to_wire_text(batch.column(position), wire)
                     self.stats.zero_dates += zeros
                     arrays.append(text)
-                load_ids = batch.column(load_id_position).cast(pa.string())
-                if self.stats.load_id is None and len(load_ids):
-                    self.stats.load_id = load_ids[0].as_py()
-                arrays.append(load_ids)
                 arrays.append(self._row_ids(batch.num_rows))
                 table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-                job = self._write_csv(table)
+                job = (*self._write_csv(table), load_id)
                 if pool is None:
                     self._load_csv(*job)
                     continue
@@ -209,7 +206,6 @@ class TableLoader:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self.stats.files += 1
 
     def _row_ids(self, count: int) -> pa.Array:
         """`_dlt_id` values: unique per row, made in bulk (this run's token + a row number)."""
@@ -217,10 +213,6 @@ class TableLoader:
         self.stats.rows_numbered += count
         numbers = pc.cast(pa.array(np.arange(first, first + count, dtype=np.int64)), pa.string())
         return pc.binary_join_element_wise(self.run_token, numbers, "")
-
-    def load_batch(self, table: pa.Table) -> None:
-        """Load one batch of wire text columns (plus the two dlt columns) now."""
-        self._load_csv(*self._write_csv(table))
 
     def _write_csv(self, table: pa.Table) -> tuple[Path, int]:
         with tempfile.NamedTemporaryFile(
@@ -230,11 +222,11 @@ class TableLoader:
             csv_path = Path(handle.name)
         return csv_path, table.num_rows
 
-    def _load_csv(self, csv_path: Path, rows: int) -> None:
+    def _load_csv(self, csv_path: Path, rows: int, load_id: str) -> None:
         try:
             size = csv_path.stat().st_size
             with self.engine.begin() as conn:
-                loaded = self._load_data(conn, csv_path, self._into)
+                loaded = self._load_data(conn, csv_path, self._into, load_id)
                 # affected rows: 1 per new row, 2 per row replaced by a batch loaded again
                 if not rows <= loaded <= 2 * rows:
                     raise LoadError(f"{self.target}: the target took {loaded} of {rows} rows")
@@ -299,7 +291,7 @@ class TableLoader:
     def _columns(self) -> list[str]:
         return [w.column.name for w in self.wire] + list(DLT_COLUMNS)
 
-    def _load_data(self, conn: Connection, csv_path: Path, into: str) -> int:
+    def _load_data(self, conn: Connection, csv_path: Path, into: str, load_id: str) -> int:
         q = quote
         targets, assignments = [], []
         for i, wire in enumerate(self.wire):
@@ -309,7 +301,9 @@ class TableLoader:
             else:
                 targets.append(f"@v{i}")
                 assignments.append(f"{q(wire.column.name)} = {expression}")
-        targets += [q(c) for c in DLT_COLUMNS]
+        # `_dlt_load_id` is the same for every row: set by the server, not sent per row
+        targets.append(q(DLT_ID_COLUMN))
+        assignments.append(f"{q(LOAD_ID_COLUMN)} = %(load_id)s")
         statement = (
             # REPLACE: loading a batch again (dlt retries a failed file from its start) is
             # harmless. Source keys are unique (primary key, or checked before extracting).
@@ -318,9 +312,8 @@ class TableLoader:
             " LINES TERMINATED BY '\\n'"
             f" ({', '.join(targets)})"
         )
-        if assignments:
-            statement += " SET " + ", ".join(assignments)
-        rowcount = run_sql(conn, statement, {"path": str(csv_path)}).rowcount
+        statement += " SET " + ", ".join(assignments)
+        rowcount = run_sql(conn, statement, {"path": str(csv_path), "load_id": load_id}).rowcount
         # LOCAL loads turn data errors into warnings: any warning means a value was changed.
         warnings = run_sql(conn, "SHOW WARNINGS LIMIT 5").all()
         if warnings:

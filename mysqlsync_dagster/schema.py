@@ -19,7 +19,8 @@ from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 
 LOAD_ID_COLUMN = "_dlt_load_id"
-DLT_COLUMNS = (LOAD_ID_COLUMN, "_dlt_id")
+DLT_ID_COLUMN = "_dlt_id"
+DLT_COLUMNS = (LOAD_ID_COLUMN, DLT_ID_COLUMN)
 _DLT_COLUMN_DDL = "varchar(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
 
 BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})

@@ -3,19 +3,21 @@
 One run of a table with `"mode": "staging"`:
 
 1. The asset prepares a `TableSync` (validate, mirror the DDL, lock, cursor, strategy), removes
-   this table's run directories older than `STAGING_RETENTION_HOURS`, and runs the dlt
-   pipeline with a `ParquetStager` as its destination: every file dlt writes is rewritten to
-   `STAGING_DIR/<table>/<UTC time>-<run id>/part-NNNNN.parquet` with `PARQUET_COMPRESSION` and
-   row groups of `batch_size` rows. `manifest.json` next to them records the plan (target,
-   wire columns and kinds, strategy, cursor before/after, batch size, codec) and the files
-   (rows, bytes); it is written with status `staged` once extraction is complete.
-2. The asset yields `dg.Output(StagedTable)`. While its body is suspended there, Dagster calls
-   `ParquetStagingIOManager.handle_output`, so the TableSync and its lock are still held.
-3. `handle_output` loads the files through the sync's `TableLoader` (the one loader of both
-   modes): `swap` fills the aside table and swaps it in; `upsert` bulk-loads every file into
-   the stage table, then merges it into the live table in primary-key ranges of `batch_size`
-   rows. The cursor is written in the same commit as the swap / after the last range, then the
-   manifest is marked `loaded`.
+   this table's run directories older than `STAGING_RETENTION_HOURS`, and starts a
+   `StagingWriter`: a thread that iterates the table's dlt `sql_table` resource and writes its
+   Arrow batches to `STAGING_DIR/<table>/<UTC time>-<run id>/part-NNNNN.parquet` with
+   `PARQUET_COMPRESSION`, row groups of `batch_size` rows, a part every `BATCHES_PER_PART`
+   batches. `manifest.json` next to them records the plan (target, load id, wire columns and
+   kinds, strategy, cursor before/after, batch size, codec) and each closed part (rows,
+   bytes); it says `staged` once extraction is complete.
+2. The asset yields `dg.Output(StagedTable)` at once. While its body is suspended there,
+   Dagster calls `ParquetStagingIOManager.handle_output`, so the TableSync and its lock are
+   still held.
+3. `handle_output` loads each part through the sync's `TableLoader` (the one loader of both
+   modes) as soon as it is closed, while the writer reads the next: `swap` fills the aside
+   table and swaps it in; `upsert` bulk-loads every part into the stage table, then merges it
+   into the live table in primary-key ranges of `batch_size` rows. The cursor is written in
+   the same commit as the swap / after the last range, then the manifest is marked `loaded`.
 4. `load_input` hands downstream assets the synced target table (see its docstring).
 
 A run that dies leaves its directory with status `extracting` or `staged` (or `loaded` if it
@@ -26,7 +28,6 @@ into a wrong state. Dead runs' directories are removed with the others once they
 than the retention.
 """
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import dlt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -83,6 +83,7 @@ class StagingManifest:
     table: str
     target: str
     run_id: str
+    load_id: str
     strategy: str
     columns: list[dict[str, str]]  # wire columns in file order: name, kind
     cursor_before: str | None
@@ -92,9 +93,8 @@ class StagingManifest:
     created_at: str
     status: str = "extracting"  # -> "staged" -> "loaded"
     files: list[StagedFile] = field(default_factory=list)
-    extract_seconds: float = 0.0  # the whole dlt pipeline, rewrite included
-    rewrite_seconds: float = 0.0  # of which: placing dlt's files in the run directory
-    load_seconds: float = 0.0
+    extract_seconds: float = 0.0  # reading the source and writing the parts
+    load_seconds: float = 0.0  # loading the parts (overlapping the extraction) and committing
 
     @property
     def rows(self) -> int:
@@ -176,93 +176,123 @@ def remove_expired(table_dir: Path, retention_hours: float, now: float | None = 
 
 
 # -- extraction side -------------------------------------------------------------------------
-_CODEC_KEY = "data_writer.compression"
+# Rows per staged part: the I/O manager can load a part only once it is closed, so parts are a
+# few extraction batches long (loading part N overlaps reading part N+1), never one per batch
+# (a 15 GB table would become thousands of files).
+BATCHES_PER_PART = 2
 
 
-@contextlib.contextmanager
-def dlt_parquet_codec(codec: str) -> Iterator[None]:
-    """dlt's Parquet writer compresses with `codec` for the duration (its setting is global).
-
-    Dagster runs one step at a time per process (in-process or one process per step), so no
-    other pipeline writes meanwhile; direct mode keeps dlt's default, snappy.
-    """
-    previous = dlt.config.get(_CODEC_KEY)
-    dlt.config[_CODEC_KEY] = codec
-    try:
-        yield
-    finally:
-        dlt.config[_CODEC_KEY] = previous or "snappy"
+def new_load_id() -> str:
+    """A load id in dlt's format (the load's Unix time), stamped on every row as `_dlt_load_id`."""
+    return f"{time.time():.6f}"
 
 
-class ParquetStager:
-    """dlt destination callback: puts each Parquet file dlt wrote into the run directory.
+class StagingWriter:
+    """Extracts the table into Parquet parts in a thread; `parts()` hands each closed part over.
 
-    dlt already wrote it with the codec (`dlt_parquet_codec`) and one row group per extracted
-    batch of `batch_size` rows: then it is hard-linked (or copied) as it is. Otherwise it is
-    rewritten, streaming batch by batch, so memory stays bounded. dlt may call from several
-    load threads: files are staged one at a time.
+    The table's dlt `sql_table` resource is iterated on its own (no pipeline: no extract,
+    normalize and load phases to wait for) and every Arrow batch it yields is written to
+    `part-NNNNN.parquet` with the run's codec and row groups of `batch_size` rows. A part is
+    closed after `BATCHES_PER_PART` batches and recorded in the manifest (saved atomically), so
+    the I/O manager loads it while the next one is read. At the end the manifest says `staged`.
     """
 
-    def __init__(self, run_dir: Path, manifest: StagingManifest, log: Any) -> None:
+    def __init__(self, sync: TableSync, run_dir: Path, manifest: StagingManifest) -> None:
+        self.sync = sync
         self.run_dir = run_dir
         self.manifest = manifest
-        self.log = log
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._finished = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mysqlsync-stage", daemon=True)
 
-    def _as_wanted(self, footer: pq.FileMetaData) -> bool:
-        codec = self.manifest.compression.upper()
-        return all(
-            footer.row_group(g).num_rows <= self.manifest.batch_size
-            and all(
-                footer.row_group(g).column(c).compression == codec
-                for c in range(footer.num_columns)
-            )
-            for g in range(footer.num_row_groups)
-        )
+    def start(self) -> "StagingWriter":
+        self._thread.start()
+        return self
 
-    def _rewrite(self, source: pq.ParquetFile, destination: Path) -> None:
-        batch_size = self.manifest.batch_size
-        with pq.ParquetWriter(
-            destination, source.schema_arrow, compression=self.manifest.compression
-        ) as writer:
-            for batch in source.iter_batches(batch_size=batch_size):
-                writer.write_table(pa.Table.from_batches([batch]), row_group_size=batch_size)
-
-    def __call__(self, path: str) -> None:
-        with self._lock:
-            self._stage(path)
-
-    def _stage(self, path: str) -> None:
+    def _run(self) -> None:
         started = time.perf_counter()
-        source = pq.ParquetFile(path)
-        name = f"part-{len(self.manifest.files):05d}.parquet"
-        destination = self.run_dir / name
-        if self._as_wanted(source.metadata):
-            try:
-                os.link(path, destination)
-            except OSError:  # another file system
-                shutil.copyfile(path, destination)
-        else:
-            self._rewrite(source, destination)
-        footer = pq.ParquetFile(destination).metadata
-        rows = footer.num_rows
+        try:
+            progress = ExtractionProgress(self.sync, started)
+            writer: pq.ParquetWriter | None = None
+            batches = 0
+            items = iter(self.sync.dlt_resource())
+            for item in items:
+                if self._stop.is_set():
+                    getattr(items, "close", lambda: None)()  # closes the source's stream
+                    return
+                table = pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
+                progress(table)
+                if writer is None:
+                    name = f"part-{len(self.manifest.files):05d}.parquet"
+                    writer = pq.ParquetWriter(
+                        self.run_dir / name, table.schema, compression=self.manifest.compression
+                    )
+                writer.write_table(
+                    table.cast(writer.schema) if table.schema != writer.schema else table,
+                    row_group_size=self.manifest.batch_size,
+                )
+                batches += 1
+                if batches == BATCHES_PER_PART:
+                    self._publish(writer, name)
+                    writer, batches = None, 0
+            if writer is not None:
+                self._publish(writer, name)
+            self.manifest.extract_seconds = time.perf_counter() - started
+            self.manifest.status = "staged"
+            self.manifest.save(self.run_dir)
+        except BaseException as error:  # a driver panic included: re-raised by `parts()`
+            self._error = error
+        finally:
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def _publish(self, writer: pq.ParquetWriter, name: str) -> None:
+        writer.close()
+        footer = pq.read_metadata(self.run_dir / name)
         uncompressed = sum(
             footer.row_group(g).column(c).total_uncompressed_size
             for g in range(footer.num_row_groups)
             for c in range(footer.num_columns)
         )
-        staged = StagedFile(name, rows, destination.stat().st_size, uncompressed)
-        self.manifest.files.append(staged)
-        self.manifest.rewrite_seconds += time.perf_counter() - started
-        self.manifest.save(self.run_dir)
-        self.log.info(
-            "%s: staged %s (%s rows, %s bytes, %s)",
+        staged = StagedFile(
+            name, footer.num_rows, (self.run_dir / name).stat().st_size, uncompressed
+        )
+        with self._changed:
+            self.manifest.files.append(staged)
+            self.manifest.save(self.run_dir)
+            self._changed.notify_all()
+        self.sync.log.debug(
+            "%s: staged %s (%s rows, %s bytes)",
             self.manifest.table,
             name,
-            f"{rows:,}",
+            f"{staged.rows:,}",
             f"{staged.bytes:,}",
-            self.manifest.compression,
         )
+
+    def parts(self) -> Iterator[Path]:
+        """Each part as soon as it is closed, until the extraction ends; its error re-raised."""
+        index = 0
+        while True:
+            with self._changed:
+                while not self._finished and len(self.manifest.files) <= index:
+                    self._changed.wait()
+                if len(self.manifest.files) > index:
+                    name = self.manifest.files[index].name
+                elif self._error is not None:
+                    raise self._error
+                else:
+                    return
+            yield self.run_dir / name
+            index += 1
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop extracting after the batch in hand and wait for the thread (the load failed,
+        or the run is over). A read stalled past `timeout` is left to the read watchdog."""
+        self._stop.set()
+        self._thread.join(timeout)
 
 
 class ExtractionProgress:
@@ -297,16 +327,18 @@ class ExtractionProgress:
 
 @dataclass
 class StagedTable:
-    """The asset's output in staging mode: the staged files, and the live sync to load them."""
+    """The asset's output in staging mode: the run directory being filled, the writer filling
+    it, and the live sync to load it with."""
 
     run_dir: Path
     manifest: StagingManifest
     sync: TableSync = field(repr=False, compare=False)
+    writer: StagingWriter = field(repr=False, compare=False)
     secrets: list[str] = field(default_factory=list, repr=False, compare=False)
 
 
 def stage_table(sync: TableSync, settings: StagingSettings, run_id: str) -> StagedTable:
-    """Extract the prepared sync's rows with dlt into a new run directory."""
+    """Start extracting the prepared sync's rows into a new run directory (in a thread)."""
     cfg, loader = sync.cfg, sync.loader
     assert loader is not None
     removed = remove_expired(settings.table_dir(cfg), settings.retention_hours)
@@ -317,6 +349,7 @@ def stage_table(sync: TableSync, settings: StagingSettings, run_id: str) -> Stag
         table=cfg.table,
         target=cfg.target,
         run_id=run_id,
+        load_id=new_load_id(),
         strategy=loader.strategy,
         columns=[{"name": w.column.name, "kind": w.kind} for w in loader.wire],
         cursor_before=sync.cursor_before,
@@ -326,39 +359,33 @@ def stage_table(sync: TableSync, settings: StagingSettings, run_id: str) -> Stag
         created_at=dt.datetime.now(dt.UTC).isoformat(),
     )
     manifest.save(run_dir)
+    writer = StagingWriter(sync, run_dir, manifest).start()
+    return StagedTable(run_dir, manifest, sync, writer)
+
+
+def load_staged(staged: StagedTable) -> tuple[SyncResult, int]:
+    """Load each staged part as soon as it is written, then merge and commit; returns the
+    result and the number of merge ranges."""
+    sync, manifest = staged.sync, staged.manifest
+    loader = sync.loader
+    assert loader is not None
     started = time.perf_counter()
-    pipeline = sync.dlt_pipeline(ParquetStager(run_dir, manifest, sync.log))
-    source = sync.dlt_source()
-    for resource in source.resources.values():
-        resource.add_map(ExtractionProgress(sync, started))
-    with dlt_parquet_codec(settings.compression):
-        pipeline.run(source)
-    manifest.extract_seconds = time.perf_counter() - started
-    manifest.status = "staged"
-    manifest.save(run_dir)
+    try:
+        for part in staged.writer.parts():
+            loader.load_parquet(part, manifest.load_id)
+    finally:
+        staged.writer.stop()
     sync.log.info(
         "%s: %s rows staged in %d file(s), %s bytes (%s, %.1fx) in %.1fs under %s",
-        cfg.table,
+        sync.cfg.table,
         f"{manifest.rows:,}",
         len(manifest.files),
         f"{manifest.bytes:,}",
         manifest.compression,
         manifest.compression_ratio,
         manifest.extract_seconds,
-        run_dir,
+        staged.run_dir,
     )
-    return StagedTable(run_dir, manifest, sync)
-
-
-def load_staged(staged: StagedTable) -> tuple[SyncResult, int]:
-    """Load the staged files into the target and commit; returns the result and merge ranges."""
-    sync, manifest = staged.sync, staged.manifest
-    loader = sync.loader
-    assert loader is not None
-    started = time.perf_counter()
-    sync.start_phase(manifest.rows)
-    for staged_file in manifest.files:
-        loader.load_parquet(staged.run_dir / staged_file.name)
     ranges = loader.merge_stage() if loader.strategy == "upsert" else 0
     result = sync.finalize()
     manifest.load_seconds = time.perf_counter() - started
@@ -413,7 +440,7 @@ class ParquetStagingIOManager(dg.ConfigurableIOManager):
                 "compression": manifest.compression,
                 "compression_ratio": dg.MetadataValue.float(round(manifest.compression_ratio, 2)),
                 "extract_seconds": dg.MetadataValue.float(round(manifest.extract_seconds, 3)),
-                "rewrite_seconds": dg.MetadataValue.float(round(manifest.rewrite_seconds, 3)),
+                "rows_staged": dg.MetadataValue.int(manifest.rows),
                 "load_seconds": dg.MetadataValue.float(round(manifest.load_seconds, 3)),
                 "merge_ranges": dg.MetadataValue.int(ranges),
             }
@@ -511,12 +538,12 @@ def run_table_staging(
         with run.table_sync() as sync:
             staged = stage_table(sync, settings, context.run.run_id)
             staged.secrets = run.secrets
-            # handle_output loads and commits while this body waits here, lock still held
-            yield dg.Output(
-                staged,
-                output_name=output_name,
-                metadata={"rows_staged": dg.MetadataValue.int(staged.manifest.rows)},
-            )
+            try:
+                # handle_output loads the parts as they are written and commits, while this
+                # body waits here with the table's lock held
+                yield dg.Output(staged, output_name=output_name)
+            finally:
+                staged.writer.stop()
             if sync.loader is not None:
                 deleted = run.delete_missing_rows(sync.loader.strategy)
                 if deleted:

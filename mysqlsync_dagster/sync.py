@@ -7,10 +7,12 @@
         result = sync.finalize()                          # swap / cursor / clean-up
 
 Extraction is a dlt `sql_table` resource on the connectorx backend (Arrow record batches of
-`batch_size` rows, streamed), selecting the wire text of every column (see `wire.py`). dlt writes
-Parquet, adds `_dlt_load_id` and `_dlt_id`, and hands each file to a custom destination that is
-this run's `TableLoader` (direct mode) or the Parquet stager (staging mode, see `staging.py`,
-which loads the staged files through the same `TableLoader` afterwards).
+`batch_size` rows, streamed), selecting the wire text of every column (see `wire.py`). In
+direct mode a dlt pipeline writes the batches to Parquet and hands each file to a custom
+destination, this run's `TableLoader`. In staging mode (`staging.py`) the same resource is
+iterated on its own: its batches are written to staged Parquet parts that the I/O manager
+loads through the same `TableLoader` while the next parts are read. The loader adds
+`_dlt_load_id` (the load's id, one value per run) and `_dlt_id` (made in bulk).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,11 +60,6 @@ from mysqlsync_dagster.schema import (
 from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
 from mysqlsync_dagster.wire import wire_columns
 
-# dlt stamps Arrow data with `_dlt_load_id` only when asked. `_dlt_id` is made by the loader in
-# bulk: asking dlt for it would make its normalize step rewrite every file row by row.
-dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
-
-
 # LOAD DATA connections filling a bulk-only work table at once (see loading.py); on the
 # 2-core benchmark machine two streams beat one, more only add contention.
 LOAD_STREAMS = 2
@@ -94,7 +91,7 @@ class ReadTimeout(TimeoutError):
 def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
     """Yield from `items`, produced in a thread, failing when the next one takes longer than
     `timeout` seconds. A producer stuck in a blocking call is left behind (a daemon thread)."""
-    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)  # bounds memory
 
     def produce() -> None:
         try:
@@ -159,6 +156,21 @@ def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
     return sa.literal(cursor, sa.String)
 
 
+# Bytes of source rows per extraction batch, at most (as InnoDB stores them; as Arrow text they
+# take 2-3x that). `batch_size` rows of a narrow table fit (1M-row `orders`: 94 bytes a row);
+# a wide one is read in smaller batches so that the batches in flight stay bounded (measured
+# on the 40-column benchmark table, 380 bytes a row, staging mode: peak RSS 600 MB at 50,000
+# rows a batch, 526 MB at 25,000, 430-457 MB at 10,000, and no slower).
+EXTRACT_BATCH_BYTES = 5 * 1024 * 1024
+
+
+def extract_batch_rows(batch_size: int, avg_row_bytes: int | None) -> int:
+    """Rows per extraction batch: `batch_size`, fewer for rows wider than the byte budget."""
+    if not avg_row_bytes:
+        return batch_size
+    return max(1, min(batch_size, EXTRACT_BATCH_BYTES // int(avg_row_bytes)))
+
+
 def resource_name(cfg: TableConfig) -> str:
     """The dlt resource (and dlt table) name for a configured table."""
     return cfg.key
@@ -202,6 +214,7 @@ class TableSync:
         self.cursor_snapshot: str | None = None
         self.schema_changes = SchemaChanges()
         self.source_rows_estimate: int | None = None
+        self.extract_batch_rows = cfg.batch_size
         self.warnings: list[str] = []  # allowed, but worth a user's attention
         # Progress lines: rates since `_phase_started`; staging mode restarts the clock for
         # its load phase and knows the exact total from its manifest.
@@ -238,21 +251,40 @@ class TableSync:
                     f"{self.source_db!r} (check 'table' in tables.json)"
                 )
             self._validate(shape, conn)
-            self.source_rows_estimate = conn.execute(
+            rows, row_bytes = conn.execute(
                 sa.text(
-                    "SELECT TABLE_ROWS FROM information_schema.TABLES"
+                    "SELECT TABLE_ROWS, AVG_ROW_LENGTH FROM information_schema.TABLES"
                     " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
                 ),
                 {"db": self.source_db, "t": cfg.table},
-            ).scalar()
+            ).one()
+            self.source_rows_estimate = rows
+            self.extract_batch_rows = extract_batch_rows(cfg.batch_size, row_bytes)
+            if self.extract_batch_rows < cfg.batch_size:
+                self.log.info(
+                    "%s: rows of ~%s bytes: extracting %s rows a batch (batch_size %s)",
+                    cfg.table,
+                    row_bytes,
+                    f"{self.extract_batch_rows:,}",
+                    f"{cfg.batch_size:,}",
+                )
         self.shape = shape
         self._acquire_lock()
         with self.target_engine.begin() as conn:
-            self._mirror_schema(conn, shape)
+            created = self._mirror_schema(conn, shape)
             if self.window is None:
                 ensure_state_table(conn)
                 state = read_state(conn, cfg.target)
                 self.cursor_before = state.cursor if state and cfg.incremental else None
+                if created and self.cursor_before is not None:
+                    # the table was dropped or lost since its last sync: rows before the
+                    # cursor would never come back, so copy it whole
+                    self.warnings.append(
+                        f"target table {cfg.target!r} was missing although a sync had reached"
+                        f" cursor {self.cursor_before}: copied in full"
+                    )
+                    self.log.warning("%s: %s", cfg.table, self.warnings[-1])
+                    self.cursor_before = None
         windowed = self.window is not None or self.cursor_before is not None
         strategy: Strategy = "upsert" if windowed else "swap"
         if cfg.incremental and self.window is None:
@@ -351,13 +383,14 @@ class TableSync:
                     "DATETIME or TIMESTAMP modifier"
                 )
 
-    def _mirror_schema(self, conn: sa.Connection, shape: TableShape) -> None:
+    def _mirror_schema(self, conn: sa.Connection, shape: TableShape) -> bool:
+        """Create or evolve the target table; True if it had to be created."""
         target = read_table_shape(conn, self.target_db, self.cfg.target)
         if target is None:
             ddl = mirror_ddl(shape, self.cfg.target, self.cfg.primary_key)
             run_sql(conn, ddl)
             self.log.info("%s: created target table %s", self.cfg.table, self.cfg.target)
-            return
+            return True
         changes = diff_schema(shape, target)
         if not changes.empty:
             run_sql(conn, f"ALTER TABLE {quote(self.cfg.target)} " + ", ".join(changes.clauses))
@@ -375,6 +408,7 @@ class TableSync:
                 list(changes.dropped_in_source),
             )
         self.schema_changes = changes
+        return False
 
     def _modifier_expression(self) -> str:
         assert self.shape is not None and self.cfg.modifier is not None
@@ -440,7 +474,7 @@ class TableSync:
             credentials=self.source_engine,
             table=self.cfg.table,
             metadata=metadata,
-            chunk_size=self.cfg.batch_size,
+            chunk_size=self.extract_batch_rows,
             reflection_level="minimal",
             query_adapter_callback=lambda _query, _table: query,
             **self._backend(),
@@ -460,7 +494,7 @@ class TableSync:
                 "conn": self.source_settings.connectorx_url(),
                 "read_timeout": self.source_settings.read_timeout,
                 "return_type": "arrow_stream",
-                "batch_size": self.cfg.batch_size,
+                "batch_size": self.extract_batch_rows,
             },
         }
 
@@ -473,13 +507,17 @@ class TableSync:
 
         return mysql_table()
 
-    def dlt_pipeline(self, handle_file: Callable[[str], None] | None = None) -> Pipeline:
-        """The pipeline whose destination gets each Parquet file: the loader, or `handle_file`."""
-        assert self.loader is not None
-        take = handle_file or self.loader.load_parquet
+    def dlt_pipeline(self) -> Pipeline:
+        """The pipeline whose destination hands each Parquet file to the loader.
+
+        dlt is not asked to add `_dlt_load_id` or `_dlt_id` (its Arrow path would import
+        pandas and rewrite every batch): the loader stamps both in bulk.
+        """
+        loader = self.loader
+        assert loader is not None
 
         def load_file(items: Any, table: Any) -> None:
-            take(items)
+            loader.load_parquet(items, dlt.current.load_package_state()["load_id"])
 
         destination = dlt.destination(
             load_file,

@@ -378,3 +378,16 @@ def test_missing_source_table_fails_source_row_count(sync_env):
 
 def test_interleave_samples_every_range():
     assert interleave([[1, 2, 3], [10], [20, 21]], 4) == [1, 10, 20, 2]
+
+
+def test_sync_cli_json_output(sync_env, cli_env, capsys):
+    sync_env.source_exec(ITEMS_DDL, ITEMS_INSERT)
+    cli_env([ITEMS])
+    assert cli.main(["sync", "--json", "items"]) == 0
+    [outcome] = json.loads(capsys.readouterr().out)
+    assert outcome["table"] == "items" and outcome["ok"] is True
+    assert outcome["strategy"] == "swap"
+    assert outcome["rows_read"] == outcome["rows_written"] == ITEMS_ROWS
+    assert outcome["checks"] == "3/3 ok" and outcome["error"] is None
+    assert outcome["metadata"]["dagster/row_count"] == ITEMS_ROWS
+    assert outcome["metadata"]["rows_per_second"] > 0

@@ -120,3 +120,17 @@ def test_integer_version_modifier(sync_env):
     meta = materialization_metadata(sync_env.sync([docs]), "sync_docs")
     assert meta["rows_written"] == 2
     assert sync_env.target_rows("docs") == sync_env.source_rows("docs")
+
+
+def test_a_target_table_dropped_since_the_last_sync_is_copied_whole(sync_env):
+    """A stored cursor must not survive its table: the rows before it would never return."""
+    create_orders(sync_env)
+    assert sync_env.sync([ORDERS]).success
+    with sync_env.target.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE orders")  # an operator's mistake, a restore...
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id = 7")
+    meta = materialization_metadata(sync_env.sync([ORDERS]))
+    assert meta["strategy"] == "swap"
+    assert meta["rows_written"] == 100
+    assert "was missing although a sync had reached cursor 2024-01-01 01:40:00" in meta["warnings"]
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")

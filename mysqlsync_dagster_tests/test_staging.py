@@ -41,7 +41,8 @@ def test_round_trip_through_the_io_manager(sync_env):
     assert meta["strategy"] == "swap"
     assert meta["mode"] == "staging"
     assert meta["rows_written"] == 200
-    assert meta["files_staged"] == 1
+    assert meta["files_staged"] == 2  # 4 batches of 64 rows, BATCHES_PER_PART to a part
+    assert meta["rows_staged"] == 200
     assert meta["bytes_staged"] > 0
     assert meta["compression"] == "zstd"
     assert meta["compression_ratio"] > 1
@@ -62,9 +63,14 @@ def test_round_trip_through_the_io_manager(sync_env):
         "updated_at",
     ]
     assert manifest.rows == 200 and manifest.batch_size == 64
-    parquet = pq.ParquetFile(run_dir / manifest.files[0].name)
-    assert parquet.metadata.num_rows == 200
-    assert parquet.metadata.num_row_groups == math.ceil(200 / 64)  # row groups of batch_size
+    assert [f.rows for f in manifest.files] == [128, 72]
+    for staged, groups in zip(manifest.files, [[64, 64], [64, 8]], strict=True):
+        footer = pq.ParquetFile(run_dir / staged.name).metadata
+        assert staged.rows == footer.num_rows  # row groups of batch_size
+        assert [footer.row_group(g).num_rows for g in range(footer.num_row_groups)] == groups
+    with sync_env.target.connect() as conn:
+        load_ids = conn.exec_driver_sql("SELECT DISTINCT _dlt_load_id FROM orders").scalars()
+        assert list(load_ids) == [manifest.load_id]
 
     sync_env.source_exec(
         "UPDATE orders SET status = 'paid', updated_at = '2024-02-01 00:00:00' WHERE id % 10 = 0",
@@ -293,3 +299,12 @@ def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypa
     monkeypatch.undo()
     assert sync_env.sync([ORDERS]).success  # the lock was released; the re-run converges
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def test_wide_rows_are_extracted_in_smaller_batches():
+    from mysqlsync_dagster.sync import EXTRACT_BATCH_BYTES, extract_batch_rows
+
+    assert extract_batch_rows(50_000, 94) == 50_000  # the benchmark's orders rows fit
+    assert extract_batch_rows(50_000, 380) == EXTRACT_BATCH_BYTES // 380  # its 40-column rows
+    assert extract_batch_rows(50_000, 10 * EXTRACT_BATCH_BYTES) == 1  # huge BLOB rows
+    assert extract_batch_rows(64, None) == 64  # no estimate (an empty table)
