@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,19 @@ def _metadata_value(metadata: dict[str, dg.MetadataValue], key: str) -> float | 
     return None if value is None else value.value  # type: ignore[return-value]
 
 
-def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutcome]:
+def run_sync(
+    tables: list[TableConfig],
+    verbose: bool = False,
+    ready: Callable[[], None] | None = None,
+) -> list[TableOutcome]:
+    """Materialize `tables` in process; `ready` is called once everything is imported and
+    built, just before the first run starts (see `__main__`)."""
     from mysqlsync_dagster.factory import build_definitions
 
     defs = build_definitions(tables, interval_seconds())
+    instance = _instance()
+    if ready is not None:
+        ready()
     started = time.perf_counter()
     log_level = "INFO" if verbose else "ERROR"
     # one run per partitions definition (a run cannot mix them); partitioned tables are run
@@ -95,7 +104,7 @@ def run_sync(tables: list[TableConfig], verbose: bool = False) -> list[TableOutc
         result = dg.materialize(
             assets=[*specs, *assets],
             resources=defs.resources,
-            instance=_instance(),
+            instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             tags={"mysqlsync/trigger": "cli"},
@@ -195,7 +204,7 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     tables = select_tables(load_tables_config(args.config), args.tables)
-    outcomes = run_sync(tables, verbose=args.verbose)
+    outcomes = run_sync(tables, verbose=args.verbose, ready=args.ready)
     if args.json:
         print(json.dumps([o.as_json() for o in outcomes], indent=2))
     else:
@@ -303,9 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, ready: Callable[[], None] | None = None) -> int:
+    """Run the command line; `ready` is called when start-up is over (for `sync`, once the
+    definitions are built; for other commands, before they start)."""
     load_dotenv(Path.cwd() / ".env", override=False)
     args = build_parser().parse_args(argv)
+    args.ready = ready
+    if ready is not None and args.func is not cmd_sync:
+        ready()
     try:
         return int(args.func(args))
     except ConfigError as error:
