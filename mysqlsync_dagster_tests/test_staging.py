@@ -308,3 +308,79 @@ def test_wide_rows_are_extracted_in_smaller_batches():
     assert extract_batch_rows(50_000, 380) == EXTRACT_BATCH_BYTES // 380  # its 40-column rows
     assert extract_batch_rows(50_000, 10 * EXTRACT_BATCH_BYTES) == 1  # huge BLOB rows
     assert extract_batch_rows(64, None) == 64  # no estimate (an empty table)
+
+
+def _work_tables(sync_env):
+    with sync_env.target.connect() as conn:
+        return conn.exec_driver_sql("SHOW TABLES LIKE '\\_mss\\_%%'").all()
+
+
+def _stage_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "mysqlsync-stage"]
+
+
+def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converges(
+    sync_env, monkeypatch
+):
+    """The error of the extraction thread reaches the I/O manager, which is loading the parts
+    already written: the run fails, nothing it loaded is kept."""
+    from mysqlsync_dagster.sync import TableSync
+
+    create_orders(sync_env)
+    assert sync_env.sync([ORDERS]).success
+    before, cursor_before = sync_env.target_rows("orders"), stored_cursor(sync_env)
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 100")
+    resource = TableSync.dlt_resource
+
+    def breaks_after_three_batches(self):
+        for number, batch in enumerate(resource(self)):
+            if number == 3:
+                raise ConnectionError("Lost connection to server during query")
+            yield batch
+
+    monkeypatch.setattr(TableSync, "dlt_resource", breaks_after_three_batches)
+    monkeypatch.setenv("SYNC_RETRIES", "0")
+    result = sync_env.sync([{**ORDERS, "batch_size": 10}], raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert "Lost connection to server during query" in str(failure.event_specific_data.error)
+    manifest = StagingManifest.read(run_dirs(sync_env)[-1])
+    assert manifest.status == "extracting" and manifest.rows == 20  # parts of 2 batches
+    assert sync_env.target_rows("orders") == before
+    assert stored_cursor(sync_env) == cursor_before
+    assert _work_tables(sync_env) == []
+    assert _stage_threads() == []
+
+    monkeypatch.undo()
+    assert sync_env.sync([{**ORDERS, "batch_size": 10}]).success
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def test_a_load_that_fails_midway_stops_the_extraction(sync_env, monkeypatch):
+    from mysqlsync_dagster.loading import TableLoader
+
+    create_orders(sync_env)
+    assert sync_env.sync([ORDERS]).success
+    before = sync_env.target_rows("orders")
+    sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 100")
+    load_parquet = TableLoader.load_parquet
+    loaded = []
+
+    def breaks_on_the_second_part(self, path, load_id):
+        if loaded:
+            raise RuntimeError("the target broke")
+        loaded.append(path)
+        load_parquet(self, path, load_id)
+
+    monkeypatch.setattr(TableLoader, "load_parquet", breaks_on_the_second_part)
+    monkeypatch.setenv("SYNC_RETRIES", "0")
+    result = sync_env.sync([{**ORDERS, "batch_size": 10}], raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert "the target broke" in str(failure.event_specific_data.error)
+    assert len(loaded) == 1
+    assert _stage_threads() == []  # the extraction thread was stopped and joined
+    assert sync_env.target_rows("orders") == before
+    assert _work_tables(sync_env) == []
