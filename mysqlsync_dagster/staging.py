@@ -28,6 +28,7 @@ into a wrong state. Dead runs' directories are removed with the others once they
 than the retention.
 """
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -192,7 +193,8 @@ class StagingWriter:
 
     The table's dlt `sql_table` resource is iterated on its own (no pipeline: no extract,
     normalize and load phases to wait for) and every Arrow batch it yields is written to
-    `part-NNNNN.parquet` with the run's codec and row groups of `batch_size` rows. A part is
+    `part-NNNNN.parquet` with the run's codec, a row group per batch (at most `batch_size`
+    rows; fewer for wide rows, see `sync.extract_batch_rows`). A part is
     closed after `BATCHES_PER_PART` batches and recorded in the manifest (saved atomically), so
     the I/O manager loads it while the next one is read. At the end the manifest says `staged`.
     """
@@ -213,9 +215,9 @@ class StagingWriter:
 
     def _run(self) -> None:
         started = time.perf_counter()
+        writer: pq.ParquetWriter | None = None
         try:
             progress = ExtractionProgress(self.sync, started)
-            writer: pq.ParquetWriter | None = None
             batches = 0
             items = iter(self.sync.dlt_resource())
             for item in items:
@@ -239,17 +241,22 @@ class StagingWriter:
                     writer, batches = None, 0
             if writer is not None:
                 self._publish(writer, name)
+                writer = None
             self.manifest.extract_seconds = time.perf_counter() - started
             self.manifest.status = "staged"
             self.manifest.save(self.run_dir)
         except BaseException as error:  # a driver panic included: re-raised by `parts()`
             self._error = error
         finally:
+            if writer is not None:  # an unfinished part: closed, never listed in the manifest
+                with contextlib.suppress(Exception):
+                    writer.close()
             with self._changed:
                 self._finished = True
                 self._changed.notify_all()
 
     def _publish(self, writer: pq.ParquetWriter, name: str) -> None:
+        """Close the part and list it in the manifest."""
         writer.close()
         footer = pq.read_metadata(self.run_dir / name)
         uncompressed = sum(
@@ -279,12 +286,11 @@ class StagingWriter:
             with self._changed:
                 while not self._finished and len(self.manifest.files) <= index:
                     self._changed.wait()
-                if len(self.manifest.files) > index:
-                    name = self.manifest.files[index].name
-                elif self._error is not None:
+                if self._error is not None:  # no use loading more of a failed extraction
                     raise self._error
-                else:
+                if len(self.manifest.files) <= index:
                     return
+                name = self.manifest.files[index].name
             yield self.run_dir / name
             index += 1
 
@@ -296,7 +302,7 @@ class StagingWriter:
 
 
 class ExtractionProgress:
-    """dlt map step: passes batches through, logging rows read, rows/s and ETA every 10 s."""
+    """Passes extracted batches through, logging rows read, rows/s and ETA every 10 s."""
 
     def __init__(self, sync: TableSync, started: float, every_seconds: float = 10.0) -> None:
         self.sync = sync
