@@ -60,6 +60,8 @@ from mysqlsync_dagster.schema import (
 from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
 from mysqlsync_dagster.wire import wire_columns
 
+PROGRESS_SECONDS = 10.0
+
 # LOAD DATA connections filling a bulk-only work table at once (see loading.py); on the
 # 2-core benchmark machine two streams beat one, more only add contention.
 LOAD_STREAMS = 2
@@ -216,10 +218,7 @@ class TableSync:
         self.source_rows_estimate: int | None = None
         self.extract_batch_rows = cfg.batch_size
         self.warnings: list[str] = []  # allowed, but worth a user's attention
-        # Progress lines: rates since `_phase_started`; staging mode restarts the clock for
-        # its load phase and knows the exact total from its manifest.
-        self._phase_started = self._started
-        self.expected_rows: int | None = None
+        self._last_progress = self._started  # a progress line at most every PROGRESS_SECONDS
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -533,15 +532,16 @@ class TableSync:
             dataset_name=self.target_db,
         )
 
-    def start_phase(self, expected_rows: int | None = None) -> None:
-        """Restart the progress clock (rows/s, ETA) for a new phase with a known row total."""
-        self._phase_started = time.perf_counter()
-        self.expected_rows = expected_rows
-
     def _progress(self, stats: LoadStats) -> None:
-        elapsed = time.perf_counter() - self._phase_started
+        """After each loaded batch: a line with rows done, rows/s and, for a full copy, the
+        estimated total and ETA, at most every `PROGRESS_SECONDS`."""
+        now = time.perf_counter()
+        if now - self._last_progress < PROGRESS_SECONDS:
+            return
+        self._last_progress = now
+        elapsed = now - self._started
         rate = stats.rows / elapsed if elapsed > 0 else 0.0
-        total = self.expected_rows or (
+        total = (
             self.source_rows_estimate if self.loader and self.loader.strategy == "swap" else None
         )
         if total and rate:

@@ -384,3 +384,26 @@ def test_a_load_that_fails_midway_stops_the_extraction(sync_env, monkeypatch):
     assert _stage_threads() == []  # the extraction thread was stopped and joined
     assert sync_env.target_rows("orders") == before
     assert _work_tables(sync_env) == []
+
+
+def test_load_progress_lines_are_throttled(caplog, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from mysqlsync_dagster import sync as sync_module
+    from mysqlsync_dagster.loading import LoadStats
+
+    sync = sync_module.TableSync.__new__(sync_module.TableSync)
+    sync.cfg = SimpleNamespace(table="orders")
+    sync.log = logging.getLogger("test_load_progress")
+    sync.loader = SimpleNamespace(strategy="swap")
+    sync.source_rows_estimate = 1000
+    sync._started = sync._last_progress = time.perf_counter() - 2
+    with caplog.at_level(logging.INFO, logger="test_load_progress"):
+        sync._progress(LoadStats(rows=100))  # 2 s in: too soon for a line
+        assert caplog.messages == []
+        monkeypatch.setattr(sync_module, "PROGRESS_SECONDS", 1.0)
+        sync._progress(LoadStats(rows=100))
+        sync._progress(LoadStats(rows=200))  # at once after the last line: none
+    [line] = caplog.messages
+    assert line.startswith("orders: 100 of ~1,000 rows, ") and "rows/s, ETA " in line
