@@ -44,6 +44,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from mysqlsync_dagster import retries
 from mysqlsync_dagster.assets import (
@@ -54,8 +55,14 @@ from mysqlsync_dagster.assets import (
     target_row_count,
 )
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import run_sql
-from mysqlsync_dagster.partitions import DEFAULT_SOURCE_TIMEZONE
+from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
+from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.partitions import (
+    DEFAULT_SOURCE_TIMEZONE,
+    ModifierWindow,
+    window_condition,
+    window_for_range,
+)
 from mysqlsync_dagster.resources import MySQLResource
 from mysqlsync_dagster.schema import DLT_COLUMNS
 from mysqlsync_dagster.sync import SyncResult, TableSync
@@ -466,16 +473,20 @@ class ParquetStagingIOManager(dg.ConfigurableIOManager):
 
         Read with connectorx (its Arrow type mapping), as a `pa.Table`; as a pandas DataFrame
         when the input is annotated `pd.DataFrame`; as a streaming `pa.RecordBatchReader` of
-        `read_batch_size` rows when annotated so (for tables larger than memory). A
-        partitioned input gets the whole table: the target holds the merged result of every
-        window, not per-window copies.
+        `read_batch_size` rows when annotated so (for tables larger than memory). When the
+        input is partitioned (a downstream asset with the same time partitions, or a partition
+        mapping), only the rows of those partitions' window over the modifier are read, by the
+        rules the sync uses (the first partition also holds earlier and NULL modifiers, the
+        last one later ones); otherwise the whole table.
         """
         import connectorx as cx
 
         upstream = context.upstream_output
         metadata = (upstream.definition_metadata if upstream else None) or {}
-        raw = metadata.get("target_table")
-        table = getattr(raw, "value", raw)
+        table, modifier = (
+            getattr(metadata.get(key), "value", metadata.get(key))
+            for key in ("target_table", "modifier")
+        )
         if not table:
             raise dg.Failure(
                 f"{IO_MANAGER_KEY} can only read tables synced by mysqlsync assets "
@@ -483,20 +494,27 @@ class ParquetStagingIOManager(dg.ConfigurableIOManager):
             )
         engine = self.target_db.engine
         with engine.connect() as conn:
-            columns = [
-                name
-                for (name,) in run_sql(
+            types = {
+                name: data_type
+                for name, data_type in run_sql(
                     conn,
-                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA ="
-                    " DATABASE() AND TABLE_NAME = %(t)s ORDER BY ORDINAL_POSITION",
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE"
+                    " TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(t)s ORDER BY ORDINAL_POSITION",
                     {"t": str(table)},
                 )
-                if name not in DLT_COLUMNS
-            ]
+            }
+        columns = [name for name in types if name not in DLT_COLUMNS]
         if not columns:
             raise dg.Failure(f"target table {table!r} does not exist yet: materialize it first")
-        prepare = engine.dialect.identifier_preparer
-        query = f"SELECT {', '.join(prepare.quote(c) for c in columns)} FROM {prepare.quote(table)}"
+        query = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(str(table))}"
+        window = partition_window(context)
+        if window is not None and modifier in types:
+            condition = window_condition(sa.column(str(modifier)), types[str(modifier)], window)
+            compiled = condition.compile(
+                dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}
+            )
+            query += f" WHERE {compiled}"
+            context.log.info("reading %s rows with %s in %s", table, modifier, window.describe())
         url = self.target_db.settings().connectorx_url()
         wanted = context.dagster_type.typing_type if context.dagster_type else None
         if wanted is pa.RecordBatchReader:
@@ -507,6 +525,17 @@ class ParquetStagingIOManager(dg.ConfigurableIOManager):
         if getattr(wanted, "__name__", "") == "DataFrame":
             return data.to_pandas()
         return data
+
+
+def partition_window(context: dg.InputContext) -> ModifierWindow | None:
+    """The modifier window of a partitioned input (its upstream time partitions), else None."""
+    if not context.has_asset_partitions:
+        return None
+    partitions_def = context.asset_partitions_def
+    if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        return None
+    key_range = context.asset_partition_key_range
+    return window_for_range(partitions_def, key_range.start, key_range.end)
 
 
 def staging_io_manager_from_env(

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.loading import key_range_sql
 from mysqlsync_dagster.staging import MANIFEST, StagingManifest, StagingSettings, remove_expired
 from mysqlsync_dagster_tests.harness import materialization_metadata, stored_cursor
@@ -407,3 +408,34 @@ def test_load_progress_lines_are_throttled(caplog, monkeypatch):
         sync._progress(LoadStats(rows=200))  # at once after the last line: none
     [line] = caplog.messages
     assert line.startswith("orders: 100 of ~1,000 rows, ") and "rows/s, ETA " in line
+
+
+def test_a_partitioned_downstream_asset_reads_its_partition_only(sync_env):
+    from mysqlsync_dagster.factory import build_definitions
+
+    create_orders(sync_env, rows=3000)  # one row a minute from 2024-01-01 00:01: ~2 days
+    sync_env.source_exec("UPDATE orders SET updated_at = '2023-06-01' WHERE id = 5")  # early
+    partitioned = {**ORDERS, "partitions": "daily", "partition_start": "2024-01-01"}
+    assert sync_env.sync([partitioned]).success  # no partition key: every partition
+    assets = build_definitions(parse_tables_config([partitioned], "test"), 300, environ={}).assets
+    [orders] = [a for a in assets if isinstance(a, dg.AssetsDefinition)]
+    seen = {}
+
+    @dg.asset(
+        partitions_def=orders.partitions_def,
+        ins={"orders": dg.AssetIn(key="orders", input_manager_key="staging_io_manager")},
+    )
+    def daily_report(context: dg.AssetExecutionContext, orders: pa.Table) -> None:
+        seen[context.partition_key] = sorted(orders.column("id").to_pylist())
+
+    for day in ("2024-01-01", "2024-01-02"):
+        result = dg.materialize(
+            [*assets, daily_report],
+            selection=[daily_report],
+            partition_key=day,
+            resources=sync_env.resources(),
+        )
+        assert result.success
+    # the first partition also holds rows from before the start (id 5 moved to 2023)
+    assert seen["2024-01-01"] == list(range(1, 1440))
+    assert seen["2024-01-02"] == list(range(1440, 2880))
