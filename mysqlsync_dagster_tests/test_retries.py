@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 
 import dagster as dg
 import pymysql
@@ -122,3 +124,74 @@ def test_permanent_error_fails_at_once_with_a_clear_message(sync_env, fast_retri
     message = failure.step_failure_data.error.message
     assert "table 'missing' does not exist in the source database" in message
     assert "permanent: not retried" in message
+
+
+def test_deadlock_during_the_merge_is_retried_and_converges(sync_env, fast_retries, caplog):
+    """A real deadlock (1213) between the incremental merge and another session writing the
+    target: InnoDB rolls the merge back as the lighter transaction, the load job is retried
+    and the target ends equal to the source."""
+    sync_env.source_exec(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT, updated_at DATETIME NOT NULL)",
+        "INSERT INTO items SELECT seq, seq, IF(seq <= 10, '2024-01-01', '2023-12-31')"
+        " FROM seq_1_to_6000",
+    )
+    assert sync_env.sync([TABLE]).success  # a swap: no row locks to collide with
+    # the next sync reads rows 1..10 (at or after the cursor) and merges them into the live
+    # table in key order, in one transaction (one batch)
+    sync_env.source_exec("UPDATE items SET v = -v, updated_at = '2024-02-01' WHERE id <= 10")
+    merge_waits = (
+        "SELECT trx_id FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+        " AND trx_query LIKE 'INSERT INTO `items`%%'"
+    )
+    admin = sync_env.servers.target.engine(poolclass=sa.pool.NullPool)
+    other = sync_env.target.connect()
+    outcome: dict[str, str] = {}
+
+    def close_the_cycle() -> None:
+        """Once the merge waits for row 10 (holding 1..9), ask for row 5: a lock cycle."""
+        try:
+            deadline = time.monotonic() + 60
+            while "merge" not in outcome and time.monotonic() < deadline:
+                with admin.connect() as conn:
+                    if conn.exec_driver_sql(merge_waits).first() is not None:
+                        outcome["merge"] = "waited for row 10"
+                # INNODB_TRX is a snapshot, refreshed only when nobody read it for 100 ms:
+                # polling faster would read the same stale snapshot forever
+                time.sleep(0.25)
+            if "merge" in outcome:
+                other.exec_driver_sql("UPDATE items SET v = v + 1 WHERE id = 5")
+                outcome["other"] = "went on"
+        except sa.exc.OperationalError as error:
+            outcome["other"] = f"failed: {error.orig}"
+        finally:
+            other.rollback()  # the merge's retry gets the rows; the target keeps no change
+
+    closer = threading.Thread(target=close_the_cycle)
+    try:
+        other.exec_driver_sql("BEGIN")
+        # a heavy transaction (5,000 changed rows) that holds row 10, which the merge needs last
+        other.exec_driver_sql("UPDATE items SET v = v + 1 WHERE id BETWEEN 11 AND 5010")
+        other.exec_driver_sql("UPDATE items SET v = v + 1 WHERE id = 10")
+        closer.start()
+        result = sync_env.sync([TABLE], raise_on_error=False)
+    finally:
+        if closer.ident is not None:  # started
+            closer.join()
+        other.rollback()
+        other.close()
+    with admin.connect() as conn:
+        status = conn.exec_driver_sql("SHOW ENGINE INNODB STATUS").one()[2]
+    admin.dispose()
+    assert outcome.get("merge") == "waited for row 10", "no lock wait: nothing was proved"
+    # the other session got row 5, so the merge holding it was rolled back: InnoDB's report
+    assert outcome.get("other") == "went on", outcome
+    report = status.split("LATEST DETECTED DEADLOCK", 1)[-1].split("\nTRANSACTIONS\n", 1)[0]
+    victim = re.search(r"\*\*\* WE ROLL BACK TRANSACTION \((\d)\)", report)
+    assert victim, f"no deadlock was reported: {report[:500]}"
+    rolled_back = report.split(f"*** ({victim[1]}) TRANSACTION:", 1)[1].split("***", 1)[0]
+    assert "INSERT INTO `items`" in rolled_back and f"`{sync_env.target_db}`.`items`" in report
+    assert any(
+        "retried" in r.getMessage() and "Deadlock found" in r.getMessage() for r in caplog.records
+    ), "the deadlocked load job was not retried"
+    assert result.success
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
