@@ -90,13 +90,20 @@ class DatabaseSettings:
         return [self.url.password] if self.url.password else []
 
     def connectorx_url(self) -> str:
-        """A `mysql://` URL for connectorx (Rust driver): same credentials, no SQLAlchemy driver."""
+        """A `mysql://` URL for connectorx (Rust driver): same credentials, no SQLAlchemy driver.
+
+        `prefer_socket=false`: the driver's default, after connecting to a loopback address,
+        reads the server's `@@socket` and reconnects through that Unix socket, bypassing the
+        host and port configured (an SSH tunnel or a proxy on 127.0.0.1, or even reaching a
+        different local server that owns that socket path). Connect where the URL says, as
+        PyMySQL does.
+        """
         user = quote(self.url.username or "", safe="")
         password = quote(self.url.password or "", safe="")
         auth = f"{user}:{password}@" if password else f"{user}@"
         host = self.url.host or "127.0.0.1"
         port = self.url.port or 3306
-        return f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}"
+        return f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}?prefer_socket=false"
 
 
 def normalize_url(raw: str | URL) -> URL:

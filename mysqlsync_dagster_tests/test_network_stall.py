@@ -144,6 +144,25 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     assert elapsed < 120, f"took {elapsed:.0f}s"
 
 
+def test_extraction_connects_to_the_configured_host_and_port(sync_env):
+    """connectorx's driver would switch a loopback connection to the server's Unix socket,
+    bypassing a tunnel or proxy on that port: it must stay on the TCP connection asked for."""
+    import connectorx as cx
+
+    from mysqlsync_dagster.db import DatabaseSettings
+
+    url = sync_env.servers.source.url.set(database=sync_env.source_db)
+    assert url.host == "127.0.0.1"
+    this_session = "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
+    for return_type in ("arrow", "arrow_stream"):
+        data = cx.read_sql(
+            DatabaseSettings(url=url).connectorx_url(), this_session, return_type=return_type
+        )
+        [host] = (data.read_all() if return_type == "arrow_stream" else data).column(0).to_pylist()
+        # over TCP the server shows the client's host:port; over the socket, "localhost"
+        assert host.rsplit(":", 1)[-1].isdigit(), f"{return_type}: connected as {host!r}"
+
+
 def _slow(items, pause_after: int, pause: float):
     for i, item in enumerate(items):
         if i == pause_after:
