@@ -7,12 +7,13 @@
         result = sync.finalize()                          # swap / cursor / clean-up
 
 Extraction is a dlt `sql_table` resource on the connectorx backend (Arrow record batches of
-`batch_size` rows, streamed), selecting the wire text of every column (see `wire.py`). In
-direct mode a dlt pipeline writes the batches to Parquet and hands each file to a custom
-destination, this run's `TableLoader`. In staging mode (`staging.py`) the same resource is
-iterated on its own: its batches are written to staged Parquet parts that the I/O manager
-loads through the same `TableLoader` while the next parts are read. The loader adds
-`_dlt_load_id` (the load's id, one value per run) and `_dlt_id` (made in bulk).
+`batch_size` rows, streamed from a child process, see `source_stream.py`), selecting the wire
+text of every column (see `wire.py`). In direct mode a dlt pipeline writes the batches to
+Parquet and hands each file to a custom destination, this run's `TableLoader`. In staging mode
+(`staging.py`) the same resource is iterated on its own: its batches are written to staged
+Parquet parts that the I/O manager loads through the same `TableLoader` while the next parts
+are read. The loader adds `_dlt_load_id` (the load's id, one value per run) and `_dlt_id` (made
+in bulk).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import dlt
+import pyarrow as pa
 import sqlalchemy as sa
 from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
@@ -57,6 +59,7 @@ from mysqlsync_dagster.schema import (
     quote,
     read_table_shape,
 )
+from mysqlsync_dagster.source_stream import SourceStream
 from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
 from mysqlsync_dagster.wire import wire_columns
 
@@ -68,22 +71,30 @@ LOAD_STREAMS = 2
 
 
 class WireTableLoader(ConnectorXTableLoader):
-    """Hands connectorx the SELECT as the server will see it.
+    """Reads the wire SELECT with connectorx, in a child process (see `source_stream.py`).
 
     dlt compiles with the engine's dialect, whose driver (PyMySQL) doubles every `%`; connectorx
-    sends the text as is, so it is compiled here for a driver-less dialect instead.
+    sends the text as is, so it is compiled here for a driver-less dialect instead. Each batch is
+    yielded as an Arrow table, as dlt's connectorx loader does (the wire SELECT has no temporal
+    columns, so none of its temporal fix-ups apply).
     """
 
     def compile_query(self, query: Any) -> str:
         return str(query.compile(dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}))
 
     def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
-        """connectorx has no read timeout of its own: with `read_timeout` in `backend_kwargs`,
-        a stream that delivers no batch for that long fails instead of hanging forever."""
+        """Reads through `backend_kwargs["stream"]` (a `SourceStream` started early), or a new
+        one. connectorx has no read timeout of its own: with `read_timeout` in
+        `backend_kwargs`, a stream that delivers no batch for that long fails (`ReadTimeout`)
+        and its reader is killed."""
         kwargs = dict(backend_kwargs or {})
-        timeout = kwargs.pop("read_timeout", None)
-        batches = super().load_rows(kwargs)
-        yield from (iterate_with_timeout(batches, timeout) if timeout else batches)
+        timeout = kwargs.get("read_timeout")
+        query = self.compile_query(self.make_query())
+        batch_size = int(kwargs.get("batch_size") or self.chunk_size)
+        with kwargs.get("stream") or SourceStream() as stream:
+            batches = stream.read(kwargs["conn"], query, batch_size)
+            for batch in iterate_with_timeout(batches, timeout) if timeout else batches:
+                yield pa.Table.from_batches([batch])
 
 
 class ReadTimeout(TimeoutError):
@@ -92,30 +103,43 @@ class ReadTimeout(TimeoutError):
 
 def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
     """Yield from `items`, produced in a thread, failing when the next one takes longer than
-    `timeout` seconds. A producer stuck in a blocking call is left behind (a daemon thread)."""
+    `timeout` seconds. The producer stops handing items over once this generator is finished;
+    one stuck in a blocking call is left behind (a daemon thread) until that call returns."""
     handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)  # bounds memory
+    finished = threading.Event()
+
+    def hand_over(kind: str, value: Any) -> bool:
+        while not finished.is_set():
+            with contextlib.suppress(queue.Full):
+                handoff.put((kind, value), timeout=0.2)
+                return True
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                handoff.put(("item", item))
-            handoff.put(("done", None))
+                if not hand_over("item", item):
+                    return
+            hand_over("done", None)
         except BaseException as error:  # a driver panic included: re-raised by the consumer
-            handoff.put(("error", error))
+            hand_over("error", error)
 
     threading.Thread(target=produce, name="mysqlsync-extract", daemon=True).start()
-    while True:
-        try:
-            kind, value = handoff.get(timeout=timeout)
-        except queue.Empty:
-            raise ReadTimeout(
-                f"no rows from the source for {timeout:.0f}s (DB_READ_TIMEOUT): read timed out"
-            ) from None
-        if kind == "done":
-            return
-        if kind == "error":
-            raise value
-        yield value
+    try:
+        while True:
+            try:
+                kind, value = handoff.get(timeout=timeout)
+            except queue.Empty:
+                raise ReadTimeout(
+                    f"no rows from the source for {timeout:.0f}s (DB_READ_TIMEOUT): read timed out"
+                ) from None
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        finished.set()
 
 
 class SyncError(RuntimeError):
@@ -209,6 +233,7 @@ class TableSync:
         self.log = log or logging.getLogger("mysqlsync_dagster")
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
         self._lock_conn: sa.Connection | None = None
+        self._source_stream: SourceStream | None = None
         self._started = time.perf_counter()
         self.shape: TableShape | None = None
         self.loader: TableLoader | None = None
@@ -242,6 +267,8 @@ class TableSync:
 
     def prepare(self) -> None:
         cfg = self.cfg
+        if self._backend_name() == "connectorx":  # its start-up overlaps the preparation
+            self._source_stream = SourceStream()
         with connect(self.source_engine, "source", self.source_settings) as conn:
             shape = read_table_shape(conn, self.source_db, cfg.table)
             if shape is None:
@@ -481,10 +508,13 @@ class TableSync:
             primary_key=list(self.cfg.primary_key),
         ).with_name(resource_name(self.cfg))
 
-    def _backend(self) -> dict[str, Any]:
+    def _backend_name(self) -> str:
         """connectorx (about 6x faster here) unless the source needs TLS, which its MySQL
         driver cannot do: then dlt's pyarrow backend over the TLS-verified PyMySQL engine."""
-        if self.source_settings.ssl:
+        return "pyarrow" if self.source_settings.ssl else "connectorx"
+
+    def _backend(self) -> dict[str, Any]:
+        if self._backend_name() == "pyarrow":
             return {"backend": "pyarrow"}
         return {
             "backend": "connectorx",
@@ -492,8 +522,8 @@ class TableSync:
             "backend_kwargs": {
                 "conn": self.source_settings.connectorx_url(),
                 "read_timeout": self.source_settings.read_timeout,
-                "return_type": "arrow_stream",
                 "batch_size": self.extract_batch_rows,
+                "stream": self._source_stream,
             },
         }
 
@@ -601,4 +631,7 @@ class TableSync:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self._lock_conn.close()
             self._lock_conn = None
+        if self._source_stream is not None:
+            self._source_stream.close()
+            self._source_stream = None
         shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""connectorx's streaming read of the source, run in a child process.
+
+connectorx holds Python's GIL for as long as its Rust code waits on the network: while it
+connects and runs the query (`read_sql(..., return_type="arrow_stream")`) and while it fetches
+each batch. A stalled source network would freeze the whole Python process, so no thread of it
+(the extraction watchdog, Dagster's own) could notice. Reading in a child process keeps the sync
+process free: it receives the batches over a pipe (Arrow IPC, no conversion), its watchdog can
+time out, and `SourceStream.close` then kills the child and with it the stalled connection.
+
+The child is this file run as a script (`python -P source_stream.py`, importing only pyarrow and
+connectorx). It starts when the sync starts, so that its start-up (about 0.3 s) overlaps the
+sync's preparation, then waits for its one request on stdin: a JSON line with the URL (and its
+password: never on a command line), the query and the batch size. It reports a failure on its
+stderr as one line `ERROR_PREFIX + "<type>: <message>"` and exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+ERROR_PREFIX = "mysqlsync-source-stream-error: "
+
+
+class SourceReadError(RuntimeError):
+    """The child reading the source failed; the message is its error ("<type>: <message>")."""
+
+
+class SourceStream:
+    """A child process that reads one query with connectorx: `read()` once, then `close()`
+    (also on leaving a `with` block), which kills the child if it still runs."""
+
+    def __init__(self) -> None:
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._process = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__).resolve())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+
+    def __enter__(self) -> SourceStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def read(
+        self, conn: str, query: str, batch_size: int, protocol: str = "binary"
+    ) -> Iterator[pa.RecordBatch]:
+        """The record batches of `query` on the source at `conn` (a connectorx URL)."""
+        request = {"conn": conn, "query": query, "batch_size": batch_size, "protocol": protocol}
+        assert self._process.stdin is not None and self._process.stdout is not None
+        with contextlib.suppress(OSError):  # a child that died: its error is reported below
+            self._process.stdin.write(json.dumps(request).encode() + b"\n")
+            self._process.stdin.close()
+        try:
+            # pyarrow reads the pipe with the GIL released while it waits
+            yield from pa.ipc.open_stream(self._process.stdout)
+        except (pa.ArrowInvalid, OSError) as error:  # the stream broke off: say why
+            self._process.wait()
+            message = self._child_error() or f"{type(error).__name__}: {error}"
+            raise SourceReadError(message) from None
+        if self._process.wait() != 0:
+            raise SourceReadError(self._child_error() or "the source reader failed")
+
+    def _child_error(self) -> str | None:
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").splitlines()
+        errors = [line[len(ERROR_PREFIX) :] for line in lines if line.startswith(ERROR_PREFIX)]
+        if errors:
+            return errors[-1]
+        if self._process.returncode and self._process.returncode < 0:
+            return f"the source reader was killed by signal {-self._process.returncode}"
+        return "\n".join(lines[-5:]) or None
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+
+def _serve(request: dict[str, Any]) -> None:
+    import connectorx as cx
+
+    reader = cx.read_sql(
+        request["conn"],
+        request["query"],
+        return_type="arrow_stream",
+        batch_size=int(request["batch_size"]),
+        protocol=request["protocol"],
+    )
+    with pa.ipc.new_stream(sys.stdout.buffer, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+
+
+def main() -> int:
+    import connectorx  # noqa: F401 (loaded while the parent prepares the sync)
+
+    line = sys.stdin.readline()
+    if not line:  # the sync ended before extracting (it failed, or was cancelled)
+        return 0
+    try:
+        _serve(json.loads(line))
+    except BrokenPipeError:  # the parent stopped reading (closed the stream)
+        return 1
+    except BaseException as error:  # a driver panic included (pyo3's PanicException)
+        text = f"{type(error).__name__}: {error}".replace("\n", " ")
+        sys.stderr.write(ERROR_PREFIX + text + "\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
