@@ -18,10 +18,13 @@ from mysqlsync_dagster.resources import MySQLResource
 
 class StallingProxy:
     """A loopback TCP proxy to `port`; while `stalled` is set it stops relaying bytes (the
-    connections stay open, as behind a dead router or a full network queue)."""
+    connections stay open, as behind a dead router or a full network queue). With
+    `stall_after_bytes` it sets `stalled` itself, once, when one connection has carried that
+    many bytes from the server (mid-result, whatever the timing)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, stall_after_bytes: int | None = None) -> None:
         self.target_port = port
+        self.stall_after_bytes = stall_after_bytes
         self.stalled = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -38,12 +41,13 @@ class StallingProxy:
             except OSError:  # the listener was closed: the test is over
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, from_server in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, from_server), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
         # Blocking sockets, polled with select: a slow reader applies backpressure (sendall
         # waits), as on a real network, instead of the proxy giving up on it.
+        relayed = 0
         while not self.stop.is_set():
             if self.stalled.is_set():
                 time.sleep(0.05)
@@ -56,6 +60,11 @@ class StallingProxy:
                 if not data:
                     break
                 dst.sendall(data)
+                relayed += len(data)
+                trip = self.stall_after_bytes
+                if from_server and trip is not None and relayed >= trip:
+                    self.stall_after_bytes = None
+                    self.stalled.set()
             except (OSError, ValueError):
                 break
         for s in (src, dst):
@@ -67,12 +76,11 @@ class StallingProxy:
         self.listener.close()
 
 
-@pytest.mark.parametrize("side", ["target"])
-def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch, side):
-    """Stall the target mid-load: the read timeout fires, the run retries and converges.
-
-    (The source side is not run through this proxy: connectorx's streaming reader does not
-    connect through it, stalled or not. Its watchdog is tested below on its own.)"""
+@pytest.mark.parametrize("side", ["target", "source"])
+def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch, caplog, side):
+    """Stall the target mid-load, or the source mid-extract: the read timeout fires (PyMySQL's
+    on the target, the extraction watchdog on connectorx's stream), the run retries and
+    converges."""
     from mysqlsync_dagster.loading import work_table_name
 
     rows = 20000 if side == "target" else 300000
@@ -83,7 +91,8 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     monkeypatch.setenv("SYNC_RETRY_DELAY", "1")  # read when the definitions are built
     handle = getattr(sync_env.servers, side)
     database = sync_env.target_db if side == "target" else sync_env.source_db
-    proxy = StallingProxy(handle.url.port)
+    # the source stalls once the extraction has streamed 1 MB of its ~6 MB of rows
+    proxy = StallingProxy(handle.url.port, 1_000_000 if side == "source" else None)
     proxied = handle.url.set(port=proxy.port, database=database).render_as_string(False)
     direct = {"target": sync_env.target_url(), "source": sync_env.source_url()}
     resources = {
@@ -100,30 +109,25 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     }
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "batch_size": 1000}])
     defs = build_definitions(tables, 300, environ={})
-    if side == "target":  # the load is under way: the copy built aside has rows
-        probe = f"SELECT COUNT(*) >= 3000 FROM `{work_table_name('t', 'new')}`"
-    else:  # the extraction query is running
-        probe = (
-            "SELECT COUNT(*) > 0 FROM information_schema.PROCESSLIST"
-            " WHERE INFO LIKE 'SELECT CAST(%%' AND INFO LIKE '%%FROM%%t%%'"
-        )
+    # the target's load is under way when the copy built aside has rows
+    probe = f"SELECT COUNT(*) >= 3000 FROM `{work_table_name('t', 'new')}`"
     watcher = handle.engine(database, poolclass=sa.pool.NullPool)
     stalled = threading.Event()
 
     def stall_for_a_while() -> None:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # through a direct connection, not the proxy
+        while side == "target" and time.monotonic() < deadline:  # a direct connection
             try:
                 with watcher.connect() as conn:
                     conn.exec_driver_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
                     if conn.exec_driver_sql(probe).scalar():
+                        proxy.stalled.set()
                         break
             except sa.exc.SQLAlchemyError:
                 pass
             time.sleep(0.005)
-        else:
+        if not proxy.stalled.wait(max(deadline - time.monotonic(), 0)):
             return
-        proxy.stalled.set()
         stalled.set()
         time.sleep(4.0)  # longer than the 2 s read timeout
         proxy.stalled.clear()
@@ -138,6 +142,18 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
         proxy.close()
     elapsed = time.monotonic() - started
     assert stalled.is_set(), f"the {side} work ended before the stall: the test proved nothing"
+    # a timeout, not a hang, failed the work, which was retried: the load job by dlt, the
+    # extraction by Dagster's retry policy
+    retried = [
+        *(r.getMessage() for r in caplog.records if "retried" in r.getMessage()),
+        *(
+            e.event_specific_data.error.to_string()
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+        ),
+    ]
+    timed_out = {"source": "(DB_READ_TIMEOUT): read timed out", "target": "(timed out)"}[side]
+    assert any(timed_out in message for message in retried), retried
     assert result.success
     assert sync_env.target_rows("t") == sync_env.source_rows("t")
     # the stall cost a timeout and a retry, not a hang
@@ -195,3 +211,23 @@ def test_extraction_watchdog_passes_errors_through():
     assert is_transient(
         ReadTimeout("no rows from the source for 2s (DB_READ_TIMEOUT): read timed out")
     )
+
+
+def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env):
+    """The child reading the source: its failure comes back as its message (classified as
+    usual), and closing a stream midway kills it."""
+    from mysqlsync_dagster.db import DatabaseSettings, is_transient
+    from mysqlsync_dagster.source_stream import SourceReadError, SourceStream
+
+    url = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
+    sync_env.source_exec(
+        "CREATE TABLE t (id INT PRIMARY KEY)", "INSERT INTO t SELECT seq FROM seq_1_to_100000"
+    )
+    with SourceStream() as stream, pytest.raises(SourceReadError, match="doesn't exist") as failure:
+        list(stream.read(url.connectorx_url(), "SELECT id FROM missing", 1000))
+    assert not is_transient(failure.value)
+    with SourceStream() as stream:
+        batches = stream.read(url.connectorx_url(), "SELECT id FROM t", 1000)
+        assert next(batches).num_rows == 1000
+        process = stream._process
+    assert process.returncode is not None  # killed by close(), not left reading
