@@ -203,10 +203,6 @@ class TableRun:
             yield
         except Exception as error:
             raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
-        except BaseException as error:  # a driver panic; anything else (GeneratorExit...) goes on
-            if not retries.is_driver_panic(error):
-                raise
-            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
 
     def delete_missing_rows(self, strategy: str) -> int:
         """With `detect_deletes`, after an upsert (a swap drops such rows anyway)."""

@@ -47,12 +47,6 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, TableBusy | TransientCheckError) or is_transient(error)
 
 
-def is_driver_panic(error: BaseException) -> bool:
-    """A Rust driver (connectorx) reports some failures, a dropped connection among them, as a
-    panic: a BaseException that `except Exception` and Dagster's retry policy would miss."""
-    return type(error).__name__ == "PanicException"
-
-
 def sync_failure(table: str, error: BaseException, secrets: Iterable[str]) -> dg.Failure:
     """The `dg.Failure` to raise for `error` while syncing `table` (message free of secrets)."""
     retryable = is_retryable(error)

@@ -121,7 +121,7 @@ def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
                 if not hand_over("item", item):
                     return
             hand_over("done", None)
-        except BaseException as error:  # a driver panic included: re-raised by the consumer
+        except BaseException as error:  # re-raised by the consumer
             hand_over("error", error)
 
     threading.Thread(target=produce, name="mysqlsync-extract", daemon=True).start()
