@@ -144,6 +144,8 @@ def result_metadata(
         metadata["warnings"] = "\n".join(result.warnings)
     if result.source_rows_estimate is not None:
         metadata["source_rows_estimate"] = dg.MetadataValue.int(int(result.source_rows_estimate))
+    if result.reader_peak_rss_mb is not None:
+        metadata["reader_peak_rss_mb"] = dg.MetadataValue.float(round(result.reader_peak_rss_mb, 1))
     return metadata
 
 

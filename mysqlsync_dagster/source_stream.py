@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 ERROR_PREFIX = "mysqlsync-source-stream-error: "
+RSS_PREFIX = "mysqlsync-source-stream-peak-rss-kb: "
 
 
 class SourceReadError(RuntimeError):
@@ -39,6 +42,7 @@ class SourceStream:
     (also on leaving a `with` block), which kills the child if it still runs."""
 
     def __init__(self) -> None:
+        self.final_peak_rss_mb: float | None = None
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self._process = subprocess.Popen(
             [sys.executable, "-P", str(Path(__file__).resolve())],
@@ -72,9 +76,24 @@ class SourceStream:
         if self._process.wait() != 0:
             raise SourceReadError(self._child_error() or "the source reader failed")
 
+    def _child_lines(self) -> list[str]:
+        with contextlib.suppress(OSError, ValueError):
+            self._stderr.seek(0)
+            return self._stderr.read().decode(errors="replace").splitlines()
+        return []
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        """The reader's own peak memory, once it has finished reading (None before)."""
+        if self.final_peak_rss_mb is not None:  # closed: its stderr is gone
+            return self.final_peak_rss_mb
+        sizes = [
+            line[len(RSS_PREFIX) :] for line in self._child_lines() if line.startswith(RSS_PREFIX)
+        ]
+        return int(sizes[-1]) / 1024 if sizes else None
+
     def _child_error(self) -> str | None:
-        self._stderr.seek(0)
-        lines = self._stderr.read().decode(errors="replace").splitlines()
+        lines = [line for line in self._child_lines() if not line.startswith(RSS_PREFIX)]
         errors = [line[len(ERROR_PREFIX) :] for line in lines if line.startswith(ERROR_PREFIX)]
         if errors:
             return errors[-1]
@@ -86,6 +105,7 @@ class SourceStream:
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
+        self.final_peak_rss_mb = self.peak_rss_mb
         for stream in (self._process.stdin, self._process.stdout, self._stderr):
             with contextlib.suppress(OSError):
                 if stream is not None:
@@ -107,7 +127,20 @@ def _serve(request: dict[str, Any]) -> None:
             writer.write_batch(batch)
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the sync process dies (SIGKILLed, say) rather than linger on a
+    stalled connection; a parent already gone: exit now."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        sys.exit(1)
+
+
 def main() -> int:
+    _die_with_parent()
     import connectorx  # noqa: F401 (loaded while the parent prepares the sync)
 
     line = sys.stdin.readline()
@@ -121,6 +154,9 @@ def main() -> int:
         text = f"{type(error).__name__}: {error}".replace("\n", " ")
         sys.stderr.write(ERROR_PREFIX + text + "\n")
         return 1
+    finally:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+        sys.stderr.write(f"{RSS_PREFIX}{peak}\n")
     return 0
 
 

@@ -252,7 +252,7 @@ class StagingWriter:
             self.manifest.extract_seconds = time.perf_counter() - started
             self.manifest.status = "staged"
             self.manifest.save(self.run_dir)
-        except BaseException as error:  # a driver panic included: re-raised by `parts()`
+        except BaseException as error:  # re-raised by `parts()` in the loading thread
             self._error = error
         finally:
             if writer is not None:  # an unfinished part: closed, never listed in the manifest

@@ -165,6 +165,7 @@ class SyncResult:
     source_rows_estimate: int | None
     columns: list[tuple[str, str, bool]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reader_peak_rss_mb: float | None = None  # the connectorx child process's own peak
 
     @property
     def rows_per_second(self) -> float:
@@ -616,6 +617,7 @@ class TableSync:
             source_rows_estimate=self.source_rows_estimate,
             warnings=self.warnings,
             columns=[(c.name, c.column_type, c.nullable) for c in self.shape.columns],
+            reader_peak_rss_mb=self._source_stream.peak_rss_mb if self._source_stream else None,
         )
 
     def _cleanup(self, *, failed: bool) -> None:

@@ -1,6 +1,7 @@
 """A network that stops forwarding: the read timeout fires instead of the sync hanging."""
 
 import contextlib
+import logging
 import select
 import socket
 import threading
@@ -133,6 +134,9 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
         proxy.stalled.clear()
 
     staller = threading.Thread(target=stall_for_a_while)
+    # dlt logs its load-job retries on its own logger, which may not propagate to the root
+    dlt_logger = logging.getLogger("dlt")
+    dlt_logger.addHandler(caplog.handler)
     started = time.monotonic()
     staller.start()
     try:
@@ -140,6 +144,7 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     finally:
         staller.join()
         proxy.close()
+        dlt_logger.removeHandler(caplog.handler)
     elapsed = time.monotonic() - started
     assert stalled.is_set(), f"the {side} work ended before the stall: the test proved nothing"
     # a timeout, not a hang, failed the work, which was retried: the load job by dlt, the
@@ -231,3 +236,41 @@ def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env)
         assert next(batches).num_rows == 1000
         process = stream._process
     assert process.returncode is not None  # killed by close(), not left reading
+
+
+def test_the_reader_dies_with_a_killed_sync_process():
+    """A sync process SIGKILLed (the OOM killer, `docker kill`) does not leave its reader
+    behind, holding a source connection."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from mysqlsync_dagster.source_stream import SourceStream\n"
+            "stream = SourceStream()\n"
+            "print(stream._process.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    reader = int(parent.stdout.readline())
+    os.kill(reader, 0)  # running, waiting for its request
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(reader, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{reader}/stat") as stat:  # a zombie: dead, waiting to be reaped
+            if stat.read().split(") ")[1].startswith("Z"):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"reader {reader} outlived its killed sync process")

@@ -47,6 +47,7 @@ def test_round_trip_through_the_io_manager(sync_env):
     assert meta["bytes_staged"] > 0
     assert meta["compression"] == "zstd"
     assert meta["compression_ratio"] > 1
+    assert 10 < meta["reader_peak_rss_mb"] < 1000  # the connectorx reader process's own peak
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
     assert stored_cursor(sync_env) == "2024-01-01 03:20:00"
 
