@@ -127,6 +127,16 @@ def _serve(request: dict[str, Any]) -> None:
             writer.write_batch(batch)
 
 
+def _own_peak_rss_kb() -> int:
+    """This process's peak RSS in kB. Not `ru_maxrss`: after fork and exec it also counts the
+    parent's RSS at the fork (Linux keeps the old image's high-water mark)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _die_with_parent() -> None:
     """Linux: be killed when the sync process dies (SIGKILLed, say) rather than linger on a
     stalled connection; a parent already gone: exit now."""
@@ -155,8 +165,7 @@ def main() -> int:
         sys.stderr.write(ERROR_PREFIX + text + "\n")
         return 1
     finally:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-        sys.stderr.write(f"{RSS_PREFIX}{peak}\n")
+        sys.stderr.write(f"{RSS_PREFIX}{_own_peak_rss_kb()}\n")
     return 0
 
 
