@@ -309,15 +309,15 @@ def format_report(report: dict[str, Any]) -> str:
         f" {report['load_average_after'][0]} after",
         "",
         "| table  | step                          | process s | x dump | goal    | in-run s |"
-        " rows written | peak RSS MB | reader MB | extract s | load s |",
+        " rows written | peak RSS MB | reader MB | sum MB | extract s | load s |",
         "|--------|-------------------------------|----------:|-------:|---------|---------:|"
-        "-------------:|------------:|----------:|----------:|-------:|",
+        "-------------:|------------:|----------:|-------:|----------:|-------:|",
     ]
     reference = "mariadb-dump \\| mariadb"
     for table, seconds in refs.items():
         lines.append(
             f"| {table:<6} | {reference:<29} | {seconds:9.2f} |   1.00 |"
-            f" {'':<7} | {'':>8} | {'':>12} | {'':>11} | {'':>9} | {'':>9} | {'':>6} |"
+            f" {'':<7} | {'':>8} | {'':>12} | {'':>11} | {'':>9} | {'':>6} | {'':>9} | {'':>6} |"
         )
         for step in (s for s in report["steps"] if s["table"] == table):
             label = f"{step['mode']} {KIND_LABEL[step['kind']]} ({step['strategy']})"
@@ -328,6 +328,7 @@ def format_report(report: dict[str, Any]) -> str:
                 f" {step['ratio_to_dump']:6.2f} | {goal_text:<7} | {step['seconds']:8.2f} |"
                 f" {step['rows_written']:>12,} |"
                 f" {step['peak_rss_mb']:11.0f} | {_figure(step, 'reader_peak_rss_mb', 9, 0)} |"
+                f" {step['peak_rss_mb'] + (step.get('reader_peak_rss_mb') or 0):6.0f} |"
                 f" {_figure(step, 'extract_seconds', 9, 2)} | {_figure(step, 'load_seconds', 6, 2)} |"
             )
     staged = [s for s in report["steps"] if s["mode"] == "staging" and s.get("bytes_staged")]
@@ -341,7 +342,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"process s: the whole sync process, start-up included (importing dagster, dlt and this"
         f" package alone takes {report['import_seconds']:.2f}s); in-run s: the asset's own time;"
         " peak RSS: the sync process; reader MB: its connectorx reader process, which runs"
-        " alongside it"
+        " alongside it; sum MB: both peaks added (an upper bound of their joint peak)"
     )
     lines.append(f"copies match source (count + CRC32 sum): {report['copies_match_source']}")
     return "\n".join(lines)
