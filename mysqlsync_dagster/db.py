@@ -36,8 +36,10 @@ TRANSIENT_ERROR_CODES = frozenset(
 _TRANSIENT_TEXT = re.compile(
     r"Lost connection|server has gone away|Connection refused|Broken pipe|Connection reset|"
     r"Deadlock found|Lock wait timeout|QueuePool limit|"
-    # connectorx (Rust driver) losing its connection mid-read
-    r"bytes remaining on stream|CodecError \{ IO error|read timed out",
+    # connectorx (Rust driver) losing its connection mid-read; its reader process reports it
+    # as "PanicException: cx writer failed: Source(MySQLError(IoError { server disconnected }))"
+    r"bytes remaining on stream|CodecError \{ IO error|IoError \{|server disconnected|"
+    r"read timed out",
     re.IGNORECASE,
 )
 
@@ -249,9 +251,15 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa.exc.TimeoutError):  # pool exhausted for pool_timeout seconds
         return True
     code = mysql_error_code(error)
+    if code is None:  # connectorx's reader reports server errors as text: "ERROR 1927 (70100)"
+        found = _RUST_DRIVER_CODE.search(str(error))
+        code = int(found.group(1)) if found else None
     if code is not None:
         return code in TRANSIENT_ERROR_CODES
     return bool(_TRANSIENT_TEXT.search(str(error)))
+
+
+_RUST_DRIVER_CODE = re.compile(r"\bERROR (\d{4}) \(\w{5}\)")
 
 
 # A MySQL dialect with no driver behind it: quotes identifiers and renders SQL as the server will

@@ -15,6 +15,7 @@ from mysqlsync_dagster import retries
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.factory import build_definitions
 from mysqlsync_dagster.schema import SchemaError
+from mysqlsync_dagster.source_stream import SourceReadError
 from mysqlsync_dagster.sync import TableBusy
 
 UNREACHABLE = {
@@ -36,6 +37,27 @@ def driver_error(code: int, text: str) -> sa.exc.DBAPIError:
         (driver_error(1213, "Deadlock found when trying to get lock"), True),
         (sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"), True),
         (TableBusy("table 't': another sync of target table 't' is running"), True),
+        (  # the connectorx reader process, its connection killed mid-read
+            SourceReadError(
+                "PanicException: cx writer failed: Source(MySQLError(IoError { server"
+                " disconnected }))"
+            ),
+            True,
+        ),
+        (SourceReadError("ProgrammingError: Table 'db.missing' doesn't exist"), False),
+        (
+            SourceReadError(
+                "RuntimeError: MySQLError(MySqlError { ERROR 1927 (70100): Connection was killed })"
+            ),
+            True,
+        ),
+        (
+            SourceReadError(
+                "RuntimeError: MySQLError(MySqlError { ERROR 1146 (42S02): Table 'db.x' doesn't"
+                " exist })"
+            ),
+            False,
+        ),
         (driver_error(1146, "Table 'db.t' doesn't exist"), False),
         (driver_error(1054, "Unknown column 'x' in 'field list'"), False),
         (driver_error(1045, "Access denied for user 'u'@'h' (using password: YES)"), False),
