@@ -233,11 +233,20 @@ def _error_chain(error: BaseException) -> list[BaseException]:
 
 
 def mysql_error_code(error: BaseException) -> int | None:
-    """The MySQL error number behind a (possibly wrapped) driver exception, if any."""
-    for candidate in _error_chain(error):
+    """The MySQL error number behind a (possibly wrapped) driver exception, if any: PyMySQL's
+    first argument, or the "ERROR 1927 (70100)" in the text connectorx's reader reports."""
+    chain = _error_chain(error)
+    for candidate in chain:
         if candidate.args and isinstance(candidate.args[0], int):
             return candidate.args[0]
+    for candidate in chain:
+        found = _RUST_DRIVER_CODE.search(str(candidate))
+        if found:
+            return int(found.group(1))
     return None
+
+
+_RUST_DRIVER_CODE = re.compile(r"\bERROR (\d{4}) \(\w{5}\)")
 
 
 # TLS failures arrive as "can't connect" (2003) but will fail the same way every time.
@@ -251,15 +260,9 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sa.exc.TimeoutError):  # pool exhausted for pool_timeout seconds
         return True
     code = mysql_error_code(error)
-    if code is None:  # connectorx's reader reports server errors as text: "ERROR 1927 (70100)"
-        found = _RUST_DRIVER_CODE.search(str(error))
-        code = int(found.group(1)) if found else None
     if code is not None:
         return code in TRANSIENT_ERROR_CODES
     return bool(_TRANSIENT_TEXT.search(str(error)))
-
-
-_RUST_DRIVER_CODE = re.compile(r"\bERROR (\d{4}) \(\w{5}\)")
 
 
 # A MySQL dialect with no driver behind it: quotes identifiers and renders SQL as the server will

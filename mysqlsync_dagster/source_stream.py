@@ -42,7 +42,8 @@ class SourceStream:
     (also on leaving a `with` block), which kills the child if it still runs."""
 
     def __init__(self) -> None:
-        self.final_peak_rss_mb: float | None = None
+        # the reader's own peak memory, as it reported on exit; set by close()
+        self.peak_rss_mb: float | None = None
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self._process = subprocess.Popen(
             [sys.executable, "-P", str(Path(__file__).resolve())],
@@ -82,11 +83,7 @@ class SourceStream:
             return self._stderr.read().decode(errors="replace").splitlines()
         return []
 
-    @property
-    def peak_rss_mb(self) -> float | None:
-        """The reader's own peak memory, once it has finished reading (None before)."""
-        if self.final_peak_rss_mb is not None:  # closed: its stderr is gone
-            return self.final_peak_rss_mb
+    def _reported_peak_rss_mb(self) -> float | None:
         sizes = [
             line[len(RSS_PREFIX) :] for line in self._child_lines() if line.startswith(RSS_PREFIX)
         ]
@@ -105,7 +102,8 @@ class SourceStream:
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
-        self.final_peak_rss_mb = self.peak_rss_mb
+        if self.peak_rss_mb is None:  # a second close() finds its stderr closed
+            self.peak_rss_mb = self._reported_peak_rss_mb()
         for stream in (self._process.stdin, self._process.stdout, self._stderr):
             with contextlib.suppress(OSError):
                 if stream is not None:

@@ -6,7 +6,7 @@ One run of a table with `"mode": "staging"`:
    this table's run directories older than `STAGING_RETENTION_HOURS`, and starts a
    `StagingWriter`: a thread that iterates the table's dlt `sql_table` resource and writes its
    Arrow batches to `STAGING_DIR/<table>/<UTC time>-<run id>/part-NNNNN.parquet` with
-   `PARQUET_COMPRESSION`, row groups of `batch_size` rows, a part every `BATCHES_PER_PART`
+   `PARQUET_COMPRESSION`, a row group per extraction batch, a part every `BATCHES_PER_PART`
    batches. `manifest.json` next to them records the plan (target, load id, wire columns and
    kinds, strategy, cursor before/after, batch size, codec) and each closed part (rows,
    bytes); it says `staged` once extraction is complete.

@@ -306,11 +306,10 @@ class TableSync:
                 if created and self.cursor_before is not None:
                     # the table was dropped or lost since its last sync: rows before the
                     # cursor would never come back, so copy it whole
-                    self.warnings.append(
-                        f"target table {cfg.target!r} was missing although a sync had reached"
-                        f" cursor {self.cursor_before}: copied in full"
+                    self._warn(
+                        f"table {cfg.table!r}: target table {cfg.target!r} was missing although"
+                        f" a sync had reached cursor {self.cursor_before}: copied in full"
                     )
-                    self.log.warning("%s: %s", cfg.table, self.warnings[-1])
                     self.cursor_before = None
         windowed = self.window is not None or self.cursor_before is not None
         strategy: Strategy = "upsert" if windowed else "swap"
