@@ -198,6 +198,15 @@ def fetch_comparable(
         return [tuple(row) for row in run_sql(conn, sql)]
 
 
+def failure_message(result: dg.ExecuteInProcessResult, node: str) -> str:
+    """The innermost error message of step `node`'s one failure."""
+    [failure] = [e for e in result.get_step_failure_events() if e.step_key == node]
+    error = failure.event_specific_data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message
+
+
 def materialization_metadata(
     result: dg.ExecuteInProcessResult, node: str = "sync_orders"
 ) -> dict[str, Any]:

@@ -3,16 +3,9 @@
 import pytest
 
 from mysqlsync_dagster.cli import main
+from mysqlsync_dagster_tests.harness import failure_message
 
 PASSWORD = "Bad!Input@Pw:9/%"
-
-
-def failure_message(result, node):
-    [failure] = [e for e in result.get_step_failure_events() if e.step_key == node]
-    error = failure.event_specific_data.error
-    while error.cause is not None:
-        error = error.cause
-    return error.message
 
 
 def target_tables(sync_env):
