@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from mysqlsync_dagster.bench import add_arguments, run_from_args
+from mysqlsync_dagster.tools.bench import add_arguments, run_from_args
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

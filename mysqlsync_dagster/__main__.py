@@ -22,7 +22,7 @@ def startup_done() -> None:
 
 def run() -> None:
     gc.disable()
-    from mysqlsync_dagster import cli
+    from mysqlsync_dagster.tools import cli
 
     code = cli.main(ready=startup_done)
     gc.freeze()  # nothing left to collect that the exit would not free anyway

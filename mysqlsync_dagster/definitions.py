@@ -4,6 +4,6 @@ Loading it reads tables.json and never connects to a database.
 """
 
 from mysqlsync_dagster.config import interval_seconds, load_tables_config
-from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions
 
 defs = build_definitions(load_tables_config(), interval_seconds())

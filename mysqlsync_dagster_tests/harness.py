@@ -24,10 +24,10 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig, parse_tables_config
 from mysqlsync_dagster.db import quote_identifier, run_sql
-from mysqlsync_dagster.factory import build_definitions
-from mysqlsync_dagster.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.schema import SPATIAL_TYPES
+from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
 
 SOURCE_TIME_ZONE = "+07:00"
 _counter = itertools.count(1)
@@ -119,7 +119,7 @@ class SyncEnv:
     def resources(self) -> dict[str, Any]:
         from dagster_dlt import DagsterDltResource
 
-        from mysqlsync_dagster.staging import IO_MANAGER_KEY, ParquetStagingIOManager
+        from mysqlsync_dagster.pipeline.staging import IO_MANAGER_KEY, ParquetStagingIOManager
 
         target_db = MySQLResource(side="TARGET", url=self.target_url())
         return {

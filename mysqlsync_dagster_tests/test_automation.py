@@ -9,10 +9,20 @@ import time
 import dagster as dg
 import pytest
 
-from mysqlsync_dagster.automation import SENSOR_NAME, Seen, decide, format_cursor, parse_cursor
-from mysqlsync_dagster.cadence import cron_max_gap_seconds, freshness_minutes, interval_cron
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.orchestration.automation import (
+    SENSOR_NAME,
+    Seen,
+    decide,
+    format_cursor,
+    parse_cursor,
+)
+from mysqlsync_dagster.orchestration.cadence import (
+    cron_max_gap_seconds,
+    freshness_minutes,
+    interval_cron,
+)
+from mysqlsync_dagster.orchestration.factory import build_definitions
 
 UNREACHABLE = {
     "SOURCE_DB_URL": "mysql://u:pw@127.0.0.1:9/s",
@@ -247,7 +257,7 @@ def test_many_tables_in_one_run_with_a_small_pool(sync_env):
     exhaustion (a sync holds its lock connection and one working connection). A leak of one
     connection per table would exhaust the pool by the third table; 30 tables keep this test
     near 40 s (120 took 160 s here, about 1.3 s of dlt and Dagster set-up per table)."""
-    from mysqlsync_dagster.resources import MySQLResource
+    from mysqlsync_dagster.orchestration.resources import MySQLResource
 
     count = 30
     sync_env.source_exec(

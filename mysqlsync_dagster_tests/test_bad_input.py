@@ -2,7 +2,7 @@
 
 import pytest
 
-from mysqlsync_dagster.cli import main
+from mysqlsync_dagster.tools.cli import main
 from mysqlsync_dagster_tests.harness import failure_message
 
 PASSWORD = "Bad!Input@Pw:9/%"

@@ -11,8 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from mysqlsync_dagster import cli
-from mysqlsync_dagster.checks import (
+from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.db import create_engine, settings_from_env
+from mysqlsync_dagster.tools import cli
+from mysqlsync_dagster.verify.checks import (
     CHECKSUM_MATCH,
     ROW_COUNT_MATCH,
     SOURCE_ROW_COUNT,
@@ -28,8 +30,6 @@ from mysqlsync_dagster.checks import (
     next_chunk_rows,
     run_all_checks,
 )
-from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.db import create_engine, settings_from_env
 
 # -- pure logic ------------------------------------------------------------------------------
 

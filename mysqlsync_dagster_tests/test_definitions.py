@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions
 
 REPO = Path(__file__).resolve().parents[1]
 UNREACHABLE = {

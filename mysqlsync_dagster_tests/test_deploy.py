@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mysqlsync_dagster import resources
+from mysqlsync_dagster.orchestration import resources
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "mysqlsync_dagster"

@@ -12,10 +12,10 @@ from urllib.parse import quote, quote_plus
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster.cli import main
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.db import settings_from_env
-from mysqlsync_dagster.doctor import (
+from mysqlsync_dagster.tools.cli import main
+from mysqlsync_dagster.tools.doctor import (
     STAGING_MIN_BYTES,
     STAGING_MIN_ROWS,
     Finding,

@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster_tests.harness import fetch_comparable
 
 
@@ -45,7 +45,7 @@ def _crash_target_when(sync_env, sql: str, threshold: int, seen: dict) -> thread
 
 
 def _aside_rows_sql(sync_env, table: str) -> str:
-    from mysqlsync_dagster.loading import work_table_name
+    from mysqlsync_dagster.targets.mysql.loader import work_table_name
 
     return f"SELECT COUNT(*) FROM `{work_table_name(table, 'new')}`"
 
@@ -213,14 +213,14 @@ def test_sync_process_killed_mid_load_then_next_run_converges(sync_env, tmp_path
     import subprocess
     import sys
 
-    from mysqlsync_dagster.loading import work_table_name
+    from mysqlsync_dagster.targets.mysql.loader import work_table_name
 
     _big_source_table(sync_env, 60000)
     table = {"table": "big", "primary_key": "id", "modifier": "updated_at", "batch_size": 1000}
     code = (
         "import json, sys, dagster as dg\n"
         "from mysqlsync_dagster.config import parse_tables_config\n"
-        "from mysqlsync_dagster.factory import build_definitions\n"
+        "from mysqlsync_dagster.orchestration.factory import build_definitions\n"
         "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), 300)\n"
         "dg.materialize(list(defs.assets), resources=defs.resources)\n"
     )

@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster.mariadb_server import free_port
+from mysqlsync_dagster.tools.mariadb_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PG_USER = "postgres"

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.resources import MySQLResource
 
 
 class StallingProxy:
@@ -82,7 +82,7 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     """Stall the target mid-load, or the source mid-extract: the read timeout fires (PyMySQL's
     on the target, the extraction watchdog on connectorx's stream), the run retries and
     converges."""
-    from mysqlsync_dagster.loading import work_table_name
+    from mysqlsync_dagster.targets.mysql.loader import work_table_name
 
     rows = 20000 if side == "target" else 300000
     sync_env.source_exec(
@@ -192,7 +192,7 @@ def _slow(items, pause_after: int, pause: float):
 
 
 def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
-    from mysqlsync_dagster.sync import ReadTimeout, iterate_with_timeout
+    from mysqlsync_dagster.pipeline.run import ReadTimeout, iterate_with_timeout
 
     assert list(iterate_with_timeout(_slow(range(5), 2, 0.1), timeout=2)) == [0, 1, 2, 3, 4]
     got = []
@@ -205,7 +205,7 @@ def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
 
 def test_extraction_watchdog_passes_errors_through():
     from mysqlsync_dagster.db import is_transient
-    from mysqlsync_dagster.sync import ReadTimeout, iterate_with_timeout
+    from mysqlsync_dagster.pipeline.run import ReadTimeout, iterate_with_timeout
 
     def broken():
         yield 1
@@ -222,7 +222,7 @@ def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env)
     """The child reading the source: its failure comes back as its message (classified as
     usual), and closing a stream midway kills it."""
     from mysqlsync_dagster.db import DatabaseSettings, is_transient
-    from mysqlsync_dagster.source_stream import SourceReadError, SourceStream
+    from mysqlsync_dagster.pipeline.source_stream import SourceReadError, SourceStream
 
     url = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
     sync_env.source_exec(
@@ -251,7 +251,7 @@ def test_the_reader_dies_with_a_killed_sync_process():
             sys.executable,
             "-c",
             "import time\n"
-            "from mysqlsync_dagster.source_stream import SourceStream\n"
+            "from mysqlsync_dagster.pipeline.source_stream import SourceStream\n"
             "stream = SourceStream()\n"
             "print(stream._process.pid, flush=True)\n"
             "time.sleep(60)\n",

@@ -8,15 +8,15 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster.cli import run_sync
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
-from mysqlsync_dagster.partitions import (
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.partitions import (
     ModifierWindow,
     partitions_definition,
     window_condition,
     window_for_range,
 )
+from mysqlsync_dagster.tools.cli import run_sync
 
 DAILY = {
     "table": "events",

@@ -6,8 +6,8 @@ import dagster as dg
 from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.resources import MySQLResource
 
 PASSWORD = "p@ss:w/rd%41!'\"`"
 

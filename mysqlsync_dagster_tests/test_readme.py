@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mysqlsync_dagster.cli import build_parser
-from mysqlsync_dagster.demo import SAMPLE_DATA, SCHEMA
+from mysqlsync_dagster.tools.cli import build_parser
+from mysqlsync_dagster.tools.demo import SAMPLE_DATA, SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

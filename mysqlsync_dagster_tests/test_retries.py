@@ -11,12 +11,12 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster import retries
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.orchestration import retries
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.pipeline.run import TableBusy
+from mysqlsync_dagster.pipeline.source_stream import SourceReadError
 from mysqlsync_dagster.schema import SchemaError
-from mysqlsync_dagster.source_stream import SourceReadError
-from mysqlsync_dagster.sync import TableBusy
 
 UNREACHABLE = {
     "SOURCE_DB_URL": "mysql://u:pw@127.0.0.1:9/s",

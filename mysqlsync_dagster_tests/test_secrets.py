@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from mysqlsync_dagster.cli import main
+from mysqlsync_dagster.tools.cli import main
 
 PASSWORD = "Zq9!secret@host:1/%sink"
 

@@ -15,8 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.loading import key_range_sql
-from mysqlsync_dagster.staging import MANIFEST, StagingManifest, StagingSettings, remove_expired
+from mysqlsync_dagster.pipeline.staging import (
+    MANIFEST,
+    StagingManifest,
+    StagingSettings,
+    remove_expired,
+)
+from mysqlsync_dagster.targets.mysql.loader import key_range_sql
 from mysqlsync_dagster_tests.harness import (
     failure_message,
     materialization_metadata,
@@ -197,7 +202,7 @@ CRASHING_SYNC = """
 import json, sys
 import dagster as dg
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions
 defs = build_definitions(parse_tables_config(json.loads(sys.argv[1]), "test"), 300)
 dg.materialize(list(defs.assets), resources=defs.resources)
 """
@@ -270,7 +275,7 @@ def test_extraction_progress_lines(caplog):
     import logging
     from types import SimpleNamespace
 
-    from mysqlsync_dagster.staging import ExtractionProgress
+    from mysqlsync_dagster.pipeline.staging import ExtractionProgress
 
     sync = SimpleNamespace(
         cfg=SimpleNamespace(table="orders"),
@@ -288,7 +293,7 @@ def test_extraction_progress_lines(caplog):
 
 
 def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypatch):
-    from mysqlsync_dagster.loading import TableLoader
+    from mysqlsync_dagster.targets.mysql.loader import TableLoader
 
     create_orders(sync_env, rows=20)
     assert sync_env.sync([ORDERS]).success
@@ -313,7 +318,7 @@ def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypa
 
 
 def test_wide_rows_are_extracted_in_smaller_batches():
-    from mysqlsync_dagster.sync import EXTRACT_BATCH_BYTES, extract_batch_rows
+    from mysqlsync_dagster.pipeline.run import EXTRACT_BATCH_BYTES, extract_batch_rows
 
     assert extract_batch_rows(50_000, 94) == 50_000  # the benchmark's orders rows fit
     assert extract_batch_rows(50_000, 380) == EXTRACT_BATCH_BYTES // 380  # its 40-column rows
@@ -337,7 +342,7 @@ def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converg
 ):
     """The error of the extraction thread reaches the I/O manager, which is loading the parts
     already written: the run fails, nothing it loaded is kept."""
-    from mysqlsync_dagster.sync import TableSync
+    from mysqlsync_dagster.pipeline.run import TableSync
 
     create_orders(sync_env)
     assert sync_env.sync([ORDERS]).success
@@ -368,7 +373,7 @@ def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converg
 
 
 def test_a_load_that_fails_midway_stops_the_extraction(sync_env, monkeypatch):
-    from mysqlsync_dagster.loading import TableLoader
+    from mysqlsync_dagster.targets.mysql.loader import TableLoader
 
     create_orders(sync_env)
     assert sync_env.sync([ORDERS]).success
@@ -395,8 +400,8 @@ def test_load_progress_lines_are_throttled(caplog, monkeypatch):
     import logging
     from types import SimpleNamespace
 
-    from mysqlsync_dagster import sync as sync_module
-    from mysqlsync_dagster.loading import LoadStats
+    from mysqlsync_dagster.pipeline import run as sync_module
+    from mysqlsync_dagster.targets.mysql.loader import LoadStats
 
     sync = sync_module.TableSync.__new__(sync_module.TableSync)
     sync.cfg = SimpleNamespace(table="orders")
@@ -415,7 +420,7 @@ def test_load_progress_lines_are_throttled(caplog, monkeypatch):
 
 
 def test_a_partitioned_downstream_asset_reads_its_partition_only(sync_env):
-    from mysqlsync_dagster.factory import build_definitions
+    from mysqlsync_dagster.orchestration.factory import build_definitions
 
     create_orders(sync_env, rows=3000)  # one row a minute from 2024-01-01 00:01: ~2 days
     sync_env.source_exec("UPDATE orders SET updated_at = '2023-06-01' WHERE id = 5")  # early

@@ -14,9 +14,9 @@ from cryptography.x509.oid import NameOID
 from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.factory import build_definitions
-from mysqlsync_dagster.mariadb_server import MariaDBServer, ServerError
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError
 
 PASSWORD = "tls-Pa55@word"
 

@@ -46,26 +46,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from mysqlsync_dagster import retries
-from mysqlsync_dagster.assets import (
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
+from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.orchestration import retries
+from mysqlsync_dagster.orchestration.assets import (
     TableRun,
     result_metadata,
     table_asset_spec,
     table_multi_asset,
     target_row_count,
 )
-from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
-from mysqlsync_dagster.db import quote_identifier as quote
-from mysqlsync_dagster.partitions import (
+from mysqlsync_dagster.orchestration.partitions import (
     DEFAULT_SOURCE_TIMEZONE,
     ModifierWindow,
     window_condition,
     window_for_range,
 )
-from mysqlsync_dagster.resources import MySQLResource
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.pipeline.run import SyncResult, TableSync
 from mysqlsync_dagster.schema import DLT_COLUMNS
-from mysqlsync_dagster.sync import SyncResult, TableSync
 
 IO_MANAGER_KEY = "staging_io_manager"
 COMPRESSIONS = ("snappy", "zstd", "gzip", "brotli")

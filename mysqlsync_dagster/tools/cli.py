@@ -16,8 +16,8 @@ from typing import Any
 import dagster as dg
 from dotenv import load_dotenv
 
-from mysqlsync_dagster.bench import add_arguments as add_bench_arguments
 from mysqlsync_dagster.config import ConfigError, TableConfig, interval_seconds, load_tables_config
+from mysqlsync_dagster.tools.bench import add_arguments as add_bench_arguments
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,7 +82,7 @@ def run_sync(
 ) -> list[TableOutcome]:
     """Materialize `tables` in process; `ready` is called once everything is imported and
     built, just before the first run starts (see `__main__`)."""
-    from mysqlsync_dagster.factory import build_definitions
+    from mysqlsync_dagster.orchestration.factory import build_definitions
 
     defs = build_definitions(tables, interval_seconds())
     instance = _instance()
@@ -215,8 +215,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import ArgumentError
 
-    from mysqlsync_dagster.checks import format_outcome, run_all_checks
     from mysqlsync_dagster.db import create_engine, settings_from_env
+    from mysqlsync_dagster.verify.checks import format_outcome, run_all_checks
 
     tables = select_tables(load_tables_config(args.config), args.tables)
     try:
@@ -243,7 +243,7 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from mysqlsync_dagster.doctor import diagnose, format_human, format_json
+    from mysqlsync_dagster.tools.doctor import diagnose, format_human, format_json
 
     report = diagnose(args.config)
     print(format_json(report) if args.json else format_human(report))
@@ -251,7 +251,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mysqlsync_dagster.demo import start_demo, stop_demo, write_env_files
+    from mysqlsync_dagster.tools.demo import start_demo, stop_demo, write_env_files
 
     root = Path(args.dir)
     if args.stop:
@@ -269,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mysqlsync_dagster.bench import run_from_args
+    from mysqlsync_dagster.tools.bench import run_from_args
 
     return EXIT_OK if run_from_args(args) == 0 else EXIT_FAILED
 

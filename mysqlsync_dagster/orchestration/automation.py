@@ -36,13 +36,16 @@ import dagster as dg
 import sqlalchemy as sa
 from croniter import croniter
 
-from mysqlsync_dagster.assets import target_asset_key
-from mysqlsync_dagster.cadence import freshness_minutes, table_cron
 from mysqlsync_dagster.config import ConfigError, TableConfig, positive_seconds
 from mysqlsync_dagster.db import is_transient
-from mysqlsync_dagster.partitions import DEFAULT_SOURCE_TIMEZONE, partitions_definition
-from mysqlsync_dagster.resources import MySQLResource
-from mysqlsync_dagster.state import STATE_TABLE
+from mysqlsync_dagster.orchestration.assets import target_asset_key
+from mysqlsync_dagster.orchestration.cadence import freshness_minutes, table_cron
+from mysqlsync_dagster.orchestration.partitions import (
+    DEFAULT_SOURCE_TIMEZONE,
+    partitions_definition,
+)
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
 
 Trigger = Literal["schedule", "sensor"]
 SENSOR_NAME = "mysqlsync_change_sensor"

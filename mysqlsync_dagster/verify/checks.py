@@ -38,11 +38,11 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import is_transient, redact
-from mysqlsync_dagster.partitions import ModifierWindow, window_condition
+from mysqlsync_dagster.orchestration.partitions import ModifierWindow, window_condition
+from mysqlsync_dagster.pipeline.run import cursor_literal
+from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
 from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
-from mysqlsync_dagster.state import read_state
-from mysqlsync_dagster.sync import cursor_literal
-from mysqlsync_dagster.wire import WireColumn, wire_kind
+from mysqlsync_dagster.targets.mysql.state import read_state
 
 SOURCE_ROW_COUNT = "source_row_count"
 ROW_COUNT_MATCH = "row_count_match"

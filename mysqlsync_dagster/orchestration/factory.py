@@ -11,12 +11,16 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 from dagster_dlt import DagsterDltResource
 
-from mysqlsync_dagster.assets import build_table_asset, source_asset_spec, target_asset_key
-from mysqlsync_dagster.automation import build_automation
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.partitions import source_timezone
-from mysqlsync_dagster.resources import MySQLResource
-from mysqlsync_dagster.staging import (
+from mysqlsync_dagster.orchestration.assets import (
+    build_table_asset,
+    source_asset_spec,
+    target_asset_key,
+)
+from mysqlsync_dagster.orchestration.automation import build_automation
+from mysqlsync_dagster.orchestration.partitions import source_timezone
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.pipeline.staging import (
     IO_MANAGER_KEY,
     build_staging_asset,
     staging_io_manager_from_env,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pymysql
 
-from mysqlsync_dagster.mariadb_server import MariaDBServer, mariadbd_binary
+from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, mariadbd_binary
 
 SOURCE_DATABASE = "shop"
 TARGET_DATABASE = "shop_replica"

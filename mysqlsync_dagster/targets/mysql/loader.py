@@ -42,8 +42,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
+from mysqlsync_dagster.pipeline.wire import WireColumn, to_wire_text
 from mysqlsync_dagster.schema import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
-from mysqlsync_dagster.wire import WireColumn, to_wire_text
 
 # Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
 # with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column

@@ -29,8 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.demo import SCHEMA, orders_rows_sql
-from mysqlsync_dagster.mariadb_server import MariaDBServer, find_binary
+from mysqlsync_dagster.tools.demo import SCHEMA, orders_rows_sql
+from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, find_binary
 
 ORDERS_DDL = next(s for s in SCHEMA if "CREATE TABLE orders" in s)
 MODES = ("direct", "staging")
@@ -168,7 +168,7 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
 
 
 def _import_seconds() -> float:
-    code = "import dagster, dlt, mysqlsync_dagster.factory, mysqlsync_dagster.sync"
+    code = "import dagster, dlt, mysqlsync_dagster.orchestration.factory, mysqlsync_dagster.pipeline.run"
     seconds, _ = _timed(lambda: subprocess.run([sys.executable, "-c", code], check=True))
     return seconds
 

@@ -43,8 +43,13 @@ from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, run_sql
-from mysqlsync_dagster.loading import LoadStats, Strategy, TableLoader
-from mysqlsync_dagster.partitions import WINDOW_TYPES, ModifierWindow, window_condition
+from mysqlsync_dagster.orchestration.partitions import (
+    WINDOW_TYPES,
+    ModifierWindow,
+    window_condition,
+)
+from mysqlsync_dagster.pipeline.source_stream import SourceStream
+from mysqlsync_dagster.pipeline.wire import wire_columns
 from mysqlsync_dagster.schema import (
     NUMERIC_TYPES,
     ORDERABLE_TYPES,
@@ -59,9 +64,8 @@ from mysqlsync_dagster.schema import (
     quote,
     read_table_shape,
 )
-from mysqlsync_dagster.source_stream import SourceStream
-from mysqlsync_dagster.state import ensure_state_table, read_state, write_state
-from mysqlsync_dagster.wire import wire_columns
+from mysqlsync_dagster.targets.mysql.loader import LoadStats, Strategy, TableLoader
+from mysqlsync_dagster.targets.mysql.state import ensure_state_table, read_state, write_state
 
 PROGRESS_SECONDS = 10.0
 

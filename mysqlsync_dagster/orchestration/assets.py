@@ -16,9 +16,21 @@ import sqlalchemy as sa
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator
 from dagster_dlt.translator import DltResourceTranslatorData
 
-from mysqlsync_dagster import retries
-from mysqlsync_dagster.cadence import freshness_minutes
-from mysqlsync_dagster.checks import (
+from mysqlsync_dagster.config import TableConfig, dagster_safe_name
+from mysqlsync_dagster.db import run_sql
+from mysqlsync_dagster.orchestration import retries
+from mysqlsync_dagster.orchestration.cadence import freshness_minutes
+from mysqlsync_dagster.orchestration.partitions import (
+    DEFAULT_SOURCE_TIMEZONE,
+    ModifierWindow,
+    backfill_policy,
+    partitions_definition,
+    window_for_context,
+)
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.pipeline.run import SyncResult, TableSync
+from mysqlsync_dagster.schema import quote
+from mysqlsync_dagster.verify.checks import (
     CheckOutcome,
     TablePair,
     TransientCheckError,
@@ -28,18 +40,6 @@ from mysqlsync_dagster.checks import (
     source_row_count,
     table_check_specs,
 )
-from mysqlsync_dagster.config import TableConfig, dagster_safe_name
-from mysqlsync_dagster.db import run_sql
-from mysqlsync_dagster.partitions import (
-    DEFAULT_SOURCE_TIMEZONE,
-    ModifierWindow,
-    backfill_policy,
-    partitions_definition,
-    window_for_context,
-)
-from mysqlsync_dagster.resources import MySQLResource
-from mysqlsync_dagster.schema import quote
-from mysqlsync_dagster.sync import SyncResult, TableSync
 
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"

@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from mysqlsync_dagster.checks import TransientCheckError
 from mysqlsync_dagster.db import is_transient, redact
+from mysqlsync_dagster.pipeline.run import SyncError, TableBusy
 from mysqlsync_dagster.schema import SchemaError
-from mysqlsync_dagster.sync import SyncError, TableBusy
+from mysqlsync_dagster.verify.checks import TransientCheckError
 
 # Waits of about 10 s, 30 s, 70 s, 150 s (each +/- 10 s of jitter) cover a server restart or a
 # failover without holding a failed run for long.
