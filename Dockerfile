@@ -9,11 +9,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY mysqlsync_dagster ./mysqlsync_dagster
-# The project itself (".") is what is installed; its dependencies are bounded in pyproject.toml.
+# The project with dagster-postgres, every dependency at the version requirements.lock pins (the
+# ones CI tests). The lock is a constraints file here: only what ".[postgres]" needs is
+# installed, not the lock's dev tools.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir -c requirements.lock ".[postgres]"
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \

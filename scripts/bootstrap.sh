@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up a checkout on a fresh machine: the virtualenv, this package (editable) with its dev
-# tools, and the MariaDB (and PostgreSQL) server binaries the demo and the tests start.
-# Safe to run again.
+# Set up a checkout on a fresh machine: the virtualenv with the pinned versions of
+# requirements.lock (the ones CI tests), this package (editable), and the MariaDB (and
+# PostgreSQL) server binaries the demo and the tests start. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +9,19 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when the dependencies changed since the last install.
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+# Reinstall only when the dependencies changed since the last install. The lock holds every
+# dependency, dev tools included (refresh it with ./scripts/lock.sh); the package goes in
+# without resolving anything, so nothing unpinned is added.
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] \
+  || [ requirements.lock -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  if ! broken=$(.venv/bin/python -m pip check --disable-pip-version-check 2>&1); then
+    echo "$broken" >&2
+    echo "requirements.lock does not satisfy pyproject.toml: refresh it with ./scripts/lock.sh" >&2
+    exit 1
+  fi
   touch .venv/.installed
 fi
 
