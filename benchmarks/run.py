@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from mysqlsync_dagster.tools.bench import add_arguments, run_from_args
+from mysqlsync_dagster.tools.bench import run_from_args
+from mysqlsync_dagster.tools.cli import add_bench_arguments as add_arguments
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

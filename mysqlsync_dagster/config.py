@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,15 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from mysqlsync_dagster.errors import ConfigError
+
 DEFAULT_TABLES_CONFIG = "tables.json"
-DEFAULT_INTERVAL_SECONDS = 300
 MAX_IDENTIFIER_LENGTH = 64  # MySQL/MariaDB limit for table and column names
 
 PartitionGrain = Literal["none", "hourly", "daily", "weekly", "monthly"]
-
-
-class ConfigError(ValueError):
-    """tables.json (or the environment) is not valid; the message says where and why."""
 
 
 def _check_identifier(value: str, what: str) -> str:
@@ -221,9 +218,9 @@ def _duplicates(path: str, tables: Sequence[TableConfig]) -> list[str]:
     return problems
 
 
-def load_tables_config(path: str | os.PathLike[str] | None = None) -> list[TableConfig]:
-    """Read and validate tables.json (default: `$TABLES_CONFIG`, then ./tables.json)."""
-    resolved = Path(path or os.environ.get("TABLES_CONFIG") or DEFAULT_TABLES_CONFIG)
+def load_tables_config(path: str | os.PathLike[str] = DEFAULT_TABLES_CONFIG) -> list[TableConfig]:
+    """Read and validate tables.json at `path` (`Settings.tables_config`: `$TABLES_CONFIG`)."""
+    resolved = Path(path)
     try:
         text = resolved.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -238,20 +235,3 @@ def load_tables_config(path: str | os.PathLike[str] | None = None) -> list[Table
             f"{resolved}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from None
     return parse_tables_config(raw, str(resolved))
-
-
-def positive_seconds(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
-    """Environment variable `name` as a positive whole number of seconds (`default` if unset)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(name) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected whole seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name}: must be positive, got {value}")
-    return value
-
-
-def interval_seconds(environ: Mapping[str, str] | None = None) -> int:
-    return positive_seconds("INTERVAL", DEFAULT_INTERVAL_SECONDS, environ)

@@ -42,10 +42,6 @@ NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", 
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 
 
-class SchemaError(RuntimeError):
-    """A configured table, key or column does not match the database."""
-
-
 @dataclass(frozen=True)
 class Column:
     name: str

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.schema import SPATIAL_TYPES
+from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
 
 SOURCE_TIME_ZONE = "+07:00"
@@ -149,11 +150,13 @@ class SyncEnv:
         *,
         raise_on_error: bool = True,
         extra_assets: Sequence[Any] = (),
+        environ: Mapping[str, str] | None = None,
     ) -> dg.ExecuteInProcessResult:
+        """Materialize `tables` in process; `environ`: the settings' variables (none: defaults)."""
         configs = [
             t if isinstance(t, TableConfig) else parse_tables_config([t], "test")[0] for t in tables
         ]
-        defs = build_definitions(configs, 300, environ={})
+        defs = build_definitions(configs, Settings.from_environ(environ or {}))
         return dg.materialize(
             assets=[*(defs.assets or []), *extra_assets],
             resources=self.resources(),

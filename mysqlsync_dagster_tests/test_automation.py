@@ -23,6 +23,7 @@ from mysqlsync_dagster.orchestration.cadence import (
     interval_cron,
 )
 from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.settings import Settings
 
 UNREACHABLE = {
     "SOURCE_DB_URL": "mysql://u:pw@127.0.0.1:9/s",
@@ -73,7 +74,9 @@ def test_freshness_follows_the_cadence():
 
 
 def definitions(**environ: str) -> dg.Definitions:
-    return build_definitions(parse_tables_config(TABLES, "test"), 300, {**UNREACHABLE, **environ})
+    return build_definitions(
+        parse_tables_config(TABLES, "test"), Settings.from_environ({**UNREACHABLE, **environ})
+    )
 
 
 def test_assets_carry_freshness_retries_pool_and_partitions():
@@ -187,7 +190,8 @@ def test_change_sensor_requests_runs_only_for_changed_tables(sync_env):
     tables = [t for t in TABLES if t["table"] != "audit"]
     assert sync_env.sync(tables[:2]).success
     defs = build_definitions(
-        parse_tables_config(tables, "test"), 300, {"SYNC_TRIGGER": "sensor", "SENSOR_INTERVAL": "2"}
+        parse_tables_config(tables, "test"),
+        Settings.from_environ({"SYNC_TRIGGER": "sensor", "SENSOR_INTERVAL": "2"}),
     )
     [sensor] = defs.sensors
     resources = {k: v for k, v in sync_env.resources().items() if k != "dlt"}
@@ -233,7 +237,7 @@ def test_instance_limits_fit_the_connection_pools(tmp_path):
     """dagster.yaml: table syncs at once x connections per sync fit POOL_SIZE + MAX_OVERFLOW."""
     from pathlib import Path
 
-    from mysqlsync_dagster.db import DatabaseSettings
+    from mysqlsync_dagster.settings import DatabaseSettings
 
     config = (Path(__file__).parents[1] / "dagster.yaml").read_text()
     (tmp_path / "dagster.yaml").write_text(config.replace(".dagster_home", str(tmp_path)))
@@ -271,8 +275,8 @@ def test_many_tables_in_one_run_with_a_small_pool(sync_env):
         {"table": f"t{i:03d}", "primary_key": "id", **({"modifier": "at"} if i % 2 else {})}
         for i in range(count)
     ]
-    defs = build_definitions(parse_tables_config(tables, "test"), 300, {})
-    small = {"pool_size": "1", "max_overflow": "1", "pool_timeout": "5"}
+    defs = build_definitions(parse_tables_config(tables, "test"), Settings.from_environ({}))
+    small = {"pool_size": 1, "max_overflow": 1, "pool_timeout": "5"}
     resources = {
         **sync_env.resources(),
         "source_db": MySQLResource(side="SOURCE", url=sync_env.source_url(), **small),

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.db import create_engine, settings_from_env
+from mysqlsync_dagster.db import create_engine
+from mysqlsync_dagster.settings import database_settings
 from mysqlsync_dagster.tools import cli
 from mysqlsync_dagster.verify.checks import (
     CHECKSUM_MATCH,
@@ -91,8 +92,8 @@ def config(entry: dict) -> object:
 def engines(sync_env):
     """Engines built like the product builds them (db.py: time_zone +00:00 sessions)."""
     env = {"SOURCE_DB_URL": sync_env.source_url(), "TARGET_DB_URL": sync_env.target_url()}
-    source = create_engine(settings_from_env("SOURCE", env))
-    target = create_engine(settings_from_env("TARGET", env))
+    source = create_engine(database_settings("SOURCE", env))
+    target = create_engine(database_settings("TARGET", env))
     yield source, target
     source.dispose()
     target.dispose()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mysqlsync_dagster.config import ConfigError, TableConfig, load_tables_config
+from mysqlsync_dagster.config import TableConfig, load_tables_config
+from mysqlsync_dagster.errors import ConfigError
+from mysqlsync_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +64,7 @@ def test_defaults_and_all_keys(tmp_path):
 def test_tables_config_env_var(tmp_path, monkeypatch):
     path = write(tmp_path, [{"table": "x", "primary_key": "id"}])
     monkeypatch.setenv("TABLES_CONFIG", str(path))
-    assert load_tables_config()[0].table == "x"
+    assert load_tables_config(Settings.from_environ().tables_config)[0].table == "x"
 
 
 @pytest.mark.parametrize(

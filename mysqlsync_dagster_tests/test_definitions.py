@@ -10,6 +10,7 @@ import dagster as dg
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 UNREACHABLE = {
@@ -52,7 +53,7 @@ def test_definitions_module_loads_without_a_database(tmp_path):
 def test_two_hundred_tables_build_quickly():
     tables = parse_tables_config(many_tables(200))
     started = time.perf_counter()
-    defs = build_definitions(tables, 300, environ=UNREACHABLE)
+    defs = build_definitions(tables, Settings.from_environ(UNREACHABLE))
     graph = defs.resolve_asset_graph()
     elapsed = time.perf_counter() - started
     assert len(graph.get_all_asset_keys()) == 400
@@ -66,7 +67,7 @@ def test_asset_shape():
             {"table": "My Table", "primary_key": ["a", "b"], "target_table": "copy"},
         ]
     )
-    defs = build_definitions(tables, 300, environ={})
+    defs = build_definitions(tables, Settings.from_environ({}))
     graph = defs.resolve_asset_graph()
     orders = graph.get(dg.AssetKey(["orders"]))
     assert orders.kinds == {"dlt", "mysql"}
@@ -104,7 +105,7 @@ def test_staging_tables_output_to_the_staging_io_manager():
         ]
     )
     environ = {"STAGING_DIR": "/var/tmp/x", "PARQUET_COMPRESSION": "gzip"}
-    defs = build_definitions(tables, 300, environ=environ)
+    defs = build_definitions(tables, Settings.from_environ(environ))
     big = defs.resolve_assets_def(dg.AssetKey(["big"]))
     small = defs.resolve_assets_def(dg.AssetKey(["small"]))
     assert big.get_io_manager_key_for_asset_key(dg.AssetKey(["big"])) == "staging_io_manager"

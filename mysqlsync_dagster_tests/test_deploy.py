@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mysqlsync_dagster.orchestration import resources
+from mysqlsync_dagster import settings
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "mysqlsync_dagster"
@@ -51,13 +51,6 @@ DESIGN_VARIABLES = {
 }
 # Set by the platform or the image, not by the user's .env.
 PLATFORM_VARIABLES = {"PATH", "USER", "HOME", "DAGSTER_HOME", "CI"}
-_ENV_READ = re.compile(
-    r"""(?:environ|env)\.get\(\s*["']([A-Z][A-Z0-9_]+)["']"""
-    r"""|(?:environ|env)\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]"""
-    r"""|getenv\(\s*["']([A-Z][A-Z0-9_]+)["']"""
-    r"""|EnvVar\(\s*["']([A-Z][A-Z0-9_]+)["']"""
-    r"""|positive_seconds\(\s*["']([A-Z][A-Z0-9_]+)["']"""
-)
 
 
 def env_example() -> dict[str, str]:
@@ -71,15 +64,17 @@ def env_example() -> dict[str, str]:
 
 
 def variables_read_by_code() -> set[str]:
-    names: set[str] = set()
-    for path in PACKAGE.rglob("*.py"):
-        for match in _ENV_READ.finditer(path.read_text()):
-            names.add(next(g for g in match.groups() if g))
-    # the resources bind <SIDE>_<suffix> and the pool variables by table, not by literal
-    for side in ("SOURCE", "TARGET"):
-        names |= {f"{side}_{suffix}" for suffix in resources._SIDE_FIELDS.values()}
-    names |= set(resources._POOL_FIELDS.values())
-    return names - PLATFORM_VARIABLES
+    """Every variable the product understands: `settings.VARIABLES`, the one list."""
+    return {variable.name for variable in settings.VARIABLES} - PLATFORM_VARIABLES
+
+
+def test_only_settings_reads_the_environment():
+    readers = sorted(
+        str(path.relative_to(REPO))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"os\.environ|getenv\(", path.read_text()) and path.name != "settings.py"
+    )
+    assert readers == []
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -109,7 +104,7 @@ def compose() -> dict:
 def test_env_example_lists_every_variable_of_design_and_code():
     documented = set(env_example())
     scanned = variables_read_by_code()
-    assert {"TABLES_CONFIG", "INTERVAL", "SOURCE_DB_PASS"} <= scanned  # the scanner works
+    assert {"TABLES_CONFIG", "INTERVAL", "SOURCE_DB_PASS"} <= scanned
     assert DESIGN_VARIABLES - documented == set()
     assert scanned - documented == set()
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.db import settings_from_env
+from mysqlsync_dagster.settings import database_settings
 from mysqlsync_dagster.tools.cli import main
 from mysqlsync_dagster.tools.doctor import (
     STAGING_MIN_BYTES,
@@ -148,7 +148,7 @@ def test_exit_code_is_the_worst_finding():
 
 def test_tls_findings():
     def verdict(env: dict[str, str], tls_version: str) -> str:
-        settings = settings_from_env("SOURCE", {"SOURCE_DB_NAME": "db", **env})
+        settings = database_settings("SOURCE", {"SOURCE_DB_NAME": "db", **env})
         facts = ServerFacts(
             "11.4", tls_version, "TLS_AES_256_GCM_SHA384" if tls_version else "", True, []
         )

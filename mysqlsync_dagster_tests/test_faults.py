@@ -221,7 +221,8 @@ def test_sync_process_killed_mid_load_then_next_run_converges(sync_env, tmp_path
         "import json, sys, dagster as dg\n"
         "from mysqlsync_dagster.config import parse_tables_config\n"
         "from mysqlsync_dagster.orchestration.factory import build_definitions\n"
-        "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), 300)\n"
+        "from mysqlsync_dagster.settings import Settings\n"
+        "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), Settings.from_environ())\n"
         "dg.materialize(list(defs.assets), resources=defs.resources)\n"
     )
     env = {

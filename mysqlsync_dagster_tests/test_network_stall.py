@@ -15,6 +15,7 @@ from dagster_dlt import DagsterDltResource
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.settings import Settings
 
 
 class StallingProxy:
@@ -89,7 +90,6 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
         "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
         f"INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_{rows}",
     )
-    monkeypatch.setenv("SYNC_RETRY_DELAY", "1")  # read when the definitions are built
     handle = getattr(sync_env.servers, side)
     database = sync_env.target_db if side == "target" else sync_env.source_db
     # the source stalls once the extraction has streamed 1 MB of its ~6 MB of rows
@@ -102,14 +102,14 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
             f"{name}_db": MySQLResource(
                 side=name.upper(),
                 url=proxied if name == side else direct[name],
-                read_timeout="2",
-                write_timeout="2",
+                read_timeout=2,
+                write_timeout=2,
             )
             for name in ("source", "target")
         },
     }
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "batch_size": 1000}])
-    defs = build_definitions(tables, 300, environ={})
+    defs = build_definitions(tables, Settings.from_environ({"SYNC_RETRY_DELAY": "1"}))
     # the target's load is under way when the copy built aside has rows
     probe = f"SELECT COUNT(*) >= 3000 FROM `{work_table_name('t', 'new')}`"
     watcher = handle.engine(database, poolclass=sa.pool.NullPool)
@@ -170,7 +170,7 @@ def test_extraction_connects_to_the_configured_host_and_port(sync_env):
     bypassing a tunnel or proxy on that port: it must stay on the TCP connection asked for."""
     import connectorx as cx
 
-    from mysqlsync_dagster.db import DatabaseSettings
+    from mysqlsync_dagster.settings import DatabaseSettings
 
     url = sync_env.servers.source.url.set(database=sync_env.source_db)
     assert url.host == "127.0.0.1"
@@ -192,7 +192,8 @@ def _slow(items, pause_after: int, pause: float):
 
 
 def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
-    from mysqlsync_dagster.pipeline.run import ReadTimeout, iterate_with_timeout
+    from mysqlsync_dagster.errors import ReadTimeout
+    from mysqlsync_dagster.pipeline.run import iterate_with_timeout
 
     assert list(iterate_with_timeout(_slow(range(5), 2, 0.1), timeout=2)) == [0, 1, 2, 3, 4]
     got = []
@@ -204,8 +205,8 @@ def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
 
 
 def test_extraction_watchdog_passes_errors_through():
-    from mysqlsync_dagster.db import is_transient
-    from mysqlsync_dagster.pipeline.run import ReadTimeout, iterate_with_timeout
+    from mysqlsync_dagster.errors import ReadTimeout, is_transient
+    from mysqlsync_dagster.pipeline.run import iterate_with_timeout
 
     def broken():
         yield 1
@@ -221,8 +222,9 @@ def test_extraction_watchdog_passes_errors_through():
 def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env):
     """The child reading the source: its failure comes back as its message (classified as
     usual), and closing a stream midway kills it."""
-    from mysqlsync_dagster.db import DatabaseSettings, is_transient
-    from mysqlsync_dagster.pipeline.source_stream import SourceReadError, SourceStream
+    from mysqlsync_dagster.errors import SourceReadError, is_transient
+    from mysqlsync_dagster.pipeline.source_stream import SourceStream
+    from mysqlsync_dagster.settings import DatabaseSettings
 
     url = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
     sync_env.source_exec(

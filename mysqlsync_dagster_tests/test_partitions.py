@@ -10,12 +10,9 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
-from mysqlsync_dagster.orchestration.partitions import (
-    ModifierWindow,
-    partitions_definition,
-    window_condition,
-    window_for_range,
-)
+from mysqlsync_dagster.orchestration.partitions import partitions_definition, window_for_range
+from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
+from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.cli import run_sync
 
 DAILY = {
@@ -30,7 +27,7 @@ DAILY = {
 def materialize(sync_env, tables, *, first=None, last=None, environ=None, raise_on_error=True):
     """Materialize the partitioned table asset(s) for the partition range first..last."""
     configs = parse_tables_config(tables, "test")
-    defs = build_definitions(configs, 300, environ=environ or {})
+    defs = build_definitions(configs, Settings.from_environ(environ or {}))
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
     tags = {}
     if first is not None:

@@ -8,6 +8,7 @@ from dagster_dlt import DagsterDltResource
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.settings import Settings
 
 PASSWORD = "p@ss:w/rd%41!'\"`"
 
@@ -49,7 +50,7 @@ def test_least_privilege_users_and_special_password(sync_env):
         "source_db": MySQLResource(
             side="SOURCE",
             host="127.0.0.1",
-            port=str(source_server.url.port),
+            port=source_server.url.port,
             name=sync_env.source_db,
             user=reader,
             password=PASSWORD,
@@ -61,7 +62,7 @@ def test_least_privilege_users_and_special_password(sync_env):
             f"/{sync_env.target_db}",
         ),
     }
-    defs = build_definitions(tables, 300, environ={})
+    defs = build_definitions(tables, Settings.from_environ({}))
     for _ in range(2):  # the first sync swaps, the second upserts: both within the grants
         sync_env.source_exec("UPDATE items SET v = CONCAT(v, '+'), updated_at = NOW() WHERE id = 2")
         result = dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)

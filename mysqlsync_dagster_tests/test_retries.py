@@ -12,11 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.errors import SchemaError, SourceReadError, TableBusy
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.factory import build_definitions
-from mysqlsync_dagster.pipeline.run import TableBusy
-from mysqlsync_dagster.pipeline.source_stream import SourceReadError
-from mysqlsync_dagster.schema import SchemaError
+from mysqlsync_dagster.settings import Settings
 
 UNREACHABLE = {
     "SOURCE_DB_URL": "mysql://u:pw@127.0.0.1:9/s",
@@ -81,7 +80,7 @@ def test_every_table_asset_has_the_retry_policy():
     tables = parse_tables_config([{"table": "a", "primary_key": "id"}], "test")
     [asset] = [
         a
-        for a in build_definitions(tables, 300, UNREACHABLE).assets
+        for a in build_definitions(tables, Settings.from_environ(UNREACHABLE)).assets
         if isinstance(a, dg.AssetsDefinition)
     ]
     policy = asset.op.retry_policy

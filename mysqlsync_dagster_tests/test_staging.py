@@ -21,6 +21,7 @@ from mysqlsync_dagster.pipeline.staging import (
     StagingSettings,
     remove_expired,
 )
+from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.mysql.loader import key_range_sql
 from mysqlsync_dagster_tests.harness import (
     failure_message,
@@ -42,8 +43,7 @@ def create_orders(sync_env, rows=200):
 
 def failed_sync(sync_env, monkeypatch, table=ORDERS):
     """Sync `table` once, without retries: it must fail; returns its failure's message."""
-    monkeypatch.setenv("SYNC_RETRIES", "0")
-    result = sync_env.sync([table], raise_on_error=False)
+    result = sync_env.sync([table], raise_on_error=False, environ={"SYNC_RETRIES": "0"})
     assert not result.success
     return failure_message(result, "sync_orders")
 
@@ -203,7 +203,8 @@ import json, sys
 import dagster as dg
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
-defs = build_definitions(parse_tables_config(json.loads(sys.argv[1]), "test"), 300)
+from mysqlsync_dagster.settings import Settings
+defs = build_definitions(parse_tables_config(json.loads(sys.argv[1]), "test"), Settings.from_environ())
 dg.materialize(list(defs.assets), resources=defs.resources)
 """
 
@@ -426,7 +427,9 @@ def test_a_partitioned_downstream_asset_reads_its_partition_only(sync_env):
     sync_env.source_exec("UPDATE orders SET updated_at = '2023-06-01' WHERE id = 5")  # early
     partitioned = {**ORDERS, "partitions": "daily", "partition_start": "2024-01-01"}
     assert sync_env.sync([partitioned]).success  # no partition key: every partition
-    assets = build_definitions(parse_tables_config([partitioned], "test"), 300, environ={}).assets
+    assets = build_definitions(
+        parse_tables_config([partitioned], "test"), Settings.from_environ({})
+    ).assets
     [orders] = [a for a in assets if isinstance(a, dg.AssetsDefinition)]
     seen = {}
 

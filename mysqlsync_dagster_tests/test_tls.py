@@ -16,6 +16,7 @@ from dagster_dlt import DagsterDltResource
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError
 
 PASSWORD = "tls-Pa55@word"
@@ -127,7 +128,7 @@ def _sync(sync_env, server, certs, host, verify):
         "target_db": MySQLResource(side="TARGET", url=sync_env.target_url()),
     }
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
-    defs = build_definitions(tables, 300, environ={})
+    defs = build_definitions(tables, Settings.from_environ({}))
     return dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)
 
 

@@ -21,15 +21,16 @@ from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
 from mysqlsync_dagster.orchestration.partitions import (
-    DEFAULT_SOURCE_TIMEZONE,
-    ModifierWindow,
     backfill_policy,
     partitions_definition,
     window_for_context,
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.pipeline.run import SyncResult, TableSync
+from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.schema import quote
+from mysqlsync_dagster.settings import Settings
+from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
 from mysqlsync_dagster.verify.checks import (
     CheckOutcome,
     TablePair,
@@ -65,9 +66,7 @@ def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
     )
 
 
-def table_asset_spec(
-    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
-) -> dg.AssetSpec:
+def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -77,9 +76,9 @@ def table_asset_spec(
         description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
         group_name=GROUP,
         kinds={"dlt", "mysql"},
-        partitions_def=partitions_definition(cfg, timezone),
+        partitions_def=partitions_definition(cfg, settings.source_timezone),
         freshness_policy=dg.FreshnessPolicy.time_window(
-            fail_window=dt.timedelta(minutes=freshness_minutes(cfg, interval_seconds))
+            fail_window=dt.timedelta(minutes=freshness_minutes(cfg, settings.interval))
         ),
         metadata={
             "source_table": cfg.table,
@@ -98,10 +97,8 @@ def table_asset_spec(
 class TableTranslator(DagsterDltTranslator):
     """Maps this table's dlt resource to its asset spec (the same at build and run time)."""
 
-    def __init__(
-        self, cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
-    ) -> None:
-        self.spec = table_asset_spec(cfg, interval_seconds, timezone)
+    def __init__(self, cfg: TableConfig, settings: Settings) -> None:
+        self.spec = table_asset_spec(cfg, settings)
 
     def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
         return self.spec
@@ -175,7 +172,9 @@ class TableRun:
         cfg: TableConfig,
         source_db: MySQLResource,
         target_db: MySQLResource,
+        settings: Settings,
     ) -> "TableRun":
+        use_jemalloc(settings.arrow_memory_pool)
         secrets = source_db.settings().secrets + target_db.settings().secrets
         pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
         return cls(
@@ -192,6 +191,7 @@ class TableRun:
             self.cfg,
             self.source_db.settings(),
             self.source_db.engine,
+            self.target_db.settings(),
             self.target_db.engine,
             log=self.context.log,
             window=self.window,
@@ -227,14 +227,14 @@ class TableRun:
             raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
 
 
-def table_multi_asset(cfg: TableConfig, spec: dg.AssetSpec) -> Any:
+def table_multi_asset(cfg: TableConfig, spec: dg.AssetSpec, settings: Settings) -> Any:
     """`dg.multi_asset` for a table's sync op, with its checks, pool, retries and backfills."""
     return dg.multi_asset(
         name=f"sync_{cfg.key}",
         specs=[spec],
         check_specs=table_check_specs(cfg, target_asset_key(cfg)),
         pool=TARGET_POOL,
-        retry_policy=retries.retry_policy(),
+        retry_policy=retries.retry_policy(settings),
         backfill_policy=backfill_policy(cfg),
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
@@ -247,8 +247,9 @@ def run_table_sync(
     dlt: DagsterDltResource,
     source_db: MySQLResource,
     target_db: MySQLResource,
+    settings: Settings,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    run = TableRun.start(context, cfg, source_db, target_db)
+    run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from run.pre_sync_results()
     with run.failures():
         with run.table_sync() as sync:
@@ -283,18 +284,16 @@ def run_table_sync(
     yield from run.post_sync_results()
 
 
-def build_table_asset(
-    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
-) -> dg.AssetsDefinition:
-    translator = TableTranslator(cfg, interval_seconds, timezone)
+def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
+    translator = TableTranslator(cfg, settings)
 
-    @table_multi_asset(cfg, translator.spec)
+    @table_multi_asset(cfg, translator.spec, settings)
     def sync_table(
         context: dg.AssetExecutionContext,
         dlt: DagsterDltResource,
         source_db: MySQLResource,
         target_db: MySQLResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        yield from run_table_sync(context, cfg, translator, dlt, source_db, target_db)
+        yield from run_table_sync(context, cfg, translator, dlt, source_db, target_db, settings)
 
     return sync_table

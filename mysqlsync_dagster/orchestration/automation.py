@@ -24,44 +24,27 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 from croniter import croniter
 
-from mysqlsync_dagster.config import ConfigError, TableConfig, positive_seconds
-from mysqlsync_dagster.db import is_transient
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.errors import is_transient
 from mysqlsync_dagster.orchestration.assets import target_asset_key
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes, table_cron
-from mysqlsync_dagster.orchestration.partitions import (
-    DEFAULT_SOURCE_TIMEZONE,
-    partitions_definition,
-)
+from mysqlsync_dagster.orchestration.partitions import partitions_definition
 from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
 
-Trigger = Literal["schedule", "sensor"]
 SENSOR_NAME = "mysqlsync_change_sensor"
-DEFAULT_SENSOR_INTERVAL = 30
-
-
-def sync_trigger(environ: Mapping[str, str] | None = None) -> Trigger:
-    env = os.environ if environ is None else environ
-    value = (env.get("SYNC_TRIGGER") or "schedule").strip().lower()
-    if value not in ("schedule", "sensor"):
-        raise ConfigError(f"SYNC_TRIGGER: expected 'schedule' or 'sensor', got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def sensor_interval(environ: Mapping[str, str] | None = None) -> int:
-    return positive_seconds("SENSOR_INTERVAL", DEFAULT_SENSOR_INTERVAL, environ)
 
 
 # -- schedules ----------------------------------------------------------------------------
@@ -376,14 +359,9 @@ class Automation:
     sensors: list[dg.SensorDefinition]
 
 
-def build_automation(
-    tables: Sequence[TableConfig],
-    interval: int,
-    environ: Mapping[str, str] | None = None,
-    timezone: str = DEFAULT_SOURCE_TIMEZONE,
-) -> Automation:
-    """Jobs, schedules and the change sensor for `tables` (reads only the environment)."""
-    trigger = sync_trigger(environ)
+def build_automation(tables: Sequence[TableConfig], settings: Settings) -> Automation:
+    """Jobs, schedules and the change sensor for `tables`."""
+    trigger, interval, timezone = settings.sync_trigger, settings.interval, settings.source_timezone
     groups = cadence_groups(tables, interval, timezone)
     jobs: dict[str, dg.UnresolvedAssetJobDefinition] = {}
     job_of: dict[str, str] = {}
@@ -404,7 +382,7 @@ def build_automation(
                 sensor_jobs,
                 job_of,
                 interval,
-                sensor_interval(environ),
+                settings.sensor_interval,
                 timezone,
                 running=trigger == "sensor",
             )

@@ -1,12 +1,12 @@
-"""The definitions factory: validated table configs in, one `dg.Definitions` out.
+"""The definitions factory: validated table configs and settings in, one `dg.Definitions` out.
 
-Building reads nothing but its arguments and the names of the environment variables that are
-set; it never connects to a database (the daemon reloads definitions every minute).
+Building reads nothing but its arguments; it never connects to a database (the daemon reloads
+definitions every minute).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 from dagster_dlt import DagsterDltResource
@@ -18,45 +18,40 @@ from mysqlsync_dagster.orchestration.assets import (
     target_asset_key,
 )
 from mysqlsync_dagster.orchestration.automation import build_automation
-from mysqlsync_dagster.orchestration.partitions import source_timezone
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.pipeline.staging import (
     IO_MANAGER_KEY,
     build_staging_asset,
-    staging_io_manager_from_env,
+    staging_io_manager,
 )
+from mysqlsync_dagster.settings import Settings
 
 SYNC_ALL_JOB = "sync_all_tables"
 
 
-def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
-    target_db = MySQLResource.from_env("TARGET", environ)
+def build_resources(settings: Settings) -> dict[str, object]:
+    target_db = MySQLResource.bound("TARGET", settings)
     return {
         "dlt": DagsterDltResource(),
-        "source_db": MySQLResource.from_env("SOURCE", environ),
+        "source_db": MySQLResource.bound("SOURCE", settings),
         "target_db": target_db,
         # loads staging-mode tables, and serves every table to downstream assets
-        IO_MANAGER_KEY: staging_io_manager_from_env(target_db, environ),
+        IO_MANAGER_KEY: staging_io_manager(target_db, settings),
     }
 
 
-def build_table(cfg: TableConfig, interval: int, timezone: str) -> dg.AssetsDefinition:
+def build_table(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
     if cfg.mode == "staging":
-        return build_staging_asset(cfg, interval, timezone)
-    return build_table_asset(cfg, interval, timezone)
+        return build_staging_asset(cfg, settings)
+    return build_table_asset(cfg, settings)
 
 
-def build_definitions(
-    tables: Sequence[TableConfig],
-    interval: int,
-    environ: Mapping[str, str] | None = None,
-) -> dg.Definitions:
-    timezone = source_timezone(environ)
-    automation = build_automation(tables, interval, environ, timezone)
+def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.Definitions:
+    automation = build_automation(tables, settings)
     return dg.Definitions(
         assets=[
             *(source_asset_spec(cfg) for cfg in tables),
-            *(build_table(cfg, interval, timezone) for cfg in tables),
+            *(build_table(cfg, settings) for cfg in tables),
         ],
         jobs=[
             dg.define_asset_job(
@@ -72,5 +67,5 @@ def build_definitions(
         ],
         schedules=automation.schedules,
         sensors=automation.sensors,
-        resources=build_resources(environ),
+        resources=build_resources(settings),
     )

@@ -13,26 +13,19 @@ the window(s):
   modifiers are compared as instants.
 
 Partition runs are stateless: they never read or write the incremental cursor and never replace
-the table (see `TableSync(window=...)`).
+the table (see `TableSync(window=...)`). The windows themselves and the rows they select are
+`pipeline/windows.py`; this module lays them out as Dagster partitions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
-import sqlalchemy as sa
 
-from mysqlsync_dagster.config import ConfigError, TableConfig
-
-DEFAULT_SOURCE_TIMEZONE = "UTC"
-WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.pipeline.windows import ALL_PARTITIONS, ModifierWindow
 
 # Runs per backfill: a bounded multi-run policy. Each run upserts its whole range with one
 # windowed query, and a failure only fails the partitions of its run, which a re-execution of
@@ -42,20 +35,8 @@ WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
 MAX_PARTITIONS_PER_RUN = {"hourly": 168, "daily": 31, "weekly": 13, "monthly": 12}
 
 
-def source_timezone(environ: Mapping[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    name = env.get("SOURCE_TIMEZONE") or DEFAULT_SOURCE_TIMEZONE
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"SOURCE_TIMEZONE: {name!r} is not a known time zone (e.g. 'UTC', 'Asia/Jakarta')"
-        ) from None
-    return name
-
-
 def partitions_definition(
-    cfg: TableConfig, timezone: str = DEFAULT_SOURCE_TIMEZONE
+    cfg: TableConfig, timezone: str = "UTC"
 ) -> dg.TimeWindowPartitionsDefinition | None:
     """The table's partitions (None when unpartitioned); `end_offset=1` includes the current
     window, so today's changes have a partition before the day is over."""
@@ -80,23 +61,6 @@ def backfill_policy(cfg: TableConfig) -> dg.BackfillPolicy | None:
     return dg.BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN[cfg.partitions])
 
 
-@dataclass(frozen=True)
-class ModifierWindow:
-    """Rows with `start <= modifier < end`; an open bound (None) is unbounded on that side.
-
-    `include_null` adds rows whose modifier is NULL (the first partition takes them).
-    """
-
-    start: dt.datetime | None
-    end: dt.datetime | None
-    include_null: bool = False
-
-    def describe(self) -> str:
-        start = self.start.isoformat() if self.start else "the beginning"
-        end = self.end.isoformat() if self.end else "the future"
-        return f"[{start}, {end})" + (" and NULL" if self.include_null else "")
-
-
 def window_for_range(
     partitions_def: dg.TimeWindowPartitionsDefinition,
     first_key: str,
@@ -117,9 +81,6 @@ def window_for_range(
     )
 
 
-ALL_PARTITIONS = ModifierWindow(start=None, end=None, include_null=True)
-
-
 def window_for_context(context: dg.AssetExecutionContext) -> ModifierWindow | None:
     """The window of a run of a partitioned table, None for an unpartitioned table.
 
@@ -134,30 +95,3 @@ def window_for_context(context: dg.AssetExecutionContext) -> ModifierWindow | No
     assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
     key_range = context.partition_key_range
     return window_for_range(partitions_def, key_range.start, key_range.end)
-
-
-def _bound(value: dt.datetime, data_type: str) -> sa.ColumnElement[Any]:
-    if data_type == "timestamp":  # an instant; the session time zone is UTC (see db.py)
-        epoch = Decimal(str(value.timestamp()))
-        return sa.func.FROM_UNIXTIME(sa.literal(epoch, sa.Numeric(30, 6)))
-    # naive DATETIME/DATE values are wall-clock time in SOURCE_TIMEZONE: compare as text
-    return sa.literal(value.replace(tzinfo=None).isoformat(sep=" "), sa.String)
-
-
-def window_condition(
-    column: sa.ColumnElement[Any], data_type: str, window: ModifierWindow
-) -> sa.ColumnElement[bool]:
-    """WHERE clause selecting the rows of `window` (values bound as parameters)."""
-    if data_type not in WINDOW_TYPES:
-        raise ValueError(
-            f"a time window needs a DATE, DATETIME or TIMESTAMP column, not {data_type}"
-        )
-    bounds = []
-    if window.start is not None:
-        bounds.append(column >= _bound(window.start, data_type))
-    if window.end is not None:
-        bounds.append(column < _bound(window.end, data_type))
-    condition: sa.ColumnElement[bool] = sa.and_(sa.true(), *bounds)
-    if window.include_null:
-        condition = sa.or_(condition, column.is_(None))
-    return condition

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
-from mysqlsync_dagster.db import DatabaseSettings, create_engine, settings_from_env
+from mysqlsync_dagster.db import create_engine
+from mysqlsync_dagster.settings import (
+    POOL_VARIABLES,
+    DatabaseSettings,
+    Settings,
+    database_settings,
+)
 
-# resource field -> environment variable suffix (after SOURCE_/TARGET_) or global name
-_SIDE_FIELDS = {
+# resource field -> environment variable suffix (after SOURCE_/TARGET_)
+SIDE_FIELDS = {
     "url": "DB_URL",
     "host": "DB_HOST",
     "port": "DB_PORT",
@@ -25,29 +29,22 @@ _SIDE_FIELDS = {
     "ssl_key": "DB_SSL_KEY",
     "ssl_verify": "DB_SSL_VERIFY",
 }
-_POOL_FIELDS = {
-    "pool_size": "POOL_SIZE",
-    "max_overflow": "MAX_OVERFLOW",
-    "pool_timeout": "POOL_TIMEOUT",
-    "pool_recycle": "POOL_RECYCLE",
-    "connect_timeout": "DB_CONNECT_TIMEOUT",
-    "read_timeout": "DB_READ_TIMEOUT",
-    "write_timeout": "DB_WRITE_TIMEOUT",
-}
+_INT_FIELDS = frozenset({"port", *POOL_VARIABLES} - {"pool_timeout"})
 
 
 class MySQLResource(dg.ConfigurableResource):
     """One MySQL/MariaDB database (the source or the target) behind a pooled SQLAlchemy engine.
 
-    Fields are strings so that each can be fed by a `dg.EnvVar` (resolved at run time, shown
-    by name only in the UI). The engine is created per execution and disposed after it; its
-    connections are pinged before use, so a pool whose connections died is rebuilt on the fly.
+    Each field can be fed by a `dg.EnvVar` (`dg.EnvVar.int` for whole numbers), resolved at run
+    time and shown by name only in the UI. The engine is created per execution and disposed
+    after it; its connections are pinged before use, so a pool whose connections died is
+    rebuilt on the fly.
     """
 
     side: str
     url: str | None = None
     host: str | None = None
-    port: str | None = None
+    port: int | None = None
     name: str | None = None
     user: str | None = None
     password: str | None = None
@@ -55,36 +52,34 @@ class MySQLResource(dg.ConfigurableResource):
     ssl_cert: str | None = None
     ssl_key: str | None = None
     ssl_verify: str | None = None
-    pool_size: str | None = None
-    max_overflow: str | None = None
-    pool_timeout: str | None = None
-    pool_recycle: str | None = None
-    connect_timeout: str | None = None
-    read_timeout: str | None = None
-    write_timeout: str | None = None
+    pool_size: int | None = None
+    max_overflow: int | None = None
+    pool_timeout: str | None = None  # seconds, may be fractional
+    pool_recycle: int | None = None
+    connect_timeout: int | None = None
+    read_timeout: int | None = None
+    write_timeout: int | None = None
 
     _engine: Engine | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls, side: str, environ: Mapping[str, str] | None = None) -> MySQLResource:
-        """Bind every `<SIDE>_DB_*` (and pool) variable that is set as a `dg.EnvVar`."""
-        env = os.environ if environ is None else environ
+    def bound(cls, side: str, settings: Settings) -> MySQLResource:
+        """The resource with every `<SIDE>_DB_*` (and pool) variable that is set bound as a
+        `dg.EnvVar`: the UI shows the variable's name, the run reads its value."""
         prefix = side.upper() + "_"
+        variables = {f: prefix + suffix for f, suffix in SIDE_FIELDS.items()} | POOL_VARIABLES
         fields: dict[str, Any] = {
-            field: dg.EnvVar(prefix + suffix)
-            for field, suffix in _SIDE_FIELDS.items()
-            if env.get(prefix + suffix)
+            field: dg.EnvVar.int(variable) if field in _INT_FIELDS else dg.EnvVar(variable)
+            for field, variable in variables.items()
+            if settings.is_set(variable)
         }
-        fields.update(
-            {field: dg.EnvVar(var) for field, var in _POOL_FIELDS.items() if env.get(var)}
-        )
         return cls(side=side.upper(), **fields)
 
     def settings(self) -> DatabaseSettings:
         prefix = self.side.upper() + "_"
-        env = {prefix + suffix: getattr(self, f) for f, suffix in _SIDE_FIELDS.items()}
-        env.update({var: getattr(self, f) for f, var in _POOL_FIELDS.items()})
-        return settings_from_env(self.side, {k: v for k, v in env.items() if v is not None})
+        values = {prefix + suffix: getattr(self, f) for f, suffix in SIDE_FIELDS.items()}
+        values |= {variable: getattr(self, f) for f, variable in POOL_VARIABLES.items()}
+        return database_settings(self.side, values)
 
     @property
     def engine(self) -> Engine:

@@ -12,15 +12,12 @@ a `dg.Failure` whose `allow_retries` says whether trying again can help:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import dagster as dg
 
-from mysqlsync_dagster.db import is_transient, redact
-from mysqlsync_dagster.pipeline.run import SyncError, TableBusy
-from mysqlsync_dagster.schema import SchemaError
-from mysqlsync_dagster.verify.checks import TransientCheckError
+from mysqlsync_dagster.errors import is_retryable, redact, user_message
+from mysqlsync_dagster.settings import Settings
 
 # Waits of about 10 s, 30 s, 70 s, 150 s (each +/- 10 s of jitter) cover a server restart or a
 # failover without holding a failed run for long.
@@ -29,29 +26,27 @@ RETRY_POLICY = dg.RetryPolicy(
 )
 
 
-def retry_policy(environ: Mapping[str, str] | None = None) -> dg.RetryPolicy:
+def retry_policy(settings: Settings) -> dg.RetryPolicy:
     """`RETRY_POLICY`, or as many retries (`SYNC_RETRIES`) with a first wait
-    (`SYNC_RETRY_DELAY` seconds) as the environment asks for, e.g. none for a one-shot CLI run."""
-    env = os.environ if environ is None else environ
-    if not (env.get("SYNC_RETRIES") or env.get("SYNC_RETRY_DELAY")):
+    (`SYNC_RETRY_DELAY` seconds) as the settings ask for, e.g. none for a one-shot CLI run."""
+    if settings.sync_retries is None and settings.sync_retry_delay is None:
         return RETRY_POLICY
     return dg.RetryPolicy(
-        max_retries=int(env.get("SYNC_RETRIES") or RETRY_POLICY.max_retries),
-        delay=float(env.get("SYNC_RETRY_DELAY") or RETRY_POLICY.delay or 0),
+        max_retries=(
+            RETRY_POLICY.max_retries if settings.sync_retries is None else settings.sync_retries
+        ),
+        delay=(
+            RETRY_POLICY.delay if settings.sync_retry_delay is None else settings.sync_retry_delay
+        ),
         backoff=RETRY_POLICY.backoff,
         jitter=RETRY_POLICY.jitter,
     )
 
 
-def is_retryable(error: BaseException) -> bool:
-    return isinstance(error, TableBusy | TransientCheckError) or is_transient(error)
-
-
 def sync_failure(table: str, error: BaseException, secrets: Iterable[str]) -> dg.Failure:
     """The `dg.Failure` to raise for `error` while syncing `table` (message free of secrets)."""
     retryable = is_retryable(error)
-    known = isinstance(error, SchemaError | SyncError)  # messages written for the user
-    message = redact(str(error) if known else f"{type(error).__name__}: {error}", secrets)
+    message = redact(user_message(error), secrets)
     if not message.startswith(f"table {table!r}"):
         message = f"table {table!r}: {message}"
     if retryable:

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +41,19 @@ from dlt.sources.sql_database import sql_table
 from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import PLAIN_MYSQL, DatabaseSettings, connect, run_sql
-from mysqlsync_dagster.orchestration.partitions import (
+from mysqlsync_dagster.db import PLAIN_MYSQL, connect, run_sql
+from mysqlsync_dagster.errors import ReadTimeout, SchemaError, TableBusy
+from mysqlsync_dagster.pipeline.source_stream import SourceStream
+from mysqlsync_dagster.pipeline.windows import (
     WINDOW_TYPES,
     ModifierWindow,
+    cursor_literal,
     window_condition,
 )
-from mysqlsync_dagster.pipeline.source_stream import SourceStream
 from mysqlsync_dagster.pipeline.wire import wire_columns
 from mysqlsync_dagster.schema import (
-    NUMERIC_TYPES,
     ORDERABLE_TYPES,
     SchemaChanges,
-    SchemaError,
     TableShape,
     diff_schema,
     has_unique_index,
@@ -64,6 +63,7 @@ from mysqlsync_dagster.schema import (
     quote,
     read_table_shape,
 )
+from mysqlsync_dagster.settings import DatabaseSettings
 from mysqlsync_dagster.targets.mysql.loader import LoadStats, Strategy, TableLoader
 from mysqlsync_dagster.targets.mysql.state import ensure_state_table, read_state, write_state
 
@@ -99,10 +99,6 @@ class WireTableLoader(ConnectorXTableLoader):
             batches = stream.read(kwargs["conn"], query, batch_size)
             for batch in iterate_with_timeout(batches, timeout) if timeout else batches:
                 yield pa.Table.from_batches([batch])
-
-
-class ReadTimeout(TimeoutError):
-    """The source sent nothing for `DB_READ_TIMEOUT` seconds (a stalled network or server)."""
 
 
 def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
@@ -146,14 +142,6 @@ def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
         finished.set()
 
 
-class SyncError(RuntimeError):
-    """A table's sync failed; the message is safe to show (no secrets)."""
-
-
-class TableBusy(SyncError):
-    """Another sync of the same target table holds its lock; trying later can succeed."""
-
-
 @dataclass
 class SyncResult:
     table: str
@@ -174,17 +162,6 @@ class SyncResult:
     @property
     def rows_per_second(self) -> float:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
-
-
-def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
-    """The stored cursor text as a value comparable with a modifier column of `data_type`."""
-    if data_type == "timestamp":
-        return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
-    if data_type == "decimal":
-        return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
-    if data_type in NUMERIC_TYPES:
-        return sa.literal(int(cursor), sa.BigInteger)
-    return sa.literal(cursor, sa.String)
 
 
 # Bytes of source rows per extraction batch, at most (as InnoDB stores them; as Arrow text they
@@ -218,6 +195,7 @@ class TableSync:
         cfg: TableConfig,
         source_settings: DatabaseSettings,
         source_engine: sa.Engine,
+        target_settings: DatabaseSettings,
         target_engine: sa.Engine,
         log: logging.Logger | None = None,
         work_root: str | None = None,
@@ -234,7 +212,7 @@ class TableSync:
         self.target_engine = target_engine
         self.source_db = source_settings.database
         self.target_db = target_engine.url.database or ""
-        self.target_settings = DatabaseSettings(url=target_engine.url)
+        self.target_settings = target_settings
         self.log = log or logging.getLogger("mysqlsync_dagster")
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
         self._lock_conn: sa.Connection | None = None

@@ -29,12 +29,10 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from mysqlsync_dagster.errors import SourceReadError
+
 ERROR_PREFIX = "mysqlsync-source-stream-error: "
 RSS_PREFIX = "mysqlsync-source-stream-peak-rss-kb: "
-
-
-class SourceReadError(RuntimeError):
-    """The child reading the source failed; the message is its error ("<type>: <message>")."""
 
 
 class SourceStream:

@@ -36,7 +36,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,15 +57,12 @@ from mysqlsync_dagster.orchestration.assets import (
     table_multi_asset,
     target_row_count,
 )
-from mysqlsync_dagster.orchestration.partitions import (
-    DEFAULT_SOURCE_TIMEZONE,
-    ModifierWindow,
-    window_condition,
-    window_for_range,
-)
+from mysqlsync_dagster.orchestration.partitions import window_for_range
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.pipeline.run import SyncResult, TableSync
+from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
 from mysqlsync_dagster.schema import DLT_COLUMNS
+from mysqlsync_dagster.settings import Settings
 
 IO_MANAGER_KEY = "staging_io_manager"
 COMPRESSIONS = ("snappy", "zstd", "gzip", "brotli")
@@ -544,11 +541,8 @@ def partition_window(context: dg.InputContext) -> ModifierWindow | None:
     return window_for_range(partitions_def, key_range.start, key_range.end)
 
 
-def staging_io_manager_from_env(
-    target_db: MySQLResource, environ: Mapping[str, str] | None = None
-) -> ParquetStagingIOManager:
+def staging_io_manager(target_db: MySQLResource, settings: Settings) -> ParquetStagingIOManager:
     """The I/O manager with each staging variable that is set bound as a `dg.EnvVar`."""
-    env = os.environ if environ is None else environ
     fields = {
         name: dg.EnvVar(var)
         for name, var in (
@@ -556,7 +550,7 @@ def staging_io_manager_from_env(
             ("compression", "PARQUET_COMPRESSION"),
             ("retention_hours", "STAGING_RETENTION_HOURS"),
         )
-        if env.get(var)
+        if settings.is_set(var)
     }
     return ParquetStagingIOManager(target_db=target_db, **fields)
 
@@ -569,15 +563,16 @@ def run_table_staging(
     source_db: MySQLResource,
     target_db: MySQLResource,
     staging: ParquetStagingIOManager,
+    settings: Settings,
 ) -> Iterator[dg.Output[StagedTable] | dg.AssetCheckResult]:
     """Extract to staged files and hand them to the I/O manager; then the same checks (and
     `detect_deletes`) as direct mode, once the I/O manager has loaded and committed."""
-    run = TableRun.start(context, cfg, source_db, target_db)
+    run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from run.pre_sync_results()
     with run.failures():
-        settings = staging.settings()
+        staging_settings = staging.settings()
         with run.table_sync() as sync:
-            staged = stage_table(sync, settings, context.run.run_id)
+            staged = stage_table(sync, staging_settings, context.run.run_id)
             staged.secrets = run.secrets
             try:
                 # handle_output loads the parts as they are written and commits, while this
@@ -594,15 +589,13 @@ def run_table_staging(
     yield from run.post_sync_results()
 
 
-def build_staging_asset(
-    cfg: TableConfig, interval_seconds: int, timezone: str = DEFAULT_SOURCE_TIMEZONE
-) -> dg.AssetsDefinition:
+def build_staging_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
     """The table's asset in staging mode: same spec, checks, retries and partitions as direct
     mode; its output goes to the I/O manager."""
-    spec = table_asset_spec(cfg, interval_seconds, timezone).with_io_manager_key(IO_MANAGER_KEY)
+    spec = table_asset_spec(cfg, settings).with_io_manager_key(IO_MANAGER_KEY)
     output_name = spec.key.to_python_identifier()
 
-    @table_multi_asset(cfg, spec)
+    @table_multi_asset(cfg, spec, settings)
     def sync_table(
         context: dg.AssetExecutionContext,
         source_db: MySQLResource,
@@ -610,7 +603,7 @@ def build_staging_asset(
         staging_io_manager: dg.ResourceParam[ParquetStagingIOManager],
     ) -> Iterator[dg.Output[StagedTable] | dg.AssetCheckResult]:
         yield from run_table_staging(
-            context, cfg, output_name, source_db, target_db, staging_io_manager
+            context, cfg, output_name, source_db, target_db, staging_io_manager, settings
         )
 
     return sync_table

@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mysqlsync_dagster.settings import child_environment
 from mysqlsync_dagster.tools.demo import SCHEMA, orders_rows_sql
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, find_binary
 
@@ -135,7 +136,7 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
         started = time.perf_counter()
         process = subprocess.Popen(
             [*sync_command(), "--config", config.name, "sync", "--json", table["table"]],
-            env={**os.environ, **env},
+            env=child_environment(env),
             stdout=out,
             stderr=err,
         )
@@ -346,17 +347,6 @@ def format_report(report: dict[str, Any]) -> str:
     )
     lines.append(f"copies match source (count + CRC32 sum): {report['copies_match_source']}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: Any) -> None:
-    parser.add_argument("--rows", type=int, default=1_000_000, help="orders rows (1,000,000)")
-    parser.add_argument(
-        "--big", action="store_true", help="10,000,000 orders rows (overrides --rows)"
-    )
-    parser.add_argument("--wide-rows", type=int, default=200_000, help="wide rows; 0 skips it")
-    parser.add_argument("--batch-size", type=int, default=50_000)
-    parser.add_argument("--compression", default="zstd", help="PARQUET_COMPRESSION for staging")
-    parser.add_argument("--json", help="also write the figures to this file")
 
 
 def run_from_args(args: Any) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dotenv import load_dotenv
 
-from mysqlsync_dagster.config import ConfigError, TableConfig, interval_seconds, load_tables_config
-from mysqlsync_dagster.tools.bench import add_arguments as add_bench_arguments
+from mysqlsync_dagster.config import TableConfig, load_tables_config
+from mysqlsync_dagster.errors import ConfigError
+from mysqlsync_dagster.settings import Settings, load_dotenv_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -63,9 +62,9 @@ def select_tables(tables: list[TableConfig], names: Sequence[str]) -> list[Table
     return list(chosen.values())
 
 
-def _instance() -> dg.DagsterInstance:
+def _instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (runs show up in the UI), else ephemeral."""
-    if os.environ.get("DAGSTER_HOME"):
+    if settings.dagster_home:
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 
@@ -77,6 +76,7 @@ def _metadata_value(metadata: dict[str, dg.MetadataValue], key: str) -> float | 
 
 def run_sync(
     tables: list[TableConfig],
+    settings: Settings,
     verbose: bool = False,
     ready: Callable[[], None] | None = None,
 ) -> list[TableOutcome]:
@@ -84,8 +84,8 @@ def run_sync(
     built, just before the first run starts (see `__main__`)."""
     from mysqlsync_dagster.orchestration.factory import build_definitions
 
-    defs = build_definitions(tables, interval_seconds())
-    instance = _instance()
+    defs = build_definitions(tables, settings)
+    instance = _instance(settings)
     if ready is not None:
         ready()
     started = time.perf_counter()
@@ -204,7 +204,7 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     tables = select_tables(load_tables_config(args.config), args.tables)
-    outcomes = run_sync(tables, verbose=args.verbose, ready=args.ready)
+    outcomes = run_sync(tables, args.settings, verbose=args.verbose, ready=args.ready)
     if args.json:
         print(json.dumps([o.as_json() for o in outcomes], indent=2))
     else:
@@ -213,17 +213,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import ArgumentError
-
-    from mysqlsync_dagster.db import create_engine, settings_from_env
+    from mysqlsync_dagster.db import create_engine
     from mysqlsync_dagster.verify.checks import format_outcome, run_all_checks
 
     tables = select_tables(load_tables_config(args.config), args.tables)
-    try:
-        source = create_engine(settings_from_env("SOURCE"))
-        target = create_engine(settings_from_env("TARGET"))
-    except (ValueError, ArgumentError) as error:  # bad or missing connection settings
-        raise ConfigError(str(error)) from None
+    source = create_engine(args.settings.database("source"))
+    target = create_engine(args.settings.database("target"))
     blocking_failed = False
     try:
         for cfg in tables:
@@ -245,7 +240,7 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from mysqlsync_dagster.tools.doctor import diagnose, format_human, format_json
 
-    report = diagnose(args.config)
+    report = diagnose(args.config)  # reports a bad environment instead of failing on it
     print(format_json(report) if args.json else format_human(report))
     return report.exit_code
 
@@ -272,6 +267,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mysqlsync_dagster.tools.bench import run_from_args
 
     return EXIT_OK if run_from_args(args) == 0 else EXIT_FAILED
+
+
+def add_bench_arguments(parser: Any) -> None:
+    parser.add_argument("--rows", type=int, default=1_000_000, help="orders rows (1,000,000)")
+    parser.add_argument(
+        "--big", action="store_true", help="10,000,000 orders rows (overrides --rows)"
+    )
+    parser.add_argument("--wide-rows", type=int, default=200_000, help="wide rows; 0 skips it")
+    parser.add_argument("--batch-size", type=int, default=50_000)
+    parser.add_argument("--compression", default="zstd", help="PARQUET_COMPRESSION for staging")
+    parser.add_argument("--json", help="also write the figures to this file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,12 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, ready: Callable[[], None] | None = None) -> int:
     """Run the command line; `ready` is called when start-up is over (for `sync`, once the
     definitions are built; for other commands, before they start)."""
-    load_dotenv(Path.cwd() / ".env", override=False)
+    load_dotenv_file()
     args = build_parser().parse_args(argv)
     args.ready = ready
     if ready is not None and args.func is not cmd_sync:
         ready()
     try:
+        if args.func is not cmd_doctor:
+            args.settings = Settings.from_environ()
+            args.config = args.config or args.settings.tables_config
         return int(args.func(args))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

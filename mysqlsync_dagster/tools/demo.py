@@ -5,9 +5,6 @@ matches the repository's tables.json.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,20 +107,12 @@ class Demo:
 
 
 def ensure_mariadb_installed() -> None:
-    """Install Debian's mariadb-server when `mariadbd` is missing (root only)."""
-    if mariadbd_binary():
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    """Fail with the fix when `mariadbd` is missing (installing is `scripts/bootstrap.sh`'s job)."""
+    if not mariadbd_binary():
         raise SystemExit(
-            "mariadbd not found. Install MariaDB server (Debian: apt-get install mariadb-server)."
+            "mariadbd not found: run ./scripts/bootstrap.sh (it installs Debian's mariadb-server),"
+            " or apt-get install mariadb-server"
         )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mariadb-server"],
-        check=True,
-        env=env,
-    )
 
 
 def _connect(server: MariaDBServer, database: str | None = None) -> pymysql.Connection:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -23,16 +22,17 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.config import ConfigError, TableConfig, interval_seconds, load_tables_config
-from mysqlsync_dagster.db import (
-    DatabaseSettings,
-    create_engine,
-    mysql_error_code,
-    redact,
-    redact_url,
-    settings_from_env,
-)
+from mysqlsync_dagster.config import TableConfig, load_tables_config
+from mysqlsync_dagster.db import create_engine
+from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
 from mysqlsync_dagster.schema import ORDERABLE_TYPES
+from mysqlsync_dagster.settings import (
+    DatabaseSettings,
+    Settings,
+    database_settings,
+    environment,
+    redact_url,
+)
 
 Status = Literal["ok", "warn", "fail"]
 _RANK: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -549,9 +549,9 @@ def _check_side(
     info = SideReport(side)
     report.sides[side] = info
     try:
-        settings = settings_from_env(side.upper(), environ)
+        settings = database_settings(side, environ)
         info.url, info.database = redact_url(settings.url), settings.database
-    except (ValueError, sa.exc.ArgumentError) as error:
+    except ConfigError as error:
         secrets = [v for k, v in environ.items() if k.endswith(("_DB_PASS", "_DB_URL")) and v]
         report.findings.append(Finding(side, "settings", "fail", redact(str(error), secrets)))
         return {}
@@ -599,12 +599,7 @@ def _check_side(
     except sa.exc.SQLAlchemyError as error:
         message = error_message(error, settings.secrets)
         code = mysql_error_code(error)
-        hint = {
-            1045: "check the user and password",
-            1044: "the user may not use this database",
-            1049: "the database does not exist",
-            2003: "is the server running and the host/port right?",
-        }.get(code or 0)
+        hint = CONNECTION_HINTS.get(code or 0)
         report.findings.append(
             Finding(
                 side,
@@ -635,7 +630,7 @@ def _same_database(report: Report) -> Finding | None:
 
 def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None = None) -> Report:
     """Run every check; never raises for a problem it can describe."""
-    env = os.environ if environ is None else environ
+    env = environment(environ)
     started = time.perf_counter()
     path = config_path or env.get("TABLES_CONFIG") or "tables.json"
     report = Report(config_path=path)
@@ -646,10 +641,12 @@ def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None =
     except ConfigError as error:
         report.findings.append(Finding("config", "tables", "fail", str(error)))
     try:
-        interval = interval_seconds(dict(env))
-        report.findings.append(Finding("config", "interval", "ok", f"INTERVAL {interval} s"))
+        settings = Settings.from_environ(env)
+        report.findings.append(
+            Finding("config", "environment", "ok", f"INTERVAL {settings.interval} s")
+        )
     except ConfigError as error:
-        report.findings.append(Finding("config", "interval", "fail", str(error)))
+        report.findings.append(Finding("config", "environment", "fail", str(error)))
 
     source_facts = _check_side("source", env, tables, report)
     _check_side("target", env, tables, report)

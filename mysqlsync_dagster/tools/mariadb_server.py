@@ -7,6 +7,7 @@ socket and free TCP port on 127.0.0.1, and touches nothing outside its directory
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import pymysql
 
+from mysqlsync_dagster.settings import environment
+
 _SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"]
+    [environment().get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"]
 )
 
 
@@ -123,7 +126,7 @@ class MariaDBServer:
                 f"--datadir={self.datadir}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
-                "--user=root" if os.geteuid() == 0 else f"--user={os.environ.get('USER', '')}",
+                "--user=root" if os.geteuid() == 0 else f"--user={getpass.getuser()}",
             ],
             capture_output=True,
             text=True,

@@ -37,9 +37,8 @@ import dagster as dg
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import is_transient, redact
-from mysqlsync_dagster.orchestration.partitions import ModifierWindow, window_condition
-from mysqlsync_dagster.pipeline.run import cursor_literal
+from mysqlsync_dagster.errors import CheckError, TransientCheckError, is_transient, redact
+from mysqlsync_dagster.pipeline.windows import ModifierWindow, cursor_literal, window_condition
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
 from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
 from mysqlsync_dagster.targets.mysql.state import read_state
@@ -71,10 +70,6 @@ Side = Literal["source", "target"]
 Difference = Literal["missing_in_target", "extra_in_target", "changed"]
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-class CheckError(RuntimeError):
-    """The tables cannot be compared; the message says why (no secrets)."""
 
 
 @dataclass
@@ -463,10 +458,6 @@ def _failure(check: str, error: BaseException, secrets: Sequence[str]) -> CheckO
     else:
         message = f"{type(error).__name__}: {error}"
     return CheckOutcome(check, False, redact(message, secrets), transient_error=is_transient(error))
-
-
-class TransientCheckError(RuntimeError):
-    """A post-sync check could not reach a database; the step is retried rather than judged."""
 
 
 # -- the checks ------------------------------------------------------------------------------

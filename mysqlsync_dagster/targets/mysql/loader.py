@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import secrets
 import tempfile
@@ -42,26 +41,31 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
+from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, to_wire_text
 from mysqlsync_dagster.schema import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 
-# Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
-# with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column
-# benchmark table 562 -> 453 MB, 3M orders rows 462 -> 405 MB). An explicit
-# ARROW_DEFAULT_MEMORY_POOL still wins.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+
+def use_jemalloc(explicit_pool: str | None) -> None:
+    """Make jemalloc Arrow's allocator for this process, unless `ARROW_DEFAULT_MEMORY_POOL`
+    (`explicit_pool`) chose one.
+
+    Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
+    with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column
+    benchmark table 562 -> 453 MB, 3M orders rows 462 -> 405 MB). Called when a table run
+    starts, not on import.
+    """
+    if explicit_pool or pa.default_memory_pool().backend_name == "jemalloc":
+        return
     with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
         pa.set_memory_pool(pa.jemalloc_memory_pool())
         pa.jemalloc_set_decay_ms(0)  # return freed pages at once, not after 1 s
+
 
 Strategy = Literal["upsert", "swap"]
 _CSV_OPTIONS = pacsv.WriteOptions(
     include_header=False, quoting_style="all_valid", null_string="NULL", batch_size=8192
 )
-
-
-class LoadError(RuntimeError):
-    """The target refused or altered data; nothing of the failing batch was kept."""
 
 
 def work_table_name(target: str, kind: str) -> str:

@@ -1,0 +1,79 @@
+"""Windows over a table's modifier column and the WHERE clause that selects a window's rows.
+
+Pure logic (no Dagster): a partition run, a backfill range and a partitioned input all become a
+`ModifierWindow`, and every reader of the rows (the extraction, the checks, the input manager)
+selects them with `window_condition`. Naive DATETIME/DATE modifiers are compared against the
+bounds written as wall-clock text in `SOURCE_TIMEZONE` (verbatim, never shifted); TIMESTAMP
+modifiers as instants (sessions run in UTC, see db.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster.schema import NUMERIC_TYPES
+
+WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
+
+
+@dataclass(frozen=True)
+class ModifierWindow:
+    """Rows with `start <= modifier < end`; an open bound (None) is unbounded on that side.
+
+    `include_null` adds rows whose modifier is NULL (the first partition takes them).
+    """
+
+    start: dt.datetime | None
+    end: dt.datetime | None
+    include_null: bool = False
+
+    def describe(self) -> str:
+        start = self.start.isoformat() if self.start else "the beginning"
+        end = self.end.isoformat() if self.end else "the future"
+        return f"[{start}, {end})" + (" and NULL" if self.include_null else "")
+
+
+ALL_PARTITIONS = ModifierWindow(start=None, end=None, include_null=True)
+
+
+def _bound(value: dt.datetime, data_type: str) -> sa.ColumnElement[Any]:
+    if data_type == "timestamp":  # an instant; the session time zone is UTC (see db.py)
+        epoch = Decimal(str(value.timestamp()))
+        return sa.func.FROM_UNIXTIME(sa.literal(epoch, sa.Numeric(30, 6)))
+    # naive DATETIME/DATE values are wall-clock time in SOURCE_TIMEZONE: compare as text
+    return sa.literal(value.replace(tzinfo=None).isoformat(sep=" "), sa.String)
+
+
+def window_condition(
+    column: sa.ColumnElement[Any], data_type: str, window: ModifierWindow
+) -> sa.ColumnElement[bool]:
+    """WHERE clause selecting the rows of `window` (values bound as parameters)."""
+    if data_type not in WINDOW_TYPES:
+        raise ValueError(
+            f"a time window needs a DATE, DATETIME or TIMESTAMP column, not {data_type}"
+        )
+    bounds = []
+    if window.start is not None:
+        bounds.append(column >= _bound(window.start, data_type))
+    if window.end is not None:
+        bounds.append(column < _bound(window.end, data_type))
+    condition: sa.ColumnElement[bool] = sa.and_(sa.true(), *bounds)
+    if window.include_null:
+        condition = sa.or_(condition, column.is_(None))
+    return condition
+
+
+def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
+    """The stored cursor text as a value comparable with a modifier column of `data_type`."""
+    if data_type == "timestamp":
+        return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
+    if data_type == "decimal":
+        return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
+    if data_type in NUMERIC_TYPES:
+        return sa.literal(int(cursor), sa.BigInteger)
+    return sa.literal(cursor, sa.String)
