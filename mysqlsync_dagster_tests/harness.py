@@ -22,11 +22,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from mysqlsync_dagster.catalog import SPATIAL_TYPES
 from mysqlsync_dagster.config import TableConfig, parse_tables_config
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.orchestration.factory import build_definitions
-from mysqlsync_dagster.orchestration.resources import MySQLResource
-from mysqlsync_dagster.schema import SPATIAL_TYPES
+from mysqlsync_dagster.orchestration.io import (
+    IO_MANAGER_KEY,
+    LEGACY_IO_MANAGER_KEY,
+    TargetTableReader,
+)
+from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
 
@@ -118,19 +123,11 @@ class SyncEnv:
         return self.servers.target.url.set(database=self.target_db).render_as_string(False)
 
     def resources(self) -> dict[str, Any]:
-        from dagster_dlt import DagsterDltResource
-
-        from mysqlsync_dagster.pipeline.staging import IO_MANAGER_KEY, ParquetStagingIOManager
-
-        target_db = MySQLResource(side="TARGET", url=self.target_url())
-        return {
-            "dlt": DagsterDltResource(),
-            "source_db": MySQLResource(side="SOURCE", url=self.source_url()),
-            "target_db": target_db,
-            IO_MANAGER_KEY: ParquetStagingIOManager(
-                target_db=target_db, staging_dir=self.staging_dir, compression=self.compression
-            ),
-        }
+        return table_resources(
+            MySQLResource(side="SOURCE", url=self.source_url()),
+            MySQLResource(side="TARGET", url=self.target_url()),
+            StagingResource(directory=self.staging_dir, compression=self.compression),
+        )
 
     def source_exec(self, *statements: str) -> None:
         _execute(self.source, statements)
@@ -162,6 +159,20 @@ class SyncEnv:
             resources=self.resources(),
             raise_on_error=raise_on_error,
         )
+
+
+def table_resources(
+    source_db: MySQLResource, target_db: MySQLResource, staging: StagingResource | None = None
+) -> dict[str, Any]:
+    """What the table assets need: both databases, staging's settings, the table reader."""
+    reader = TargetTableReader(target_db=target_db)
+    return {
+        "source_db": source_db,
+        "target_db": target_db,
+        "staging": staging or StagingResource(),
+        IO_MANAGER_KEY: reader,
+        LEGACY_IO_MANAGER_KEY: reader,
+    }
 
 
 def _execute(engine: sa.Engine, statements: Sequence[str]) -> None:

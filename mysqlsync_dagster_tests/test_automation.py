@@ -194,7 +194,7 @@ def test_change_sensor_requests_runs_only_for_changed_tables(sync_env):
         Settings.from_environ({"SYNC_TRIGGER": "sensor", "SENSOR_INTERVAL": "2"}),
     )
     [sensor] = defs.sensors
-    resources = {k: v for k, v in sync_env.resources().items() if k != "dlt"}
+    resources = {k: v for k, v in sync_env.resources().items() if k in ("source_db", "target_db")}
 
     def evaluate(cursor):
         with dg.build_sensor_context(

@@ -15,14 +15,13 @@ from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.settings import database_settings
 from mysqlsync_dagster.tools import cli
-from mysqlsync_dagster.verify.checks import (
+from mysqlsync_dagster.verify.compare import (
     CHECKSUM_MATCH,
     ROW_COUNT_MATCH,
     SOURCE_ROW_COUNT,
     KeyRange,
     RowDiff,
     TablePair,
-    absent_in_source,
     checksum_match,
     diff_rows,
     interleave,
@@ -31,6 +30,7 @@ from mysqlsync_dagster.verify.checks import (
     next_chunk_rows,
     run_all_checks,
 )
+from mysqlsync_dagster.verify.deletes import absent_in_source
 
 # -- pure logic ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import dagster as dg
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.io import IO_MANAGER_KEY
 from mysqlsync_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_dagster_definitions_validate_from_repo_root():
     assert "secret" not in result.stdout + result.stderr
 
 
-def test_staging_tables_output_to_the_staging_io_manager():
+def test_every_table_reads_back_through_the_table_reader_and_staging_is_bound_by_name():
     tables = parse_tables_config(
         [
             {"table": "big", "primary_key": "id", "modifier": "updated_at", "mode": "staging"},
@@ -106,13 +107,15 @@ def test_staging_tables_output_to_the_staging_io_manager():
     )
     environ = {"STAGING_DIR": "/var/tmp/x", "PARQUET_COMPRESSION": "gzip"}
     defs = build_definitions(tables, Settings.from_environ(environ))
+    for name in ("big", "small"):
+        asset = defs.resolve_assets_def(dg.AssetKey([name]))
+        assert asset.get_io_manager_key_for_asset_key(dg.AssetKey([name])) == IO_MANAGER_KEY
     big = defs.resolve_assets_def(dg.AssetKey(["big"]))
-    small = defs.resolve_assets_def(dg.AssetKey(["small"]))
-    assert big.get_io_manager_key_for_asset_key(dg.AssetKey(["big"])) == "staging_io_manager"
-    assert small.get_io_manager_key_for_asset_key(dg.AssetKey(["small"])) == "io_manager"
     assert big.metadata_by_key[dg.AssetKey(["big"])]["mode"] == "staging"
-    io_manager = defs.resources["staging_io_manager"]
+    staging = defs.resources["staging"]
     # bound by name: the values are read at run time, never when definitions load
-    assert isinstance(io_manager.staging_dir, dg.EnvVar)
-    assert io_manager.staging_dir.env_var_name == "STAGING_DIR"
-    assert io_manager.retention_hours is None  # unset: the default (24 hours)
+    assert isinstance(staging.directory, dg.EnvVar)
+    assert staging.directory.env_var_name == "STAGING_DIR"
+    assert staging.retention_hours is None  # unset: the default (24 hours)
+    # the reader's former key still serves `dg.AssetIn(input_manager_key="staging_io_manager")`
+    assert defs.resources["staging_io_manager"] is defs.resources[IO_MANAGER_KEY]

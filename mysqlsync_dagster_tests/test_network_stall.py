@@ -10,12 +10,12 @@ import time
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
+from mysqlsync_dagster_tests.harness import table_resources
 
 
 class StallingProxy:
@@ -96,18 +96,16 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
     proxy = StallingProxy(handle.url.port, 1_000_000 if side == "source" else None)
     proxied = handle.url.set(port=proxy.port, database=database).render_as_string(False)
     direct = {"target": sync_env.target_url(), "source": sync_env.source_url()}
-    resources = {
-        "dlt": DagsterDltResource(),
-        **{
-            f"{name}_db": MySQLResource(
-                side=name.upper(),
-                url=proxied if name == side else direct[name],
-                read_timeout=2,
-                write_timeout=2,
-            )
-            for name in ("source", "target")
-        },
-    }
+    source_db, target_db = (
+        MySQLResource(
+            side=name.upper(),
+            url=proxied if name == side else direct[name],
+            read_timeout=2,
+            write_timeout=2,
+        )
+        for name in ("source", "target")
+    )
+    resources = table_resources(source_db, target_db)
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "batch_size": 1000}])
     defs = build_definitions(tables, Settings.from_environ({"SYNC_RETRY_DELAY": "1"}))
     # the target's load is under way when the copy built aside has rows
@@ -193,7 +191,7 @@ def _slow(items, pause_after: int, pause: float):
 
 def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
     from mysqlsync_dagster.errors import ReadTimeout
-    from mysqlsync_dagster.pipeline.run import iterate_with_timeout
+    from mysqlsync_dagster.pipeline.extract import iterate_with_timeout
 
     assert list(iterate_with_timeout(_slow(range(5), 2, 0.1), timeout=2)) == [0, 1, 2, 3, 4]
     got = []
@@ -206,7 +204,7 @@ def test_extraction_watchdog_fails_a_stalled_stream_and_passes_a_healthy_one():
 
 def test_extraction_watchdog_passes_errors_through():
     from mysqlsync_dagster.errors import ReadTimeout, is_transient
-    from mysqlsync_dagster.pipeline.run import iterate_with_timeout
+    from mysqlsync_dagster.pipeline.extract import iterate_with_timeout
 
     def broken():
         yield 1

@@ -141,9 +141,10 @@ def test_run_without_partition_key_syncs_all_partitions(events, monkeypatch):
     hourly = {**DAILY, "partitions": "hourly"}
     monthly = {**DAILY, "table": "monthly", "partitions": "monthly"}
     tables = parse_tables_config([hourly, monthly, {"table": "plain", "primary_key": "id"}])
-    monkeypatch.setenv("SOURCE_DB_URL", events.source_url())
-    monkeypatch.setenv("TARGET_DB_URL", events.target_url())
-    outcomes = run_sync(tables)
+    environ = {"SOURCE_DB_URL": events.source_url(), "TARGET_DB_URL": events.target_url()}
+    for name, value in environ.items():  # the resources read them when the run starts
+        monkeypatch.setenv(name, value)
+    outcomes = run_sync(tables, Settings.from_environ(environ))
     assert [(o.cfg.table, o.ok, o.rows_written) for o in outcomes] == [
         ("events", True, 9),
         ("monthly", True, 9),

@@ -3,12 +3,12 @@
 from urllib.parse import quote
 
 import dagster as dg
-from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
+from mysqlsync_dagster_tests.harness import table_resources
 
 PASSWORD = "p@ss:w/rd%41!'\"`"
 
@@ -44,10 +44,9 @@ def test_least_privilege_users_and_special_password(sync_env):
             {"table": "lookup", "primary_key": "code"},
         ]
     )
-    resources = {
-        "dlt": DagsterDltResource(),
+    resources = table_resources(
         # the source as URL parts: the password needs no escaping by the user
-        "source_db": MySQLResource(
+        MySQLResource(
             side="SOURCE",
             host="127.0.0.1",
             port=source_server.url.port,
@@ -56,12 +55,12 @@ def test_least_privilege_users_and_special_password(sync_env):
             password=PASSWORD,
         ),
         # the target as a URL: the password is percent-encoded, as in any URL
-        "target_db": MySQLResource(
+        MySQLResource(
             side="TARGET",
             url=f"mysql://{writer}:{quote(PASSWORD, safe='')}@127.0.0.1:{target_server.url.port}"
             f"/{sync_env.target_db}",
         ),
-    }
+    )
     defs = build_definitions(tables, Settings.from_environ({}))
     for _ in range(2):  # the first sync swaps, the second upserts: both within the grants
         sync_env.source_exec("UPDATE items SET v = CONCAT(v, '+'), updated_at = NOW() WHERE id = 2")

@@ -52,7 +52,7 @@ def run_dirs(sync_env, table="orders"):
     return sorted((Path(sync_env.staging_dir) / table).iterdir())
 
 
-def test_round_trip_through_the_io_manager(sync_env):
+def test_round_trip_through_staged_parts(sync_env):
     create_orders(sync_env)
     first = sync_env.sync([{**ORDERS, "batch_size": 64}])
     meta = materialization_metadata(first)
@@ -177,7 +177,7 @@ def test_downstream_assets_read_the_synced_table(sync_env):
     create_orders(sync_env, rows=30)
     seen = {}
 
-    @dg.asset(ins={"orders": dg.AssetIn(key="orders", input_manager_key="staging_io_manager")})
+    @dg.asset(ins={"orders": dg.AssetIn(key="orders")})  # the table asset's own I/O manager
     def as_arrow(orders: pa.Table) -> None:
         seen["arrow"] = orders
 
@@ -274,20 +274,14 @@ def test_an_empty_table_and_a_table_emptied_later(sync_env):
 
 def test_extraction_progress_lines(caplog):
     import logging
-    from types import SimpleNamespace
 
-    from mysqlsync_dagster.pipeline.staging import ExtractionProgress
+    from mysqlsync_dagster.pipeline.parts import ExtractionProgress
 
-    sync = SimpleNamespace(
-        cfg=SimpleNamespace(table="orders"),
-        source_rows_estimate=1000,
-        cursor_before=None,
-        log=logging.getLogger("test_progress"),
-    )
-    progress = ExtractionProgress(sync, time.perf_counter() - 1, every_seconds=0)
-    batch = pa.table({"x": list(range(250))})
+    log = logging.getLogger("test_progress")
+    progress = ExtractionProgress(log.info, "orders", 1000, every_seconds=0)
+    progress.started -= 1
     with caplog.at_level(logging.INFO, logger="test_progress"):
-        assert progress(batch) is batch
+        progress(250)
     [line] = caplog.messages
     assert line.startswith("orders: extracted 250 of ~1,000 rows, ")
     assert "rows/s, ETA " in line
@@ -319,7 +313,7 @@ def test_a_failed_load_changes_nothing_and_releases_the_table(sync_env, monkeypa
 
 
 def test_wide_rows_are_extracted_in_smaller_batches():
-    from mysqlsync_dagster.pipeline.run import EXTRACT_BATCH_BYTES, extract_batch_rows
+    from mysqlsync_dagster.pipeline.extract import EXTRACT_BATCH_BYTES, extract_batch_rows
 
     assert extract_batch_rows(50_000, 94) == 50_000  # the benchmark's orders rows fit
     assert extract_batch_rows(50_000, 380) == EXTRACT_BATCH_BYTES // 380  # its 40-column rows
@@ -335,7 +329,7 @@ def _work_tables(sync_env):
 def _stage_threads():
     import threading
 
-    return [t for t in threading.enumerate() if t.name == "mysqlsync-stage"]
+    return [t for t in threading.enumerate() if t.name == "mysqlsync-extract"]
 
 
 def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converges(
@@ -397,27 +391,22 @@ def test_a_load_that_fails_midway_stops_the_extraction(sync_env, monkeypatch):
     assert _work_tables(sync_env) == []
 
 
-def test_load_progress_lines_are_throttled(caplog, monkeypatch):
+def test_progress_lines_are_throttled(caplog):
     import logging
-    from types import SimpleNamespace
 
-    from mysqlsync_dagster.pipeline import run as sync_module
-    from mysqlsync_dagster.targets.mysql.loader import LoadStats
+    from mysqlsync_dagster.pipeline.parts import ExtractionProgress
 
-    sync = sync_module.TableSync.__new__(sync_module.TableSync)
-    sync.cfg = SimpleNamespace(table="orders")
-    sync.log = logging.getLogger("test_load_progress")
-    sync.loader = SimpleNamespace(strategy="swap")
-    sync.source_rows_estimate = 1000
-    sync._started = sync._last_progress = time.perf_counter() - 2
+    log = logging.getLogger("test_load_progress")
+    progress = ExtractionProgress(log.info, "orders", 1000)  # a line at most every 10 s
+    progress.started = progress.last_logged = time.perf_counter() - 2
     with caplog.at_level(logging.INFO, logger="test_load_progress"):
-        sync._progress(LoadStats(rows=100))  # 2 s in: too soon for a line
+        progress(100)  # 2 s in: too soon for a line
         assert caplog.messages == []
-        monkeypatch.setattr(sync_module, "PROGRESS_SECONDS", 1.0)
-        sync._progress(LoadStats(rows=100))
-        sync._progress(LoadStats(rows=200))  # at once after the last line: none
+        progress.every_seconds = 1.0
+        progress(100)
+        progress(200)  # at once after the last line: none
     [line] = caplog.messages
-    assert line.startswith("orders: 100 of ~1,000 rows, ") and "rows/s, ETA " in line
+    assert line.startswith("orders: extracted 100 of ~1,000 rows, ") and "rows/s, ETA " in line
 
 
 def test_a_partitioned_downstream_asset_reads_its_partition_only(sync_env):

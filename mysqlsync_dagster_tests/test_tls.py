@@ -11,13 +11,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError
+from mysqlsync_dagster_tests.harness import table_resources
 
 PASSWORD = "tls-Pa55@word"
 
@@ -122,11 +122,7 @@ def _sync(sync_env, server, certs, host, verify):
         ssl_ca=certs["ca"],
         ssl_verify=verify,
     )
-    resources = {
-        "dlt": DagsterDltResource(),
-        "source_db": source,
-        "target_db": MySQLResource(side="TARGET", url=sync_env.target_url()),
-    }
+    resources = table_resources(source, MySQLResource(side="TARGET", url=sync_env.target_url()))
     tables = parse_tables_config([{"table": "t", "primary_key": "id", "modifier": "updated_at"}])
     defs = build_definitions(tables, Settings.from_environ({}))
     return dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)

@@ -1,8 +1,9 @@
 """The asset factory: one dlt-backed Dagster asset per configured table.
 
 Building definitions never touches a database: specs come from tables.json alone. At run time
-the asset prepares a `TableSync`, runs its dlt pipeline through `DagsterDltResource.run`, and
-reports what happened as numeric metadata the UI can plot.
+the asset prepares a `TableSync`, runs it with its mode's part sink (in memory for direct mode,
+Parquet parts on disk for staging mode), and yields a `dg.MaterializeResult` whose metadata is
+the run's `SyncReport` (numeric values the UI can plot), then its checks.
 """
 
 import contextlib
@@ -12,35 +13,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
-from dagster_dlt import DagsterDltResource, DagsterDltTranslator
-from dagster_dlt.translator import DltResourceTranslatorData
 
 from mysqlsync_dagster.config import TableConfig, dagster_safe_name
-from mysqlsync_dagster.db import run_sql
+from mysqlsync_dagster.errors import TransientCheckError
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
+from mysqlsync_dagster.orchestration.checks import (
+    check_result,
+    post_sync_check_results,
+    table_check_specs,
+)
+from mysqlsync_dagster.orchestration.io import IO_MANAGER_KEY
 from mysqlsync_dagster.orchestration.partitions import (
     backfill_policy,
     partitions_definition,
     window_for_context,
 )
-from mysqlsync_dagster.orchestration.resources import MySQLResource
-from mysqlsync_dagster.pipeline.run import SyncResult, TableSync
+from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
+from mysqlsync_dagster.pipeline.parts import MemoryParts, PartSink, new_load_id
+from mysqlsync_dagster.pipeline.run import TableSync
+from mysqlsync_dagster.pipeline.staging import stage
 from mysqlsync_dagster.pipeline.windows import ModifierWindow
-from mysqlsync_dagster.schema import quote
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
-from mysqlsync_dagster.verify.checks import (
-    CheckOutcome,
-    TablePair,
-    TransientCheckError,
-    check_result,
-    delete_missing_rows,
-    post_sync_check_results,
-    source_row_count,
-    table_check_specs,
-)
+from mysqlsync_dagster.verify.compare import CheckOutcome, TablePair, source_row_count
+from mysqlsync_dagster.verify.deletes import delete_missing_rows
 
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
@@ -91,64 +88,7 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
             "partitions": cfg.partitions,
             "dagster/table_name": cfg.target,
         },
-    )
-
-
-class TableTranslator(DagsterDltTranslator):
-    """Maps this table's dlt resource to its asset spec (the same at build and run time)."""
-
-    def __init__(self, cfg: TableConfig, settings: Settings) -> None:
-        self.spec = table_asset_spec(cfg, settings)
-
-    def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
-        return self.spec
-
-
-def result_metadata(
-    result: SyncResult, target_db: str, row_count: int, dlt_meta: dict[str, Any]
-) -> dict[str, Any]:
-    columns = [
-        dg.TableColumn(
-            name=name,
-            type=column_type,
-            constraints=dg.TableColumnConstraints(nullable=nullable),
-        )
-        for name, column_type, nullable in result.columns
-    ]
-    rows_loaded = dlt_meta.get("rows_loaded")
-    rows_extracted = int(getattr(rows_loaded, "value", rows_loaded) or result.rows_written)
-    metadata: dict[str, Any] = {
-        "dagster/row_count": dg.MetadataValue.int(row_count),
-        "dagster/table_name": f"{target_db}.{result.target}",
-        "dagster/column_schema": dg.TableSchema(columns=columns),
-        "strategy": result.strategy,
-        "load_id": result.load.load_id or "",
-        "rows_extracted": dg.MetadataValue.int(rows_extracted),
-        "rows_written": dg.MetadataValue.int(result.rows_written),
-        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-        "rows_per_second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
-        "batches": dg.MetadataValue.int(result.load.batches),
-        "files": dg.MetadataValue.int(result.load.files),
-        "bytes_loaded": dg.MetadataValue.int(result.load.csv_bytes),
-        "zero_dates_to_null": dg.MetadataValue.int(result.load.zero_dates),
-        "cursor_before": result.cursor_before or "",
-        "cursor_after": result.cursor_after or "",
-        "columns_added": ", ".join(result.schema_changes.added),
-        "columns_changed": ", ".join(result.schema_changes.modified),
-        "columns_dropped_in_source": ", ".join(result.schema_changes.dropped_in_source),
-    }
-    if result.warnings:
-        metadata["warnings"] = "\n".join(result.warnings)
-    if result.source_rows_estimate is not None:
-        metadata["source_rows_estimate"] = dg.MetadataValue.int(int(result.source_rows_estimate))
-    if result.reader_peak_rss_mb is not None:
-        metadata["reader_peak_rss_mb"] = dg.MetadataValue.float(round(result.reader_peak_rss_mb, 1))
-    return metadata
-
-
-def target_row_count(engine: sa.Engine, table: str) -> int:
-    with engine.connect() as conn:
-        return int(run_sql(conn, f"SELECT COUNT(*) FROM {quote(table)}").scalar_one())
+    ).with_io_manager_key(IO_MANAGER_KEY)  # downstream assets read the table back (io.py)
 
 
 @dataclass
@@ -191,8 +131,7 @@ class TableRun:
             self.cfg,
             self.source_db.settings(),
             self.source_db.engine,
-            self.target_db.settings(),
-            self.target_db.engine,
+            self.target_db.target(),
             log=self.context.log,
             window=self.window,
             lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
@@ -240,60 +179,71 @@ def table_multi_asset(cfg: TableConfig, spec: dg.AssetSpec, settings: Settings) 
     )
 
 
-def run_table_sync(
+def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
+    """Direct mode keeps the parts in memory; staging mode writes them under `STAGING_DIR`."""
+    if sync.cfg.mode != "staging":
+        return MemoryParts()
+    plan = {
+        "strategy": sync.strategy,
+        "columns": [{"name": w.column.name, "kind": w.kind} for w in sync.wire],
+        "cursor_before": sync.cursor_before,
+        "cursor_after": sync.cursor_after,
+    }
+    return stage(sync.cfg, staging.settings(), run_id, load_id, plan, sync.log.info)
+
+
+def run_table(
     context: dg.AssetExecutionContext,
     cfg: TableConfig,
-    translator: TableTranslator,
-    dlt: DagsterDltResource,
     source_db: MySQLResource,
     target_db: MySQLResource,
+    staging: StagingResource,
     settings: Settings,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """The asset body, in both modes: pre-sync check, sync, deletes, report, checks."""
     run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from run.pre_sync_results()
     with run.failures():
         with run.table_sync() as sync:
-            dlt_meta: dict[str, Any] = {}
-            for event in dlt.run(
-                context=context,
-                dlt_source=sync.dlt_source(),
-                dlt_pipeline=sync.dlt_pipeline(),
-                dagster_dlt_translator=translator,
-            ):
-                dlt_meta = dict(event.metadata or {})
-            result = sync.finalize()
-            rows_deleted = run.delete_missing_rows(result.strategy)
-        row_count = (
-            result.rows_written
-            if result.strategy == "swap"
-            else target_row_count(target_db.engine, cfg.target)
+            load_id = new_load_id()
+            report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
+            if cfg.detect_deletes:
+                report.rows_deleted = run.delete_missing_rows(report.strategy)
+        report.row_count = (
+            report.rows_written
+            if report.strategy == "swap"
+            else target_db.target().row_count(cfg.target)
         )
     context.log.info(
-        "%s: %s rows written in %.1fs (%s)",
+        "%s: %s rows written in %.1fs (%s), %.0f rows/s",
         cfg.table,
-        f"{result.rows_written:,}",
-        result.seconds,
-        result.strategy,
+        f"{report.rows_written:,}",
+        report.seconds,
+        report.strategy,
+        report.rows_per_second,
     )
-    metadata = result_metadata(result, target_db.engine.url.database or "", row_count, dlt_meta)
-    if cfg.detect_deletes:
-        metadata["rows_deleted"] = dg.MetadataValue.int(rows_deleted)
-    if run.window is not None:
-        metadata["window"] = run.window.describe()
-    yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=metadata)
+    yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=report.to_metadata())
     yield from run.post_sync_results()
 
 
 def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
-    translator = TableTranslator(cfg, settings)
+    """The table's asset: its spec, checks, pool, retries and backfill policy."""
 
-    @table_multi_asset(cfg, translator.spec, settings)
+    @dg.multi_asset(
+        name=f"sync_{cfg.key}",
+        specs=[table_asset_spec(cfg, settings)],
+        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
+        pool=TARGET_POOL,
+        retry_policy=retries.retry_policy(settings),
+        backfill_policy=backfill_policy(cfg),
+        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
+    )
     def sync_table(
         context: dg.AssetExecutionContext,
-        dlt: DagsterDltResource,
         source_db: MySQLResource,
         target_db: MySQLResource,
+        staging: StagingResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        yield from run_table_sync(context, cfg, translator, dlt, source_db, target_db, settings)
+        yield from run_table(context, cfg, source_db, target_db, staging, settings)
 
     return sync_table

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster_dlt import DagsterDltResource
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.orchestration.assets import (
@@ -18,12 +17,12 @@ from mysqlsync_dagster.orchestration.assets import (
     target_asset_key,
 )
 from mysqlsync_dagster.orchestration.automation import build_automation
-from mysqlsync_dagster.orchestration.resources import MySQLResource
-from mysqlsync_dagster.pipeline.staging import (
+from mysqlsync_dagster.orchestration.io import (
     IO_MANAGER_KEY,
-    build_staging_asset,
-    staging_io_manager,
+    LEGACY_IO_MANAGER_KEY,
+    TargetTableReader,
 )
+from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
 
 SYNC_ALL_JOB = "sync_all_tables"
@@ -31,19 +30,14 @@ SYNC_ALL_JOB = "sync_all_tables"
 
 def build_resources(settings: Settings) -> dict[str, object]:
     target_db = MySQLResource.bound("TARGET", settings)
+    reader = TargetTableReader(target_db=target_db)  # synced tables for downstream assets
     return {
-        "dlt": DagsterDltResource(),
         "source_db": MySQLResource.bound("SOURCE", settings),
         "target_db": target_db,
-        # loads staging-mode tables, and serves every table to downstream assets
-        IO_MANAGER_KEY: staging_io_manager(target_db, settings),
+        "staging": StagingResource.bound(settings),
+        IO_MANAGER_KEY: reader,
+        LEGACY_IO_MANAGER_KEY: reader,
     }
-
-
-def build_table(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
-    if cfg.mode == "staging":
-        return build_staging_asset(cfg, settings)
-    return build_table_asset(cfg, settings)
 
 
 def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.Definitions:
@@ -51,7 +45,7 @@ def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.D
     return dg.Definitions(
         assets=[
             *(source_asset_spec(cfg) for cfg in tables),
-            *(build_table(cfg, settings) for cfg in tables),
+            *(build_table_asset(cfg, settings) for cfg in tables),
         ],
         jobs=[
             dg.define_asset_job(

@@ -1,4 +1,4 @@
-"""Dagster resources wrapping the pooled source and target engines."""
+"""Dagster resources: the pooled source and target engines, and staging mode's settings."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from mysqlsync_dagster.db import create_engine
+from mysqlsync_dagster.pipeline.staging import StagingSettings
 from mysqlsync_dagster.settings import (
     POOL_VARIABLES,
     DatabaseSettings,
     Settings,
     database_settings,
 )
+from mysqlsync_dagster.targets.mysql.target import MySQLTarget
 
 # resource field -> environment variable suffix (after SOURCE_/TARGET_)
 SIDE_FIELDS = {
@@ -88,6 +90,10 @@ class MySQLResource(dg.ConfigurableResource):
             self._engine = create_engine(self.settings(), local_infile=self.side == "TARGET")
         return self._engine
 
+    def target(self) -> MySQLTarget:
+        """This database as the target of table runs."""
+        return MySQLTarget(self.engine, self.settings())
+
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -98,3 +104,36 @@ class MySQLResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.dispose()
+
+
+STAGING_VARIABLES = {
+    "directory": "STAGING_DIR",
+    "compression": "PARQUET_COMPRESSION",
+    "retention_hours": "STAGING_RETENTION_HOURS",
+}
+
+
+class StagingResource(dg.ConfigurableResource):
+    """Where staging mode writes its Parquet parts, with which codec, kept how long.
+
+    Fields are bound to `STAGING_DIR`, `PARQUET_COMPRESSION` and `STAGING_RETENTION_HOURS` as
+    `dg.EnvVar`s when those are set (read when a run starts); unset means `.staging` in the
+    working directory, zstd and 24 hours.
+    """
+
+    directory: str | None = None
+    compression: str | None = None
+    retention_hours: str | None = None
+
+    @classmethod
+    def bound(cls, settings: Settings) -> StagingResource:
+        return cls(
+            **{
+                field: dg.EnvVar(variable)
+                for field, variable in STAGING_VARIABLES.items()
+                if settings.is_set(variable)
+            }
+        )
+
+    def settings(self) -> StagingSettings:
+        return StagingSettings.parse(self.directory, self.compression, self.retention_hours)

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.schema import NUMERIC_TYPES
+from mysqlsync_dagster.catalog import NUMERIC_TYPES
 
 WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
 

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from mysqlsync_dagster.catalog import BINARY_TYPES, DATE_TYPES, SPATIAL_TYPES, Column
 from mysqlsync_dagster.db import quote_identifier
-from mysqlsync_dagster.schema import BINARY_TYPES, DATE_TYPES, SPATIAL_TYPES, Column
 
 WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date"]
 

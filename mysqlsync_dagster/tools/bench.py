@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.settings import child_environment
 from mysqlsync_dagster.tools.demo import SCHEMA, orders_rows_sql
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, find_binary
@@ -162,7 +163,8 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
         "merge_ranges",
         "reader_peak_rss_mb",
     )
-    result = {k: outcome["metadata"][k] for k in keep if k in outcome["metadata"]}
+    report = SyncReport.from_metadata(outcome["metadata"])
+    result = {k: getattr(report, k) for k in keep if getattr(report, k) is not None}
     result["wall_seconds"] = wall
     result["peak_rss_mb"] = peak_rss_mb(usage)
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,22 +15,39 @@ import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.errors import ConfigError
+from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.settings import Settings, load_dotenv_file
+from mysqlsync_dagster.verify.compare import SAMPLE_KEYS, CheckOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass
 class TableOutcome:
+    """One table's line of `sync`: its run's report (None when it did not materialize)."""
+
     cfg: TableConfig
     ok: bool
-    rows_read: int | None = None
-    rows_written: int | None = None
-    seconds: float | None = None
-    strategy: str = ""
+    report: SyncReport | None = None
     error: str = ""
     checks: str = "-"
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # plain values, for --json
+
+    @property
+    def rows_read(self) -> int | None:
+        return self.report.rows_extracted if self.report else None
+
+    @property
+    def rows_written(self) -> int | None:
+        return self.report.rows_written if self.report else None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.report.seconds if self.report else None
+
+    @property
+    def strategy(self) -> str:
+        return self.report.strategy if self.report else ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -67,11 +83,6 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     if settings.dagster_home:
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
-
-
-def _metadata_value(metadata: dict[str, dg.MetadataValue], key: str) -> float | None:
-    value = metadata.get(key)
-    return None if value is None else value.value  # type: ignore[return-value]
 
 
 def run_sync(
@@ -110,10 +121,7 @@ def run_sync(
             tags={"mysqlsync/trigger": "cli"},
         )
         failures.update(
-            {
-                event.step_key: event.event_specific_data.error  # type: ignore[union-attr]
-                for event in result.get_step_failure_events()
-            }
+            {event.step_key: failure_text(event) for event in result.get_step_failure_events()}
         )
         evaluations.extend(result.get_asset_check_evaluations())
         for asset in assets:
@@ -132,10 +140,7 @@ def run_sync(
                 TableOutcome(
                     cfg,
                     ok=not blocked,
-                    rows_read=_metadata_value(metadata, "rows_extracted"),
-                    rows_written=_metadata_value(metadata, "rows_written"),
-                    seconds=_metadata_value(metadata, "seconds"),
-                    strategy=str(_metadata_value(metadata, "strategy") or ""),
+                    report=SyncReport.from_metadata(metadata),
                     error="; ".join(f"check {e.check_name}: {e.description}" for e in blocked),
                     checks=f"{sum(e.passed for e in checks)}/{len(checks)} ok" if checks else "-",
                     metadata={
@@ -146,20 +151,28 @@ def run_sync(
                 )
             )
         else:
-            error = failures.get(node)
-            message = root_message(error) if error else "did not run (an upstream step failed)"
+            message = failures.get(node) or "did not run (an upstream step failed)"
             outcomes.append(TableOutcome(cfg, ok=False, error=message))
     if verbose:
         print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return outcomes
 
 
-def root_message(error: Any) -> str:
-    """The innermost error's message: what went wrong, not Dagster's wrapper around it."""
-    while error.cause is not None:
+def failure_text(event: dg.DagsterEvent) -> str:
+    """What went wrong in a failed step: the description of the `dg.Failure` the asset raised
+    (the table's own message, secrets removed), else the innermost error's message without
+    its class name."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error = data.error
+    while error is not None and error.cause is not None:
         error = error.cause
-    # "dagster._core.definitions.events.Failure: table 'x': ..." -> "table 'x': ..."
-    return re.sub(r"^[\w.]+(Error|Failure|Exception): ", "", error.message.strip())
+    if error is None:
+        return "failed"
+    text = error.message.strip()
+    prefix, separator, rest = text.partition(": ")
+    return rest if separator and prefix.rsplit(".", 1)[-1] == error.cls_name else text
 
 
 def format_summary(outcomes: list[TableOutcome]) -> str:
@@ -202,6 +215,28 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
     return "\n".join(lines)
 
 
+def format_outcome(table: str, outcome: CheckOutcome) -> str:
+    """One verdict with its figures, as `mysqlsync-dagster check` prints it."""
+    verdict = "ok" if outcome.passed else ("FAILED" if outcome.blocking else "failed")
+    figures = " ".join(
+        f"{key}={value:,}"
+        if isinstance(value, int) and not isinstance(value, bool)
+        else f"{key}={value}"
+        for key, value in outcome.metadata.items()
+        if isinstance(value, int | float | str) and value != ""
+    )
+    lines = [f"{table}  {outcome.check}  {verdict}  {outcome.description}"]
+    if figures:
+        lines.append(f"    {figures}")
+    keys = outcome.metadata.get("differing_keys")
+    if keys:
+        lines.append(
+            "    differing keys: "
+            + "; ".join(f"{k['difference']} {k['key']}" for k in keys[:SAMPLE_KEYS])
+        )
+    return "\n".join(lines)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     tables = select_tables(load_tables_config(args.config), args.tables)
     outcomes = run_sync(tables, args.settings, verbose=args.verbose, ready=args.ready)
@@ -214,7 +249,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from mysqlsync_dagster.db import create_engine
-    from mysqlsync_dagster.verify.checks import format_outcome, run_all_checks
+    from mysqlsync_dagster.verify.compare import run_all_checks
 
     tables = select_tables(load_tables_config(args.config), args.tables)
     source = create_engine(args.settings.database("source"))

@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from mysqlsync_dagster.catalog import ORDERABLE_TYPES
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
-from mysqlsync_dagster.schema import ORDERABLE_TYPES
 from mysqlsync_dagster.settings import (
     DatabaseSettings,
     Settings,

@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Connection, Engine
 
+from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, to_wire_text
-from mysqlsync_dagster.schema import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 
 
 def use_jemalloc(explicit_pool: str | None) -> None:
@@ -82,12 +82,18 @@ class LoadStats:
     zero_dates: int = 0
     csv_bytes: int = 0
     rows_numbered: int = 0
-    load_id: str | None = None  # dlt's load id of the data loaded
+    load_id: str | None = None  # the load id stamped on the rows
+    merge_ranges: int = 0
 
 
 @dataclass
 class TableLoader:
-    """Loads the files of one sync run into one target table."""
+    """Loads the parts of one sync run into one target table.
+
+    Parts (Arrow tables in memory, or Parquet files) are turned into CSV batch by batch and
+    loaded by `load_streams` connections at once into a bulk-only work table, the conversion
+    of the next batch overlapping the loads in flight; `drain()` waits for them.
+    """
 
     engine: Engine
     target: str
@@ -96,14 +102,14 @@ class TableLoader:
     batch_size: int
     work_dir: Path
     stats: LoadStats = field(default_factory=LoadStats)
-    on_batch: Callable[[LoadStats], None] | None = None
     primary_key: tuple[str, ...] = ()
     merge_each_batch: bool = True
     load_streams: int = 1  # parallel LOAD DATA connections into a bulk-only work table
     run_token: str = field(default_factory=lambda: secrets.token_urlsafe(9))
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _deferred_indexes: list[str] = field(default_factory=list, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pending: deque[Future[None]] = field(default_factory=deque, repr=False)
 
     @property
     def stage(self) -> str:
@@ -118,14 +124,20 @@ class TableLoader:
         return self.stage if self.strategy == "upsert" else self.aside
 
     # -- set-up and finish -----------------------------------------------------------
-    def prepare(self, conn: Connection) -> None:
+    def prepare(self) -> None:
         """Create the empty work table (dropping leftovers of a run that died)."""
         q = quote
-        run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
-        run_sql(conn, f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
-        run_sql(conn, f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
-        if self._bulk_only:
-            self._deferred_indexes = self._drop_secondary_indexes(conn)
+        with self.engine.begin() as conn:
+            run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}, {q(self.aside)}")
+            run_sql(conn, f"DROP TABLE IF EXISTS {q(work_table_name(self.target, 'old'))}")
+            run_sql(conn, f"CREATE TABLE {q(self._into)} LIKE {q(self.target)}")
+            if self._bulk_only:
+                self._deferred_indexes = self._drop_secondary_indexes(conn)
+        # Batch N+1 is converted while up to `streams` batches load; each stream has its own
+        # connection and transaction. A merge per batch needs the stage to itself: one stream.
+        streams = self.load_streams if self._bulk_only else 1
+        if streams > 1:
+            self._pool = ThreadPoolExecutor(streams, "mysqlsync-load")
 
     @property
     def _bulk_only(self) -> bool:
@@ -147,8 +159,19 @@ class TableLoader:
         run_sql(conn, f"ALTER TABLE {quote(self._into)} {drops}")
         return [f"ADD {line.strip().rstrip(',')}" for line, _, _ in keys] if restore else []
 
+    def merge(self) -> int:
+        """After the last part: merge the stage into the live table by key ranges (an upsert
+        that did not merge each batch as it came); returns the number of ranges."""
+        self.drain()
+        if self.strategy == "upsert" and not self.merge_each_batch:
+            self.stats.merge_ranges = self.merge_stage()
+        return self.stats.merge_ranges
+
     def finish(self, conn: Connection) -> None:
-        """Swap the aside copy in (swap) or drop the staging table (upsert)."""
+        """Swap the aside copy in (swap) or drop the staging table (upsert), in `conn`'s
+        transaction (the caller writes the sync state in the same one)."""
+        self.drain()
+        self._close_pool()
         q = quote
         if self.strategy == "swap":
             if self._deferred_indexes:
@@ -162,54 +185,63 @@ class TableLoader:
         else:
             run_sql(conn, f"DROP TABLE IF EXISTS {q(self.stage)}")
 
-    def discard(self, conn: Connection) -> None:
-        run_sql(conn, f"DROP TABLE IF EXISTS {quote(self.stage)}, {quote(self.aside)}")
+    def discard(self) -> None:
+        """A failed run: stop the loads in flight and drop the work tables."""
+        self._close_pool(cancel=True)
+        with self.engine.begin() as conn:
+            run_sql(conn, f"DROP TABLE IF EXISTS {quote(self.stage)}, {quote(self.aside)}")
+
+    def _close_pool(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+        self._pending.clear()
 
     # -- loading ---------------------------------------------------------------------
+    def load_part(self, part: pa.Table | Path, load_id: str) -> None:
+        """Load one part (an Arrow table, or a Parquet file of wire columns), stamped
+        `load_id`; its last batches may still be loading when this returns (`drain`)."""
+        if isinstance(part, pa.Table):
+            self._load_batches(part.to_batches(max_chunksize=self.batch_size), load_id)
+        else:
+            self.load_parquet(part, load_id)
+
     def load_parquet(self, path: str | Path, load_id: str) -> None:
-        """Load one file of wire columns, stamped `load_id`; files of a run load one after
-        another (dlt may call from threads)."""
-        with self._lock:
-            # pre_buffer keeps every row group read so far cached until the reader is closed:
-            # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
-            parquet = pq.ParquetFile(path, pre_buffer=False)
-            names = parquet.schema_arrow.names
-            if len(names) != len(self.wire):
-                raise LoadError(
-                    f"{path}: expected the {len(self.wire)} source columns "
-                    f"{[w.column.name for w in self.wire]}, found columns {names}"
-                )
-            self._load_batches(parquet.iter_batches(batch_size=self.batch_size), load_id)
-            self.stats.files += 1
+        """Load one Parquet file of wire columns, stamped `load_id`."""
+        # pre_buffer keeps every row group read so far cached until the reader is closed:
+        # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        names = parquet.schema_arrow.names
+        if len(names) != len(self.wire):
+            raise LoadError(
+                f"{path}: expected the {len(self.wire)} source columns "
+                f"{[w.column.name for w in self.wire]}, found columns {names}"
+            )
+        self._load_batches(parquet.iter_batches(batch_size=self.batch_size), load_id)
+        self.stats.files += 1
 
     def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:
         self.stats.load_id = load_id
-        # Batch N+1 is converted while up to `streams` batches load; each stream has its own
-        # connection and transaction. A merge per batch needs the stage to itself: one stream.
-        streams = self.load_streams if self._bulk_only else 1
-        pool = ThreadPoolExecutor(streams, "mysqlsync-load") if streams > 1 else None
-        pending: deque[Future[None]] = deque()
-        try:
-            for batch in batches:
-                arrays: list[pa.Array] = []
-                for position, wire in enumerate(self.wire):
-                    text, zeros = to_wire_text(batch.column(position), wire)
-                    self.stats.zero_dates += zeros
-                    arrays.append(text)
-                arrays.append(self._row_ids(batch.num_rows))
-                table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-                job = (*self._write_csv(table), load_id)
-                if pool is None:
-                    self._load_csv(*job)
-                    continue
-                while len(pending) >= streams:
-                    pending.popleft().result()
-                pending.append(pool.submit(self._load_csv, *job))
-            while pending:
-                pending.popleft().result()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        for batch in batches:
+            arrays: list[pa.Array] = []
+            for position, wire in enumerate(self.wire):
+                text, zeros = to_wire_text(batch.column(position), wire)
+                self.stats.zero_dates += zeros
+                arrays.append(text)
+            arrays.append(self._row_ids(batch.num_rows))
+            table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+            job = (*self._write_csv(table), load_id)
+            if self._pool is None:
+                self._load_csv(*job)
+                continue
+            while len(self._pending) >= self.load_streams:
+                self._pending.popleft().result()
+            self._pending.append(self._pool.submit(self._load_csv, *job))
+
+    def drain(self) -> None:
+        """Wait for the loads in flight; the first failure is raised."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def _row_ids(self, count: int) -> pa.Array:
         """`_dlt_id` values: unique per row, made in bulk (this run's token + a row number)."""
@@ -245,8 +277,6 @@ class TableLoader:
             self.stats.csv_bytes += size
             self.stats.rows += rows
             self.stats.batches += 1
-            if self.on_batch:
-                self.on_batch(self.stats)
 
     @property
     def _merging_now(self) -> bool:

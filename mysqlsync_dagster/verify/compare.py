@@ -1,7 +1,7 @@
-"""Proof of consistency between a source table and its target copy, and hard-delete detection.
+"""Proof of consistency between a source table and its target copy: the comparison engine.
 
-Three asset checks per table, one implementation shared by the table asset (after each sync) and
-by `mysqlsync-dagster check` (against the databases as they are):
+Three checks per table, one implementation shared by the table asset (after each sync, through
+`orchestration/checks.py`) and by `mysqlsync-dagster check` (against the databases as they are):
 
 - `source_row_count`: the source table answers; its row count (and max modifier) before extraction.
 - `row_count_match` (blocking): COUNT(*) on both sides, compared.
@@ -14,33 +14,26 @@ Incremental tables are compared within the synced cursor (rows whose modifier is
 cursor stored in `_mysqlsync_state`, or NULL): rows written since then are not expected in the
 target yet. Rows exactly at the cursor may have been written after the sync read the source in
 the same second; the next sync re-reads them by design (it reads `modifier >= cursor`), so a
-difference confined to them is reported as pending, not as a failure.
-
-`delete_missing_rows` (for `detect_deletes`) walks the target's keys range by range, compares them
-with the source's keys in the same range, confirms each candidate with the source server itself
-(its collation decides equality) and deletes the confirmed ones in small batches.
-"""
+difference confined to them is reported as pending, not as a failure."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any, Literal, TypeVar
 
-import dagster as dg
 import sqlalchemy as sa
 
+from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.errors import CheckError, TransientCheckError, is_transient, redact
+from mysqlsync_dagster.errors import CheckError, is_transient, redact
 from mysqlsync_dagster.pipeline.windows import ModifierWindow, cursor_literal, window_condition
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
-from mysqlsync_dagster.schema import Column, TableShape, read_table_shape
 from mysqlsync_dagster.targets.mysql.state import read_state
 
 SOURCE_ROW_COUNT = "source_row_count"
@@ -62,8 +55,6 @@ KEY_DIFF_ROWS = 50_000  # ... and key by key when looking for deletes (keys are 
 SPLIT_PARTS = 8  # a larger differing range is split into this many parts
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
-EXISTS_BATCH = 200  # candidate keys confirmed per query
-DELETE_BATCH_ROWS = 500
 
 Key = tuple[Any, ...]
 Side = Literal["source", "target"]
@@ -755,182 +746,3 @@ def run_all_checks(
 ) -> list[CheckOutcome]:
     """Every check of one table, as `mysqlsync-dagster check` runs them."""
     return [source_row_count(cfg, source_engine), *table_checks(cfg, source_engine, target_engine)]
-
-
-# -- hard deletes ----------------------------------------------------------------------------
-@dataclass
-class DeleteReport:
-    rows_deleted: int = 0
-    chunks: int = 0
-    chunks_differing: int = 0
-    candidates: int = 0
-    seconds: float = 0.0
-
-
-def delete_missing_rows(
-    pair: TablePair,
-    *,
-    batch_rows: int = DELETE_BATCH_ROWS,
-    log: logging.Logger | None = None,
-) -> DeleteReport:
-    """Delete target rows whose primary key no longer exists in the source.
-
-    The servers compare the key sets first, as digests of key ranges (COUNT and BIT_XOR of the
-    keys' CRC32, like the checksum); a differing range is split until its parts hold at most
-    KEY_DIFF_ROWS keys, whose keys are then listed and compared: only keys of differing ranges pass through
-    Python, never a whole table. A candidate is deleted only after the source server confirms it
-    has no such key (its collation, not Python's string equality, decides), in batches of
-    `batch_rows`, one short transaction each.
-    """
-    started = time.perf_counter()
-    report = DeleteReport()
-    scan = scan_chunks(pair, keys_only=True)
-    report.chunks, report.chunks_differing = scan.chunks, len(scan.mismatched)
-    for key_range, source, target in scan.mismatched:
-        found = RowDiff()
-        narrow(
-            pair,
-            key_range,
-            source,
-            target,
-            strict=False,
-            found=found,
-            limit=None,
-            keys_only=True,
-            leaf_rows=KEY_DIFF_ROWS,
-        )
-        report.candidates += len(found.extra_in_target)
-        gone = absent_in_source(pair, found.extra_in_target)
-        for i in range(0, len(gone), batch_rows):
-            report.rows_deleted += delete_keys(pair, gone[i : i + batch_rows])
-    report.seconds = time.perf_counter() - started
-    if log and report.rows_deleted:
-        log.info(
-            "%s: deleted %s rows no longer in the source (%s of %s key ranges differed, %.1fs)",
-            pair.cfg.table,
-            f"{report.rows_deleted:,}",
-            report.chunks_differing,
-            report.chunks,
-            report.seconds,
-        )
-    return report
-
-
-def absent_in_source(pair: TablePair, candidates: Sequence[Key]) -> list[Key]:
-    """The candidates for which the source has no row with an equal key."""
-    table = pair.table("source")
-    keys = pair.keys(table)
-    absent: list[Key] = []
-    for i in range(0, len(candidates), EXISTS_BATCH):
-        batch = candidates[i : i + EXISTS_BATCH]
-        probes = [
-            sa.select(sa.literal_column("1"))
-            .select_from(table)
-            .where(*(column == value for column, value in zip(keys, key, strict=True)))
-            .exists()
-            for key in batch
-        ]
-        with pair.source_engine.connect() as conn:
-            found = conn.execute(sa.select(*probes)).one()
-        absent += [key for key, exists in zip(batch, found, strict=True) if not exists]
-    return absent
-
-
-def delete_keys(pair: TablePair, keys: Sequence[Key]) -> int:
-    if not keys:
-        return 0
-    table = pair.table("target")
-    with pair.target_engine.begin() as conn:
-        return int(conn.execute(sa.delete(table).where(key_in(pair.keys(table), keys))).rowcount)
-
-
-# -- Dagster glue ----------------------------------------------------------------------------
-_DESCRIPTIONS = {
-    SOURCE_ROW_COUNT: "The source table is reachable; its row count (and max modifier) before "
-    "extraction.",
-    ROW_COUNT_MATCH: "Target row count equals the source's (incremental tables: within the "
-    "synced cursor).",
-    CHECKSUM_MATCH: "Source and target agree row for row: COUNT(*) and BIT_XOR(CRC32(row)) per "
-    "primary-key range, computed by each server; differing keys are listed.",
-}
-
-
-def table_check_specs(cfg: TableConfig, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    names = [SOURCE_ROW_COUNT, ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
-    return [
-        dg.AssetCheckSpec(
-            name,
-            asset=asset_key,
-            description=_DESCRIPTIONS[name],
-            blocking=name in BLOCKING_CHECKS,
-        )
-        for name in names
-    ]
-
-
-def metadata_value(value: Any) -> dg.MetadataValue:
-    if isinstance(value, bool):
-        return dg.MetadataValue.bool(value)
-    if isinstance(value, int):
-        return dg.MetadataValue.int(value)
-    if isinstance(value, float):
-        return dg.MetadataValue.float(value)
-    if isinstance(value, list | dict):
-        return dg.MetadataValue.json(value)
-    return dg.MetadataValue.text(str(value))
-
-
-def check_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name=outcome.check,
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=outcome.description,
-        metadata={k: metadata_value(v) for k, v in outcome.metadata.items()},
-    )
-
-
-def post_sync_check_results(
-    cfg: TableConfig,
-    asset_key: dg.AssetKey,
-    source_engine: sa.Engine,
-    target_engine: sa.Engine,
-    pre_sync: CheckOutcome | None,
-    window: ModifierWindow | None = None,
-) -> Iterator[dg.AssetCheckResult]:
-    """The asset's check results, yielded after its materialization (`pre_sync`: the
-    `source_row_count` outcome taken before extraction, unless already reported)."""
-    outcomes = table_checks(cfg, source_engine, target_engine, window)
-    errored = [o for o in outcomes if o.transient_error]
-    if errored:
-        raise TransientCheckError(
-            f"check {errored[0].check} could not run: {errored[0].description}"
-        )
-    if pre_sync is not None:
-        yield check_result(pre_sync, asset_key)
-    for outcome in outcomes:
-        yield check_result(outcome, asset_key)
-
-
-# -- CLI report ------------------------------------------------------------------------------
-def format_outcome(table: str, outcome: CheckOutcome) -> str:
-    """One verdict with its figures, as `mysqlsync-dagster check` prints it."""
-    verdict = "ok" if outcome.passed else ("FAILED" if outcome.blocking else "failed")
-    figures = " ".join(
-        f"{key}={value:,}"
-        if isinstance(value, int) and not isinstance(value, bool)
-        else f"{key}={value}"
-        for key, value in outcome.metadata.items()
-        if isinstance(value, int | float | str) and value != ""
-    )
-    lines = [f"{table}  {outcome.check}  {verdict}  {outcome.description}"]
-    if figures:
-        lines.append(f"    {figures}")
-    keys = outcome.metadata.get("differing_keys")
-    if keys:
-        lines.append(
-            "    differing keys: "
-            + "; ".join(f"{k['difference']} {k['key']}" for k in keys[:SAMPLE_KEYS])
-        )
-    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Reading a synced table back, for downstream assets: the table assets' I/O manager.
+
+Table assets report a `dg.MaterializeResult`, so Dagster never hands this manager a value to
+store; what it does is `load_input`: a downstream asset that takes a table asset as an input
+gets the target table (or the rows of its partitions' window) as Arrow, pandas or a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import sqlalchemy as sa
+
+from mysqlsync_dagster.catalog import DLT_COLUMNS
+from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
+from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.orchestration.partitions import window_for_range
+from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
+
+IO_MANAGER_KEY = "mysqlsync_io_manager"
+# the key this reader had when it also loaded staging mode (README until December 2026); kept
+# so that `dg.AssetIn(input_manager_key="staging_io_manager")` goes on working
+LEGACY_IO_MANAGER_KEY = "staging_io_manager"
+
+
+class TargetTableReader(dg.ConfigurableIOManager):
+    """Serves synced target tables to downstream assets; stores nothing."""
+
+    target_db: MySQLResource
+    read_batch_size: int = 50_000
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is not None:
+            raise TypeError(
+                f"{IO_MANAGER_KEY} only reads synced tables back; it cannot store a "
+                f"{type(obj).__name__} (give that asset another io_manager_key)"
+            )
+
+    def load_input(self, context: dg.InputContext) -> pa.Table | pa.RecordBatchReader | Any:
+        """The upstream asset's target table, without the `_dlt_*` columns.
+
+        Read with connectorx (its Arrow type mapping), as a `pa.Table`; as a pandas DataFrame
+        when the input is annotated `pd.DataFrame`; as a streaming `pa.RecordBatchReader` of
+        `read_batch_size` rows when annotated so (for tables larger than memory). When the
+        input is partitioned (a downstream asset with the same time partitions, or a partition
+        mapping), only the rows of those partitions' window over the modifier are read, by the
+        rules the sync uses (the first partition also holds earlier and NULL modifiers, the
+        last one later ones); otherwise the whole table.
+        """
+        import connectorx as cx
+
+        upstream = context.upstream_output
+        metadata = (upstream.definition_metadata if upstream else None) or {}
+        table, modifier = (
+            getattr(metadata.get(key), "value", metadata.get(key))
+            for key in ("target_table", "modifier")
+        )
+        if not table:
+            raise dg.Failure(
+                f"{IO_MANAGER_KEY} can only read tables synced by mysqlsync assets "
+                f"(asset {context.asset_key.to_user_string()} has no 'target_table' metadata)"
+            )
+        engine = self.target_db.engine
+        with engine.connect() as conn:
+            types = {
+                name: data_type
+                for name, data_type in run_sql(
+                    conn,
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE"
+                    " TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(t)s ORDER BY ORDINAL_POSITION",
+                    {"t": str(table)},
+                )
+            }
+        columns = [name for name in types if name not in DLT_COLUMNS]
+        if not columns:
+            raise dg.Failure(f"target table {table!r} does not exist yet: materialize it first")
+        query = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(str(table))}"
+        window = partition_window(context)
+        if window is not None and modifier in types:
+            condition = window_condition(sa.column(str(modifier)), types[str(modifier)], window)
+            compiled = condition.compile(
+                dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}
+            )
+            query += f" WHERE {compiled}"
+            context.log.info("reading %s rows with %s in %s", table, modifier, window.describe())
+        url = self.target_db.settings().connectorx_url()
+        wanted = context.dagster_type.typing_type if context.dagster_type else None
+        if wanted is pa.RecordBatchReader:
+            return cx.read_sql(
+                url, query, return_type="arrow_stream", batch_size=self.read_batch_size
+            )
+        data = cx.read_sql(url, query, return_type="arrow")
+        if getattr(wanted, "__name__", "") == "DataFrame":
+            return data.to_pandas()
+        return data
+
+
+def partition_window(context: dg.InputContext) -> ModifierWindow | None:
+    """The modifier window of a partitioned input (its upstream time partitions), else None."""
+    if not context.has_asset_partitions:
+        return None
+    partitions_def = context.asset_partitions_def
+    if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        return None
+    key_range = context.asset_partition_key_range
+    return window_for_range(partitions_def, key_range.start, key_range.end)

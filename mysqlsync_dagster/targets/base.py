@@ -1,0 +1,103 @@
+"""What a table run needs from the database it copies into: the `Target` interface.
+
+The pipeline (`pipeline/run.py`) and the checks talk to a target only through this interface, so
+that a PostgreSQL or DuckDB target slots in beside MySQL/MariaDB (`targets/mysql/`) without
+touching them. A target mirrors the source's schema, bulk-loads the run's parts into a work table
+and merges or swaps it in, keeps the sync state in the same database as the data it describes,
+serialises the runs of one table with a lock, and counts its rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster.catalog import TableShape
+from mysqlsync_dagster.pipeline.parts import Part
+from mysqlsync_dagster.pipeline.wire import WireColumn
+
+Strategy = Literal["upsert", "swap"]
+
+
+class SyncState(Protocol):
+    cursor: str | None
+
+
+class SchemaReport(Protocol):
+    added: tuple[str, ...]
+    modified: tuple[str, ...]
+    dropped_in_source: tuple[str, ...]
+
+
+class LoadStats(Protocol):
+    rows: int
+    batches: int
+    files: int
+    zero_dates: int
+    csv_bytes: int
+    load_id: str | None
+    merge_ranges: int
+
+
+class Loader(Protocol):
+    """Loads the parts of one run into one table (see `targets/mysql/loader.py`)."""
+
+    strategy: Strategy
+    stats: LoadStats
+
+    def prepare(self) -> None:
+        """Create the empty work table (dropping leftovers of a run that died)."""
+
+    def load_part(self, part: Part, load_id: str) -> None:
+        """Load one part; rows are committed in order, possibly after this returns."""
+
+    def merge(self) -> int:
+        """Merge what was loaded into the live table (upsert); returns the ranges merged."""
+
+    def discard(self) -> None:
+        """Drop the work tables of a failed run."""
+
+
+class Lock(Protocol):
+    def release(self) -> None: ...
+
+
+class Target(Protocol):
+    engine: sa.Engine
+    database: str
+
+    def quote(self, name: str) -> str: ...
+
+    def read_shape(self, conn: sa.Connection, table: str) -> TableShape | None: ...
+
+    def mirror(
+        self, source: TableShape, table: str, primary_key: Sequence[str], log: logging.Logger
+    ) -> SchemaReport | None:
+        """Create `table` like `source` (returns None) or evolve it (returns what changed)."""
+
+    def lock(self, table: str, wait_seconds: int) -> Lock | None:
+        """The table's run lock, or None when another run holds it."""
+
+    def read_state(self, table: str) -> SyncState | None: ...
+
+    def loader(
+        self,
+        table: str,
+        wire: list[WireColumn],
+        strategy: Strategy,
+        *,
+        batch_size: int,
+        work_dir: Path,
+        primary_key: tuple[str, ...],
+        merge_each_part: bool,
+    ) -> Loader: ...
+
+    def commit(self, loader: Loader, table: str, cursor: str | None, record_state: bool) -> None:
+        """Swap or finish the load and, when `record_state`, store the sync state (`cursor`,
+        rows, load id) in the same transaction: the state never runs ahead of the data."""
+
+    def row_count(self, table: str) -> int: ...
