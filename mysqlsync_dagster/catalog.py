@@ -8,12 +8,16 @@ once: the sync raises on a failed rule, doctor reports it as a finding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 
@@ -38,6 +42,8 @@ DATE_TYPES = frozenset({"date", "datetime"})
 NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
 # Types a modifier column may have: they order changes in time (or by version number).
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
+# Types a partitioned table's modifier may have: time windows are laid over them.
+WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
 
 
 @dataclass(frozen=True)
@@ -93,32 +99,38 @@ def qualified(database: str, table: str) -> str:
     return f"{quote(database)}.{quote(table)}"
 
 
+_COLUMN_FIELDS = (
+    "COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME,"
+    " EXTRA, COLUMN_DEFAULT"
+)
+
+
+def _column(row: Sequence[Any]) -> Column:
+    """A `Column` from the `_COLUMN_FIELDS` of information_schema.COLUMNS."""
+    return Column(
+        name=row[0],
+        data_type=row[1].lower(),
+        column_type=row[2],
+        nullable=row[3] == "YES",
+        charset=row[4],
+        collation=row[5],
+        generated="GENERATED" in (row[6] or "").upper(),
+        default=row[7],
+    )
+
+
 def read_table_shape(conn: Connection, database: str, table: str) -> TableShape | None:
     """The table's columns, primary key and DDL; None when it does not exist."""
     rows = conn.execute(
         sa.text(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME,"
-            " COLLATION_NAME, EXTRA, COLUMN_DEFAULT"
-            " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
-            " ORDER BY ORDINAL_POSITION"
+            f"SELECT {_COLUMN_FIELDS} FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t ORDER BY ORDINAL_POSITION"
         ),
         {"db": database, "t": table},
     ).all()
     if not rows:
         return None
-    columns = tuple(
-        Column(
-            name=r[0],
-            data_type=r[1].lower(),
-            column_type=r[2],
-            nullable=r[3] == "YES",
-            charset=r[4],
-            collation=r[5],
-            generated="GENERATED" in (r[6] or "").upper(),
-            default=r[7],
-        )
-        for r in rows
-    )
+    columns = tuple(_column(r) for r in rows)
     primary_key = tuple(
         r[0]
         for r in conn.execute(
@@ -133,21 +145,6 @@ def read_table_shape(conn: Connection, database: str, table: str) -> TableShape 
     create_sql = run_sql(conn, f"SHOW CREATE TABLE {qualified(database, table)}").one()[1]
     definitions, _ = split_create_table(create_sql)
     return TableShape(table, columns, primary_key, create_sql, definitions)
-
-
-def has_unique_index(conn: Connection, database: str, table: str, columns: Sequence[str]) -> bool:
-    """Is there a unique index on exactly these columns (in any order)?"""
-    rows = conn.execute(
-        sa.text(
-            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS"
-            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t AND NON_UNIQUE = 0"
-        ),
-        {"db": database, "t": table},
-    ).all()
-    indexes: dict[str, set[str]] = {}
-    for index, column in rows:
-        indexes.setdefault(index, set()).add(column)
-    return set(columns) in indexes.values()
 
 
 def key_violations(
@@ -200,3 +197,315 @@ def split_create_table(create_sql: str) -> tuple[dict[str, str], list[str]]:
         else:
             others.append(item)
     return columns, others
+
+
+def modifier_maximum(column: sa.ColumnElement[Any], data_type: str) -> sa.ColumnElement[Any]:
+    """`MAX(modifier)` as the text the sync stores as its cursor (epoch seconds for a
+    TIMESTAMP, whose text would depend on the session's time zone)."""
+    latest: sa.ColumnElement[Any] = sa.func.max(column)
+    if data_type == "timestamp":
+        latest = sa.func.unix_timestamp(latest)
+    return sa.cast(latest, sa.CHAR)
+
+
+# -- many tables at once: facts for the preflight rules -------------------------------------
+Status = Literal["ok", "warn", "fail"]
+_RANK: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2}
+
+# A table at or above either figure is better served by mode "staging" (extraction to Parquet
+# on disk, then a separate load): a failed load is retried from the files instead of re-reading
+# the source, and the source connection is held only for the extraction.
+STAGING_MIN_ROWS = 5_000_000
+STAGING_MIN_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict: where (`scope`: config, source, target or a table), what, and the outcome.
+
+    `advice` marks findings about how well a table is served (an index, the mode) rather than
+    whether it can be synced: doctor reports them, a sync does not repeat them every run."""
+
+    scope: str
+    check: str
+    status: Status
+    message: str
+    advice: bool = field(default=False, compare=False)
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "advice"}
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=_RANK.__getitem__, default="ok")
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    return _RANK[worst(f.status for f in findings)]
+
+
+@dataclass
+class TableFacts:
+    """A source table as information_schema describes it (`exists` False: it is missing)."""
+
+    exists: bool
+    table_type: str = "BASE TABLE"
+    columns: dict[str, str] = field(default_factory=dict)  # name -> DATA_TYPE
+    # index name -> (unique, columns in order)
+    indexes: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)
+    rows: int | None = None
+    bytes: int | None = None
+    avg_row_length: int | None = None
+    name_hint: str | None = None  # the same name in another letter case, if that exists
+    details: tuple[Column, ...] = ()  # the columns in full, in table order
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return self.indexes.get("PRIMARY", (True, ()))[1]
+
+    def unique_index_on(self, columns: Sequence[str]) -> str | None:
+        """The name of a unique index on exactly `columns` (in any order), if there is one."""
+        return next(
+            (
+                name
+                for name, (unique, cols) in self.indexes.items()
+                if unique and set(cols) == set(columns)
+            ),
+            None,
+        )
+
+
+def recommend_mode(rows: int | None, size: int | None) -> str:
+    """ "staging" at or above STAGING_MIN_ROWS rows or STAGING_MIN_BYTES bytes, else "direct"."""
+    if (rows or 0) >= STAGING_MIN_ROWS or (size or 0) >= STAGING_MIN_BYTES:
+        return "staging"
+    return "direct"
+
+
+def read_table_facts(
+    conn: Connection, database: str, tables: Sequence[str]
+) -> dict[str, TableFacts]:
+    """Facts for every named table in three queries, however many tables there are."""
+    if not tables:
+        return {}
+    wanted = {t.casefold() for t in tables}
+    params = {"db": database}
+    # Filtering by schema only: information_schema compares names case-insensitively, the
+    # exact match (and the "did you mean" hint) is decided here.
+    info = conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, TABLE_TYPE, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH,"
+            " AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db"
+        ),
+        params,
+    ).all()
+    present = {r[0]: r for r in info if r[0].casefold() in wanted}
+    names = sa.bindparam("tables", expanding=True)
+    columns: dict[str, list[Column]] = defaultdict(list)
+    for row in conn.execute(
+        sa.text(
+            f"SELECT TABLE_NAME, {_COLUMN_FIELDS} FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables"
+            " ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        ).bindparams(names),
+        {**params, "tables": list(present) or [""]},
+    ):
+        columns[row[0]].append(_column(row[1:]))
+    index_columns: dict[str, dict[str, tuple[bool, list[str]]]] = defaultdict(dict)
+    for table, index, non_unique, column in conn.execute(
+        sa.text(
+            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables"
+            " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+        ).bindparams(names),
+        {**params, "tables": list(present) or [""]},
+    ):
+        entry = index_columns[table].setdefault(index, (not int(non_unique), []))
+        entry[1].append(column)
+    facts: dict[str, TableFacts] = {}
+    for table in tables:
+        row = present.get(table)
+        if row is None:
+            hint = next((name for name in present if name.casefold() == table.casefold()), None)
+            facts[table] = TableFacts(exists=False, name_hint=hint)
+            continue
+        details = tuple(columns.get(table, ()))
+        facts[table] = TableFacts(
+            exists=True,
+            table_type=str(row[1]),
+            columns={c.name: c.data_type for c in details},
+            indexes={n: (u, tuple(c)) for n, (u, c) in index_columns.get(table, {}).items()},
+            rows=None if row[2] is None else int(row[2]),
+            bytes=None if row[3] is None else int(row[3]),
+            avg_row_length=None if row[4] is None else int(row[4]),
+            details=details,
+        )
+    return facts
+
+
+def shape_from_facts(conn: Connection, database: str, facts: TableFacts, table: str) -> TableShape:
+    """The table's shape from its facts and its `SHOW CREATE TABLE` (one more query)."""
+    create_sql = run_sql(conn, f"SHOW CREATE TABLE {qualified(database, table)}").one()[1]
+    definitions, _ = split_create_table(create_sql)
+    return TableShape(table, facts.details, facts.primary_key, create_sql, definitions)
+
+
+# -- the preflight rules -------------------------------------------------------------------
+def preflight(
+    cfg: TableConfig, facts: TableFacts, database: str, *, windowed: bool = False
+) -> list[Finding]:
+    """Can `cfg` be synced from this source table, and how well? The sync raises on the first
+    `fail` (and keeps the `warn`s that are not advice as run warnings); doctor reports all."""
+    scope = cfg.table
+    if not facts.exists:
+        hint = (
+            f" (there is {facts.name_hint!r}: names are case-sensitive)" if facts.name_hint else ""
+        )
+        return [
+            Finding(
+                scope,
+                "exists",
+                "fail",
+                f"table {cfg.table!r} does not exist in the source database {database!r}{hint}",
+            )
+        ]
+    out: list[Finding] = []
+    if facts.table_type != "BASE TABLE":
+        out.append(Finding(scope, "exists", "ok", f"a {facts.table_type.lower()}"))
+    out += _key_findings(cfg, facts)
+    if cfg.modifier is not None:
+        out += _modifier_findings(cfg, facts, windowed)
+    advice = recommend_mode(facts.rows, facts.bytes)
+    if advice == "staging" and cfg.mode == "direct":
+        out.append(
+            Finding(
+                scope,
+                "mode",
+                "warn",
+                f"about {facts.rows or 0:,} rows / {human_bytes(facts.bytes)}: consider "
+                '"mode": "staging"',
+                advice=True,
+            )
+        )
+    return out
+
+
+def _key_findings(cfg: TableConfig, facts: TableFacts) -> list[Finding]:
+    scope, key = cfg.table, list(cfg.primary_key)
+    missing = [c for c in key if c not in facts.columns]
+    if missing:
+        return [
+            Finding(
+                scope,
+                "primary key",
+                "fail",
+                f"primary key column(s) {missing} not found in the source "
+                f"(columns: {list(facts.columns)})",
+            )
+        ]
+    if facts.primary_key and set(facts.primary_key) != set(key):
+        return [
+            Finding(
+                scope,
+                "primary key",
+                "fail",
+                f"tables.json says primary_key {key} but the source table's primary key is "
+                f"{list(facts.primary_key)}",
+            )
+        ]
+    if facts.primary_key:
+        return [Finding(scope, "primary key", "ok", f"PRIMARY KEY ({', '.join(key)})")]
+    unique = facts.unique_index_on(key)
+    if unique:
+        return [
+            Finding(
+                scope,
+                "primary key",
+                "ok",
+                f"no PRIMARY KEY; unique index {unique!r} on ({', '.join(key)})",
+            )
+        ]
+    # The sync then checks the rows themselves (`key_violations`) before copying.
+    return [
+        Finding(
+            scope,
+            "primary key",
+            "warn",
+            f"the source has no primary key or unique index on ({', '.join(key)}): "
+            "nothing stops duplicate keys, which fail the load",
+            advice=True,
+        )
+    ]
+
+
+def _modifier_findings(cfg: TableConfig, facts: TableFacts, windowed: bool) -> list[Finding]:
+    scope, modifier = cfg.table, cfg.modifier
+    assert modifier is not None
+    out: list[Finding] = []
+    if modifier in cfg.primary_key:
+        out.append(
+            Finding(
+                scope,
+                "modifier",
+                "warn",
+                f"the modifier {modifier!r} is part of the primary key: only new keys are "
+                "picked up, an update that keeps its key is never re-read",
+            )
+        )
+    data_type = facts.columns.get(modifier)
+    if data_type is None:
+        return [
+            Finding(
+                scope,
+                "modifier",
+                "fail",
+                f"modifier column {modifier!r} not found in the source "
+                f"(columns: {list(facts.columns)})",
+            )
+        ]
+    if data_type not in ORDERABLE_TYPES:
+        return [
+            Finding(
+                scope,
+                "modifier",
+                "fail",
+                f"modifier column {modifier!r} has type {data_type}, which cannot order "
+                "changes (use a DATETIME, TIMESTAMP, DATE or integer column)",
+            )
+        ]
+    if windowed and data_type not in WINDOW_TYPES:
+        return [
+            Finding(
+                scope,
+                "modifier",
+                "fail",
+                f"partitions={cfg.partitions!r} windows over {modifier!r}, which has type "
+                f"{data_type}; time windows need a DATE, DATETIME or TIMESTAMP modifier",
+            )
+        ]
+    if any(cols and cols[0] == modifier for _, cols in facts.indexes.values()):
+        out.append(Finding(scope, "modifier", "ok", f"{modifier!r} is indexed"))
+    else:
+        out.append(
+            Finding(
+                scope,
+                "modifier",
+                "warn",
+                f"modifier {modifier!r} is not the first column of any index: every "
+                f"incremental read scans the whole table (CREATE INDEX ix_{modifier} ON "
+                f"{cfg.table} ({modifier}))",
+                advice=True,
+            )
+        )
+    return out
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

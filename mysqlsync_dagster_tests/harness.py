@@ -26,11 +26,8 @@ from mysqlsync_dagster.catalog import SPATIAL_TYPES
 from mysqlsync_dagster.config import TableConfig, parse_tables_config
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.orchestration.factory import build_definitions
-from mysqlsync_dagster.orchestration.io import (
-    IO_MANAGER_KEY,
-    LEGACY_IO_MANAGER_KEY,
-    TargetTableReader,
-)
+from mysqlsync_dagster.orchestration.io import TargetTableReader
+from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY, LEGACY_IO_MANAGER_KEY
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary

@@ -10,7 +10,7 @@ import dagster as dg
 
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions
-from mysqlsync_dagster.orchestration.io import IO_MANAGER_KEY
+from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY
 from mysqlsync_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

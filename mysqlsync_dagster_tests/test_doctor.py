@@ -12,22 +12,24 @@ from urllib.parse import quote, quote_plus
 import pytest
 import sqlalchemy as sa
 
+from mysqlsync_dagster.catalog import (
+    STAGING_MIN_BYTES,
+    STAGING_MIN_ROWS,
+    Finding,
+    TableFacts,
+    exit_code,
+    recommend_mode,
+)
+from mysqlsync_dagster.catalog import preflight as table_findings
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.settings import database_settings
 from mysqlsync_dagster.tools.cli import main
 from mysqlsync_dagster.tools.doctor import (
-    STAGING_MIN_BYTES,
-    STAGING_MIN_ROWS,
-    Finding,
     ServerFacts,
-    TableFacts,
     diagnose,
     error_message,
-    exit_code,
     grant_findings,
     parse_grants,
-    recommend_mode,
-    table_findings,
     tls_findings,
 )
 

@@ -149,8 +149,8 @@ def test_permanent_error_fails_at_once_with_a_clear_message(sync_env, fast_retri
 
 def test_deadlock_during_the_merge_is_retried_and_converges(sync_env, fast_retries, caplog):
     """A real deadlock (1213) between the incremental merge and another session writing the
-    target: InnoDB rolls the merge back as the lighter transaction, the load job is retried
-    and the target ends equal to the source."""
+    target: InnoDB rolls the merge back as the lighter transaction, the step fails as
+    transient, is retried, and the target ends equal to the source."""
     sync_env.source_exec(
         "CREATE TABLE items (id INT PRIMARY KEY, v INT, updated_at DATETIME NOT NULL)",
         "INSERT INTO items SELECT seq, seq, IF(seq <= 10, '2024-01-01', '2023-12-31')"
@@ -211,8 +211,12 @@ def test_deadlock_during_the_merge_is_retried_and_converges(sync_env, fast_retri
     assert victim, f"no deadlock was reported: {report[:500]}"
     rolled_back = report.split(f"*** ({victim[1]}) TRANSACTION:", 1)[1].split("***", 1)[0]
     assert "INSERT INTO `items`" in rolled_back and f"`{sync_env.target_db}`.`items`" in report
-    assert any(
-        "retried" in r.getMessage() and "Deadlock found" in r.getMessage() for r in caplog.records
-    ), "the deadlocked load job was not retried"
+    retried = [
+        e
+        for e in result.all_events
+        if e.event_type_value == "STEP_UP_FOR_RETRY"
+        and "Deadlock found" in str(e.event_specific_data)
+    ]
+    assert retried, "the deadlocked sync was not retried"
     assert result.success
     assert sync_env.target_rows("items") == sync_env.source_rows("items")

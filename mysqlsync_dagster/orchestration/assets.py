@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from mysqlsync_dagster.config import TableConfig, dagster_safe_name
+from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import TransientCheckError
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
@@ -23,7 +23,15 @@ from mysqlsync_dagster.orchestration.checks import (
     post_sync_check_results,
     table_check_specs,
 )
-from mysqlsync_dagster.orchestration.io import IO_MANAGER_KEY
+from mysqlsync_dagster.orchestration.names import (
+    GROUP,
+    IO_MANAGER_KEY,
+    PARTITION_LOCK_WAIT_SECONDS,
+    SOURCE_GROUP,
+    TARGET_POOL,
+    source_asset_key,
+    target_asset_key,
+)
 from mysqlsync_dagster.orchestration.partitions import (
     backfill_policy,
     partitions_definition,
@@ -38,19 +46,6 @@ from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
 from mysqlsync_dagster.verify.compare import CheckOutcome, TablePair, source_row_count
 from mysqlsync_dagster.verify.deletes import delete_missing_rows
-
-GROUP = "mysqlsync"
-SOURCE_GROUP = "mysql_source"
-TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
-PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
-
-
-def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
-    return dg.AssetKey([cfg.key])
-
-
-def source_asset_key(cfg: TableConfig) -> dg.AssetKey:
-    return dg.AssetKey(["source", dagster_safe_name(cfg.table)])
 
 
 def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:

@@ -35,14 +35,15 @@ import dagster as dg
 import sqlalchemy as sa
 from croniter import croniter
 
+from mysqlsync_dagster.catalog import modifier_maximum
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import is_transient
-from mysqlsync_dagster.orchestration.assets import target_asset_key
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes, table_cron
+from mysqlsync_dagster.orchestration.names import target_asset_key
 from mysqlsync_dagster.orchestration.partitions import partitions_definition
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
-from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
+from mysqlsync_dagster.targets.mysql.state import read_cursors
 
 SENSOR_NAME = "mysqlsync_change_sensor"
 
@@ -239,14 +240,9 @@ def probe_source(
                 data_type = types.get((cfg.table.casefold(), cfg.modifier.casefold()))
                 if data_type is None:
                     continue  # missing table or column: the table's own run reports it
-                column = quote(cfg.modifier)
-                maximum = (
-                    f"UNIX_TIMESTAMP(MAX({column}))"
-                    if data_type == "timestamp"
-                    else f"MAX({column})"
-                )
-                value = conn.exec_driver_sql(f"SELECT CAST({maximum} AS CHAR) FROM {name}")
-                probes[cfg.key] = value.scalar()
+                table = sa.table(cfg.table, sa.column(cfg.modifier), schema=database)
+                latest = modifier_maximum(table.c[cfg.modifier], data_type)
+                probes[cfg.key] = conn.execute(sa.select(latest).select_from(table)).scalar()
             else:
                 row = conn.exec_driver_sql(f"CHECKSUM TABLE {name}").one()
                 if row[1] is None:
@@ -262,12 +258,7 @@ def probe_source(
 def synced_cursors(conn: sa.Connection, tables: Sequence[TableConfig]) -> dict[str, str | None]:
     """The last committed incremental cursor per table key (from `_mysqlsync_state`)."""
     by_target = {cfg.target: cfg.key for cfg in tables}
-    quoted = conn.dialect.identifier_preparer.quote_identifier(STATE_TABLE)
-    try:
-        rows = conn.exec_driver_sql(f"SELECT target_table, cursor_value FROM {quoted}").all()
-    except sa.exc.ProgrammingError:  # no state table: nothing synced yet
-        return {}
-    return {by_target[t]: c for t, c in rows if t in by_target}
+    return {by_target[t]: c for t, c in read_cursors(conn).items() if t in by_target}
 
 
 def build_change_sensor(

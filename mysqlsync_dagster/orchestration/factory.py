@@ -11,16 +11,13 @@ from collections.abc import Sequence
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.orchestration.assets import (
-    build_table_asset,
-    source_asset_spec,
-    target_asset_key,
-)
+from mysqlsync_dagster.orchestration.assets import build_table_asset, source_asset_spec
 from mysqlsync_dagster.orchestration.automation import build_automation
-from mysqlsync_dagster.orchestration.io import (
+from mysqlsync_dagster.orchestration.io import TargetTableReader
+from mysqlsync_dagster.orchestration.names import (
     IO_MANAGER_KEY,
     LEGACY_IO_MANAGER_KEY,
-    TargetTableReader,
+    target_asset_key,
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings

@@ -16,14 +16,10 @@ import sqlalchemy as sa
 from mysqlsync_dagster.catalog import DLT_COLUMNS
 from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
 from mysqlsync_dagster.db import quote_identifier as quote
+from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY
 from mysqlsync_dagster.orchestration.partitions import window_for_range
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
-
-IO_MANAGER_KEY = "mysqlsync_io_manager"
-# the key this reader had when it also loaded staging mode (README until December 2026); kept
-# so that `dg.AssetIn(input_manager_key="staging_io_manager")` goes on working
-LEGACY_IO_MANAGER_KEY = "staging_io_manager"
 
 
 class TargetTableReader(dg.ConfigurableIOManager):

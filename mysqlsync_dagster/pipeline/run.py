@@ -27,23 +27,22 @@ import sqlalchemy as sa
 from dlt.extract.resource import DltResource
 
 from mysqlsync_dagster.catalog import (
-    ORDERABLE_TYPES,
+    TableFacts,
     TableShape,
-    has_unique_index,
     key_violations,
-    qualified,
-    quote,
-    read_table_shape,
+    modifier_maximum,
+    preflight,
+    read_table_facts,
+    shape_from_facts,
 )
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import connect, run_sql
+from mysqlsync_dagster.db import connect
 from mysqlsync_dagster.errors import SchemaError, TableBusy
 from mysqlsync_dagster.pipeline.extract import backend_name, extract_batch_rows, table_resource
 from mysqlsync_dagster.pipeline.parts import Extraction, ExtractionProgress, PartSink
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.pipeline.source_stream import SourceStream
 from mysqlsync_dagster.pipeline.windows import (
-    WINDOW_TYPES,
     ModifierWindow,
     cursor_literal,
     window_condition,
@@ -117,21 +116,11 @@ class TableSync:
         if backend_name(self.source_settings) == "connectorx":  # start-up overlaps preparing
             self._source_stream = SourceStream()
         with connect(self.source_engine, "source", self.source_settings) as conn:
-            shape = read_table_shape(conn, self.source_db, cfg.table)
-            if shape is None:
-                raise SchemaError(
-                    f"table {cfg.table!r} does not exist in the source database "
-                    f"{self.source_db!r} (check 'table' in tables.json)"
-                )
-            self._validate(shape, conn)
-            rows, row_bytes = conn.execute(
-                sa.text(
-                    "SELECT TABLE_ROWS, AVG_ROW_LENGTH FROM information_schema.TABLES"
-                    " WHERE TABLE_SCHEMA = :db AND TABLE_NAME = :t"
-                ),
-                {"db": self.source_db, "t": cfg.table},
-            ).one()
-            self.source_rows_estimate = rows
+            [facts] = read_table_facts(conn, self.source_db, [cfg.table]).values()
+            self._validate(facts, conn)
+            shape = shape_from_facts(conn, self.source_db, facts, cfg.table)
+            row_bytes = facts.avg_row_length
+            self.source_rows_estimate = facts.rows
             self.extract_batch_rows = extract_batch_rows(cfg.batch_size, row_bytes)
             if self.extract_batch_rows < cfg.batch_size:
                 self.log.info(
@@ -187,11 +176,27 @@ class TableSync:
             self.cursor_before,
         )
 
-    def _check_key_is_unique(self, conn: sa.Connection) -> None:
-        """A source without a primary key: the configured key must really identify rows."""
+    def _validate(self, facts: TableFacts, conn: sa.Connection) -> None:
+        """The preflight rules (`catalog.preflight`): a failed one stops the run with its
+        message; a warning that is not mere advice is kept as the run's warning."""
         cfg = self.cfg
-        if has_unique_index(conn, self.source_db, cfg.table, cfg.primary_key):
-            return
+        for finding in preflight(cfg, facts, self.source_db, windowed=self.window is not None):
+            message = finding.message
+            if not message.startswith(f"table {cfg.table!r}"):
+                message = f"table {cfg.table!r}: {message}"
+            if finding.status == "fail":
+                if finding.check == "exists":
+                    message += " (check 'table' in tables.json)"
+                raise SchemaError(message)
+            if finding.status == "warn" and not finding.advice:
+                self._warn(message)
+        if not facts.primary_key and not facts.unique_index_on(cfg.primary_key):
+            self._check_key_is_unique(conn)
+
+    def _check_key_is_unique(self, conn: sa.Connection) -> None:
+        """A source without a primary key or unique index: the configured key must really
+        identify rows (checked on the rows themselves)."""
+        cfg = self.cfg
         duplicates, nulls = key_violations(conn, self.source_db, cfg.table, cfg.primary_key)
         problems = []
         if duplicates:
@@ -214,61 +219,13 @@ class TableSync:
         self.warnings.append(message)
         self.log.warning(message)
 
-    def _validate(self, shape: TableShape, conn: sa.Connection) -> None:
-        cfg = self.cfg
-        names = set(shape.column_names)
-        missing = [c for c in cfg.primary_key if c not in names]
-        if missing:
-            raise SchemaError(
-                f"table {cfg.table!r}: primary key column(s) {missing} not found in the source "
-                f"(columns: {shape.column_names})"
-            )
-        if shape.primary_key and set(shape.primary_key) != set(cfg.primary_key):
-            raise SchemaError(
-                f"table {cfg.table!r}: tables.json says primary_key {list(cfg.primary_key)} but "
-                f"the source table's primary key is {list(shape.primary_key)}"
-            )
-        if not shape.primary_key:
-            self._check_key_is_unique(conn)
-        if cfg.modifier is not None and cfg.modifier in cfg.primary_key:
-            self._warn(
-                f"table {cfg.table!r}: the modifier {cfg.modifier!r} is part of the primary key: "
-                "only new keys are picked up, an update that keeps its key is never re-read"
-            )
-        if cfg.modifier is not None:
-            if cfg.modifier not in names:
-                raise SchemaError(
-                    f"table {cfg.table!r}: modifier column {cfg.modifier!r} not found in the "
-                    f"source (columns: {shape.column_names})"
-                )
-            data_type = shape.column(cfg.modifier).data_type
-            if data_type not in ORDERABLE_TYPES:
-                raise SchemaError(
-                    f"table {cfg.table!r}: modifier column {cfg.modifier!r} has type "
-                    f"{data_type}, which cannot order changes (use a DATETIME, TIMESTAMP, DATE "
-                    "or integer column)"
-                )
-            if self.window is not None and data_type not in WINDOW_TYPES:
-                raise SchemaError(
-                    f"table {cfg.table!r}: partitions={cfg.partitions!r} windows over "
-                    f"{cfg.modifier!r}, which has type {data_type}; time windows need a DATE, "
-                    "DATETIME or TIMESTAMP modifier"
-                )
-
-    def _modifier_expression(self) -> str:
-        assert self.shape is not None and self.cfg.modifier is not None
-        quoted = quote(self.cfg.modifier)
-        if self.shape.column(self.cfg.modifier).data_type == "timestamp":
-            return f"UNIX_TIMESTAMP(MAX({quoted}))"
-        return f"MAX({quoted})"
-
     def _source_max_modifier(self) -> str | None:
+        assert self.shape is not None and self.cfg.modifier is not None
+        table = sa.table(self.cfg.table, sa.column(self.cfg.modifier), schema=self.source_db)
+        data_type = self.shape.column(self.cfg.modifier).data_type
+        latest = modifier_maximum(table.c[self.cfg.modifier], data_type)
         with self.source_engine.connect() as conn:
-            return run_sql(
-                conn,
-                f"SELECT CAST({self._modifier_expression()} AS CHAR)"
-                f" FROM {qualified(self.source_db, self.cfg.table)}",
-            ).scalar()
+            return conn.execute(sa.select(latest).select_from(table)).scalar()
 
     # -- extraction ------------------------------------------------------------------
     def query(self) -> sa.Select[Any]:

@@ -16,9 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import NUMERIC_TYPES
-
-WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
+from mysqlsync_dagster.catalog import NUMERIC_TYPES, WINDOW_TYPES
 
 
 @dataclass(frozen=True)

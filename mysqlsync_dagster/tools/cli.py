@@ -17,6 +17,7 @@ from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.settings import Settings, load_dotenv_file
+from mysqlsync_dagster.tools.text import text_table
 from mysqlsync_dagster.verify.compare import SAMPLE_KEYS, CheckOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -200,15 +201,7 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
                 "ok" if o.ok else "FAILED",
             )
         )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    numeric = {3, 4, 5}
-    lines = [
-        "  ".join(
-            str(cell).rjust(widths[i]) if i in numeric else str(cell).ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in rows
-    ]
+    lines = text_table(rows, right={3, 4, 5})
     for o in outcomes:
         if not o.ok:
             lines.append(f"\n{o.cfg.table}: {o.error}")

@@ -14,15 +14,23 @@ import dataclasses
 import json
 import re
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import ORDERABLE_TYPES
+from mysqlsync_dagster.catalog import (
+    Finding,
+    TableFacts,
+    exit_code,
+    human_bytes,
+    preflight,
+    read_table_facts,
+    recommend_mode,
+    worst,
+)
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
@@ -33,16 +41,10 @@ from mysqlsync_dagster.settings import (
     environment,
     redact_url,
 )
+from mysqlsync_dagster.tools.text import text_table
 
-Status = Literal["ok", "warn", "fail"]
-_RANK: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2}
 VERDICTS = {0: "healthy", 1: "degraded", 2: "broken"}
 
-# A table at or above either figure is better served by mode "staging" (extraction to Parquet
-# on disk, then a separate load): a failed load is retried from the files instead of re-reading
-# the source, and the source connection is held only for the extraction.
-STAGING_MIN_ROWS = 5_000_000
-STAGING_MIN_BYTES = 2 * 1024**3
 
 SOURCE_PRIVILEGES = ("SELECT",)
 TARGET_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "DROP")
@@ -51,27 +53,6 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 # -- findings ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Finding:
-    """One verdict: where (`scope`: config, source, target or a table), what, and the outcome."""
-
-    scope: str
-    check: str
-    status: Status
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
-
-
-def worst(statuses: Iterable[Status]) -> Status:
-    return max(statuses, key=_RANK.__getitem__, default="ok")
-
-
-def exit_code(findings: Iterable[Finding]) -> int:
-    return _RANK[worst(f.status for f in findings)]
-
-
 # -- grants --------------------------------------------------------------------------------
 _NAME = r"(?:`(?:[^`]|``)*`|\*|[^\s.`]+)"  # `quoted` (may hold spaces and dots), * or bare
 _GRANT = re.compile(
@@ -287,205 +268,6 @@ def read_server_facts(conn: sa.Connection) -> ServerFacts:
 
 
 # -- tables --------------------------------------------------------------------------------
-@dataclass
-class TableFacts:
-    """A source table as information_schema describes it (None fields: table missing)."""
-
-    exists: bool
-    table_type: str = "BASE TABLE"
-    columns: dict[str, str] = field(default_factory=dict)  # name -> DATA_TYPE
-    # index name -> (unique, columns in order)
-    indexes: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict)
-    rows: int | None = None
-    bytes: int | None = None
-    name_hint: str | None = None  # the same name in another letter case, if that exists
-
-
-def recommend_mode(rows: int | None, size: int | None) -> str:
-    """ "staging" at or above STAGING_MIN_ROWS rows or STAGING_MIN_BYTES bytes, else "direct"."""
-    if (rows or 0) >= STAGING_MIN_ROWS or (size or 0) >= STAGING_MIN_BYTES:
-        return "staging"
-    return "direct"
-
-
-def table_findings(cfg: TableConfig, facts: TableFacts, database: str) -> list[Finding]:
-    scope = cfg.table
-    if not facts.exists:
-        hint = (
-            f" (there is {facts.name_hint!r}: names are case-sensitive)" if facts.name_hint else ""
-        )
-        return [
-            Finding(
-                scope,
-                "exists",
-                "fail",
-                f"table {cfg.table!r} does not exist in the source database {database!r}{hint}",
-            )
-        ]
-    out: list[Finding] = []
-    if facts.table_type != "BASE TABLE":
-        out.append(Finding(scope, "exists", "ok", f"a {facts.table_type.lower()}"))
-    key = list(cfg.primary_key)
-    missing = [c for c in key if c not in facts.columns]
-    primary = facts.indexes.get("PRIMARY")
-    if missing:
-        out.append(
-            Finding(
-                scope, "primary key", "fail", f"key column(s) {missing} not in the source table"
-            )
-        )
-    elif primary and set(primary[1]) != set(key):
-        out.append(
-            Finding(
-                scope,
-                "primary key",
-                "fail",
-                f"tables.json says primary_key {key} but the source table's primary key is "
-                f"{list(primary[1])}",
-            )
-        )
-    elif primary:
-        out.append(Finding(scope, "primary key", "ok", f"PRIMARY KEY ({', '.join(key)})"))
-    else:
-        unique = [
-            name
-            for name, (is_unique, cols) in facts.indexes.items()
-            if is_unique and set(cols) == set(key)
-        ]
-        if unique:
-            out.append(
-                Finding(
-                    scope,
-                    "primary key",
-                    "ok",
-                    f"no PRIMARY KEY; unique index {unique[0]!r} on ({', '.join(key)})",
-                )
-            )
-        else:
-            out.append(
-                Finding(
-                    scope,
-                    "primary key",
-                    "warn",
-                    f"the source has no primary key or unique index on ({', '.join(key)}): "
-                    "nothing stops duplicate keys, which fail the load",
-                )
-            )
-    if cfg.modifier is not None:
-        data_type = facts.columns.get(cfg.modifier)
-        if data_type is None:
-            out.append(
-                Finding(
-                    scope,
-                    "modifier",
-                    "fail",
-                    f"modifier column {cfg.modifier!r} not in the source table",
-                )
-            )
-        elif data_type not in ORDERABLE_TYPES:
-            out.append(
-                Finding(
-                    scope,
-                    "modifier",
-                    "fail",
-                    f"modifier column {cfg.modifier!r} has type {data_type}, which cannot order "
-                    "changes (use a DATETIME, TIMESTAMP, DATE or integer column)",
-                )
-            )
-        elif any(cols and cols[0] == cfg.modifier for _, cols in facts.indexes.values()):
-            out.append(Finding(scope, "modifier", "ok", f"{cfg.modifier!r} is indexed"))
-        else:
-            out.append(
-                Finding(
-                    scope,
-                    "modifier",
-                    "warn",
-                    f"modifier {cfg.modifier!r} is not the first column of any index: every "
-                    f"incremental read scans the whole table (CREATE INDEX ix_{cfg.modifier} ON "
-                    f"{cfg.table} ({cfg.modifier}))",
-                )
-            )
-    advice = recommend_mode(facts.rows, facts.bytes)
-    if advice == "staging" and cfg.mode == "direct":
-        out.append(
-            Finding(
-                scope,
-                "mode",
-                "warn",
-                f"about {facts.rows or 0:,} rows / {human_bytes(facts.bytes)}: consider "
-                '"mode": "staging"',
-            )
-        )
-    return out
-
-
-def human_bytes(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def read_table_facts(
-    conn: sa.Connection, database: str, tables: Sequence[str]
-) -> dict[str, TableFacts]:
-    """Facts for every configured table in three queries, however many tables there are."""
-    if not tables:
-        return {}
-    wanted = {t.casefold() for t in tables}
-    params = {"db": database}
-    # Filtering by schema only: information_schema compares names case-insensitively, the
-    # exact match (and the "did you mean" hint) is decided here.
-    info = conn.execute(
-        sa.text(
-            "SELECT TABLE_NAME, TABLE_TYPE, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH"
-            " FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db"
-        ),
-        params,
-    ).all()
-    present = {r[0]: r for r in info if r[0].casefold() in wanted}
-    columns: dict[str, dict[str, str]] = defaultdict(dict)
-    for table, column, data_type in conn.execute(
-        sa.text(
-            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
-            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables ORDER BY TABLE_NAME, ORDINAL_POSITION"
-        ).bindparams(sa.bindparam("tables", expanding=True)),
-        {**params, "tables": list(present) or [""]},
-    ):
-        columns[table][column] = str(data_type).lower()
-    index_columns: dict[str, dict[str, tuple[bool, list[str]]]] = defaultdict(dict)
-    for table, index, non_unique, column in conn.execute(
-        sa.text(
-            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"
-            " WHERE TABLE_SCHEMA = :db AND TABLE_NAME IN :tables"
-            " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
-        ).bindparams(sa.bindparam("tables", expanding=True)),
-        {**params, "tables": list(present) or [""]},
-    ):
-        entry = index_columns[table].setdefault(index, (not int(non_unique), []))
-        entry[1].append(column)
-    facts: dict[str, TableFacts] = {}
-    for table in tables:
-        row = present.get(table)
-        if row is None:
-            hint = next((name for name in present if name.casefold() == table.casefold()), None)
-            facts[table] = TableFacts(exists=False, name_hint=hint)
-            continue
-        facts[table] = TableFacts(
-            exists=True,
-            table_type=str(row[1]),
-            columns=columns.get(table, {}),
-            indexes={n: (u, tuple(c)) for n, (u, c) in index_columns.get(table, {}).items()},
-            rows=None if row[2] is None else int(row[2]),
-            bytes=None if row[3] is None else int(row[3]),
-        )
-    return facts
-
-
 # -- the whole diagnosis -------------------------------------------------------------------
 @dataclass
 class SideReport:
@@ -661,7 +443,7 @@ def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None =
         if facts is None:  # the source could not be read: its failure is already reported
             row.update(status="unknown", findings=[])
         else:
-            found = table_findings(cfg, facts, source.database)
+            found = preflight(cfg, facts, source.database)
             report.findings.extend(found)
             row.update(
                 exists=facts.exists,
@@ -706,13 +488,7 @@ def format_human(report: Report) -> str:
                     t["status"],
                 )
             )
-        widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-        for row in rows:
-            cells = [
-                str(c).rjust(widths[i]) if i in (1, 2) else str(c).ljust(widths[i])
-                for i, c in enumerate(row)
-            ]
-            lines.append("  " + "  ".join(cells).rstrip())
+        lines += text_table(rows, right={1, 2}, indent="  ")
         for f in report.findings:
             if f.scope not in ("config", "source", "target") and f.status != "ok":
                 lines.append(f"  {_MARK[f.status]}  {f.scope}: {f.check}: {f.message}")

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
+from mysqlsync_dagster.catalog import Column, TableShape, modifier_maximum, read_table_shape
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import CheckError, is_transient, redact
 from mysqlsync_dagster.pipeline.windows import ModifierWindow, cursor_literal, window_condition
@@ -471,10 +471,8 @@ def source_row_count(cfg: TableConfig, source_engine: sa.Engine) -> CheckOutcome
                         f"table {cfg.table!r}: modifier column {cfg.modifier!r} not found in "
                         "the source"
                     )
-                latest: Any = sa.func.max(table.c[cfg.modifier])
-                if shape.column(cfg.modifier).data_type == "timestamp":
-                    latest = sa.func.unix_timestamp(latest)  # the cursor's own form
-                figures.append(sa.cast(latest, sa.CHAR))
+                data_type = shape.column(cfg.modifier).data_type
+                figures.append(modifier_maximum(table.c[cfg.modifier], data_type))
             row = conn.execute(sa.select(*figures).select_from(table)).one()
     except Exception as error:
         return _failure(SOURCE_ROW_COUNT, error, _secrets(source_engine))

@@ -1,0 +1,30 @@
+"""The names the Dagster definitions share: asset keys, groups, the pool, resource keys.
+
+Kept apart from the asset factory so that automation, checks and the I/O manager name the
+table assets without importing the factory.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mysqlsync_dagster.config import TableConfig, dagster_safe_name
+
+GROUP = "mysqlsync"
+SOURCE_GROUP = "mysql_source"
+TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
+PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
+
+
+def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
+    return dg.AssetKey([cfg.key])
+
+
+def source_asset_key(cfg: TableConfig) -> dg.AssetKey:
+    return dg.AssetKey(["source", dagster_safe_name(cfg.table)])
+
+
+IO_MANAGER_KEY = "mysqlsync_io_manager"  # every table asset's: reads the synced table back
+# the key this reader had when it also loaded staging mode (README until December 2026); kept
+# so that `dg.AssetIn(input_manager_key="staging_io_manager")` goes on working
+LEGACY_IO_MANAGER_KEY = "staging_io_manager"
