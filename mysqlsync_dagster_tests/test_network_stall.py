@@ -145,8 +145,7 @@ def test_stalled_connection_times_out_and_the_run_recovers(sync_env, monkeypatch
         dlt_logger.removeHandler(caplog.handler)
     elapsed = time.monotonic() - started
     assert stalled.is_set(), f"the {side} work ended before the stall: the test proved nothing"
-    # a timeout, not a hang, failed the work, which was retried: the load job by dlt, the
-    # extraction by Dagster's retry policy
+    # a timeout, not a hang, failed the work, which Dagster's retry policy retried
     retried = [
         *(r.getMessage() for r in caplog.records if "retried" in r.getMessage()),
         *(

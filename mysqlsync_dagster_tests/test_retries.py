@@ -119,8 +119,8 @@ def test_lock_wait_timeout_is_retried_until_it_succeeds(sync_env, fast_retries):
         conn.exec_driver_sql("SET GLOBAL innodb_lock_wait_timeout = 1")
     holder = sync_env.target.connect()
     holder.exec_driver_sql("BEGIN")
-    # the run's last write (its cursor) waits for this row lock and times out (1205); dlt
-    # already retries failed load jobs by itself, so the lock is not on the data
+    # the run's last write (its cursor) waits for this row lock and times out (1205): the
+    # step fails as transient and is retried
     holder.exec_driver_sql("SELECT * FROM _mysqlsync_state WHERE target_table = 'items' FOR UPDATE")
     release = threading.Timer(3.0, holder.rollback)
     release.start()

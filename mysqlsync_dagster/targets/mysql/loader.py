@@ -339,7 +339,7 @@ class TableLoader:
         targets.append(q(DLT_ID_COLUMN))
         assignments.append(f"{q(LOAD_ID_COLUMN)} = %(load_id)s")
         statement = (
-            # REPLACE: loading a batch again (dlt retries a failed file from its start) is
+            # REPLACE: loading a batch again (a retried run re-reads from the cursor) is
             # harmless. Source keys are unique (primary key, or checked before extracting).
             f"LOAD DATA LOCAL INFILE %(path)s REPLACE INTO TABLE {q(into)} CHARACTER SET utf8mb4"
             " FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY ''"
