@@ -122,7 +122,8 @@ class SyncReport:
             if name == "staging_dir":
                 metadata[name] = dg.MetadataValue.path(value)
             elif isinstance(value, float):
-                metadata[name] = dg.MetadataValue.float(round(value, 3))
+                digits = 2 if name == "compression_ratio" else 3
+                metadata[name] = dg.MetadataValue.float(round(value, digits))
             elif isinstance(value, int):
                 metadata[name] = dg.MetadataValue.int(value)
             else:
