@@ -9,6 +9,7 @@ once: the sync raises on a failed rule, doctor reports it as a finding.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -509,3 +510,31 @@ def human_bytes(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def oldest_transaction_start(conn: Connection) -> dt.datetime | None:
+    """When the oldest transaction still open on the server that has written rows began (other
+    than this session's), as an aware UTC instant by the server's clock; None when there is
+    none or the account may not see them (INNODB_TRX needs the PROCESS privilege). A
+    transaction that has only read (an idle pooled connection) cannot commit older rows.
+
+    INNODB_TRX reports `trx_started` in the server's own time zone, not the session's, so its
+    age is measured against NOW() in that zone, then taken from the server's UTC time."""
+    try:
+        run_sql(conn, "SET @mysqlsync_zone = @@session.time_zone, time_zone = 'SYSTEM'")
+        try:
+            started = run_sql(
+                conn,
+                "SELECT UTC_TIMESTAMP(6) - INTERVAL TIMESTAMPDIFF(MICROSECOND, MIN(trx_started),"
+                " NOW(6)) MICROSECOND FROM information_schema.INNODB_TRX"
+                " WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_rows_modified > 0",
+            ).scalar()
+        finally:
+            run_sql(conn, "SET time_zone = @mysqlsync_zone")
+    except sa.exc.DBAPIError:
+        return None
+    if started is None:
+        return None
+    if isinstance(started, str):
+        started = dt.datetime.fromisoformat(started)
+    return started.replace(tzinfo=dt.UTC)

@@ -28,9 +28,9 @@ from mysqlsync_dagster.verify.compare import (
     keys_after,
     keys_up_to,
     next_chunk_rows,
-    run_all_checks,
 )
 from mysqlsync_dagster.verify.deletes import absent_in_source
+from mysqlsync_dagster.verify.heal import run_all_checks
 
 # -- pure logic ------------------------------------------------------------------------------
 
@@ -215,16 +215,24 @@ def test_each_kind_of_damage_is_caught(sync_env, engines, damage):
     outcomes = {o.check: o for o in run_all_checks(config(ITEMS), source, target)}
     assert outcomes[SOURCE_ROW_COUNT].passed
     checksum = outcomes[CHECKSUM_MATCH]
-    assert not checksum.passed
-    assert checksum.metadata["differing_keys"] == [{"difference": difference, "key": {"id": key}}]
     assert checksum.metadata["mismatched_chunks"] == 1
     count = outcomes[ROW_COUNT_MATCH]
     expected_difference = {"missing_in_target": -1, "extra_in_target": 1}.get(difference, 0)
-    assert count.passed == (expected_difference == 0)
     assert count.metadata["difference"] == expected_difference
     if difference == "extra_in_target":
-        assert "detect_deletes" in count.description
+        # a target row whose key the source does not have: kept on purpose (detect_deletes is
+        # off), a warning and never a failure
+        assert checksum.passed and checksum.metadata["rows_deleted_in_source_kept"] == 1
         assert "detect_deletes" in checksum.description
+        assert not count.passed and count.warning and not count.blocking
+        assert "detect_deletes" in count.description
+    else:
+        # `check` only reads: the differing row is named, not repaired
+        assert not checksum.passed
+        assert checksum.metadata["differing_keys"] == [
+            {"difference": difference, "key": {"id": key}}
+        ]
+        assert count.passed == (expected_difference == 0)
 
 
 def test_damage_found_in_many_chunks_with_composite_keys(sync_env, engines):
@@ -272,14 +280,22 @@ def test_detect_deletes_removes_rows_deleted_in_the_source(sync_env, table):
         "DELETE FROM events WHERE id IN (1, 700, 701, 1500)",
         "UPDATE events SET v = -v, updated_at = '2025-01-01' WHERE id = 5",
     )
-    # without the option: the rows stay, the blocking check fails and says what to do
+    # without the option: the rows stay on purpose; a warning says so and what to do, and the
+    # run succeeds (a table whose application deletes rows is not a failed asset)
     result = sync_env.sync([table], raise_on_error=False)
-    assert not result.success
+    assert result.success
     checks = evaluations(result)
-    assert not checks[ROW_COUNT_MATCH].passed
-    assert checks[ROW_COUNT_MATCH].metadata["difference"].value == 4
-    assert "detect_deletes" in checks[ROW_COUNT_MATCH].description
+    count = checks[ROW_COUNT_MATCH]
+    assert not count.passed and count.severity == dg.AssetCheckSeverity.WARN
+    assert count.metadata["difference"].value == 4
+    assert count.metadata["rows_deleted_in_source_kept"].value == 4
+    assert "detect_deletes" in count.description
+    assert checks[CHECKSUM_MATCH].passed
     assert len(sync_env.target_rows("events")) == 1500
+    # and the next run finds the same rows kept without comparing the key sets again
+    again = evaluations(sync_env.sync([table], raise_on_error=False))
+    assert again[ROW_COUNT_MATCH].severity == dg.AssetCheckSeverity.WARN
+    assert "key_sets_compared" not in again[CHECKSUM_MATCH].metadata
     # with it: deleted in small batches, counted, and every check passes
     result = sync_env.sync([{**table, "detect_deletes": True}])
     assert result.success
@@ -355,15 +371,21 @@ def test_check_cli_unreachable_source_fails_without_leaking_the_password(cli_env
 
 
 def test_sync_cli_fails_on_a_blocking_check(sync_env, cli_env, capsys):
+    """A difference the sync cannot repair (a trigger on the target rewrites every row it
+    writes) fails the blocking checksum check, which names the key."""
     sync_env.source_exec(ITEMS_DDL, ITEMS_INSERT)
     cli_env([ITEMS])
     assert cli.main(["sync"]) == 0
-    sync_env.target_exec("DELETE FROM items WHERE id = 100")  # an upsert will not bring it back
+    sync_env.target_exec(
+        "CREATE TRIGGER items_stuck BEFORE UPDATE ON items FOR EACH ROW SET NEW.name = 'stuck'",
+        "UPDATE items SET note = 'edited outside the sync' WHERE id = 100",
+    )
     capsys.readouterr()
     assert cli.main(["sync"]) == 1
     out = capsys.readouterr().out
-    assert "1/3 ok" in out
-    assert "check row_count_match" in out
+    assert "2/3 ok" in out
+    assert "check checksum_match" in out and "still differ after repair" in out
+    assert "{'id': 100}" in out
 
 
 def test_missing_source_table_fails_source_row_count(sync_env):

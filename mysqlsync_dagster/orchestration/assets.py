@@ -10,19 +10,14 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.errors import TransientCheckError
+from mysqlsync_dagster.errors import TransientCheckError, is_transient
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
-from mysqlsync_dagster.orchestration.checks import (
-    check_result,
-    post_sync_check_results,
-    table_check_specs,
-)
+from mysqlsync_dagster.orchestration.checks import check_result, table_check_specs
 from mysqlsync_dagster.orchestration.names import (
     GROUP,
     IO_MANAGER_KEY,
@@ -39,13 +34,24 @@ from mysqlsync_dagster.orchestration.partitions import (
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.pipeline.parts import MemoryParts, PartSink, new_load_id
+from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.pipeline.run import TableSync
 from mysqlsync_dagster.pipeline.staging import stage
 from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.settings import Settings
+from mysqlsync_dagster.targets.base import SweepState
 from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
-from mysqlsync_dagster.verify.compare import CheckOutcome, TablePair, source_row_count
+from mysqlsync_dagster.verify.compare import (
+    CHECKSUM_MATCH,
+    ROW_COUNT_MATCH,
+    CheckOutcome,
+    TablePair,
+    check_failure,
+    row_count_match,
+    source_row_count,
+)
 from mysqlsync_dagster.verify.deletes import delete_missing_rows
+from mysqlsync_dagster.verify.heal import count_outcome, heal, verify_outcome
 
 
 def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
@@ -140,38 +146,49 @@ class TableRun:
         except Exception as error:
             raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
 
-    def delete_missing_rows(self, strategy: str) -> int:
-        """With `detect_deletes`, after an upsert (a swap drops such rows anyway)."""
-        if not self.cfg.detect_deletes or strategy != "upsert":
-            return 0
-        pair = TablePair.open(self.cfg, self.source_db.engine, self.target_db.engine)
-        return delete_missing_rows(pair, log=self.context.log).rows_deleted
-
-    def post_sync_results(self) -> Iterator[dg.AssetCheckResult]:
+    def verify(self, sync: TableSync, report: SyncReport) -> list[CheckOutcome]:
+        """After the load committed, with the table's lock still held: verify what the run
+        synced and a slice of the rest, repairing what differs (verify/heal.py); the verdicts
+        of `row_count_match` and `checksum_match`. Never raises but for a transient error."""
+        cfg = self.cfg
+        names = [ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
         try:
-            yield from post_sync_check_results(
-                self.cfg,
-                target_asset_key(self.cfg),
-                self.source_db.engine,
-                self.target_db.engine,
-                self.pre_sync if self.pre_sync.passed else None,
-                self.window,
+            pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine, self.window)
+            if not cfg.checksum:  # counts only; deletes by a key comparison of their own
+                if cfg.detect_deletes and report.strategy == "upsert":
+                    report.rows_deleted = delete_missing_rows(
+                        pair, log=self.context.log
+                    ).rows_deleted
+                return [row_count_match(pair)]
+            partition = self.window is not None
+            sweep = SweepState() if partition else sync.target.read_sweep(cfg.target)
+            incremental = report.strategy == "upsert" and not partition
+            healing = heal(
+                pair,
+                sync.copy_keys,
+                sweep,
+                budget=None if partition else cfg.verify_budget,
+                window_since=sync.read_from if incremental else None,
+                log=self.context.log,
             )
-        except TransientCheckError as error:  # no verdict: retry the step (syncs are idempotent)
-            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
+            if not partition:
+                sync.target.write_sweep(cfg.target, healing.sweep)
+        except Exception as error:
+            if is_transient(error):  # no verdict: retry the step (syncs are idempotent)
+                raise TransientCheckError(f"verification could not run: {error}") from error
+            return [check_failure(name, error, self.secrets) for name in names]
+        report.rows_verified = healing.rows_verified
+        report.rows_repaired = healing.rows_repaired
+        if cfg.detect_deletes:
+            report.rows_deleted = healing.repaired["deleted_in_source"]
+        return [count_outcome(pair, healing), verify_outcome(pair, healing, repaired=True)]
 
-
-def table_multi_asset(cfg: TableConfig, spec: dg.AssetSpec, settings: Settings) -> Any:
-    """`dg.multi_asset` for a table's sync op, with its checks, pool, retries and backfills."""
-    return dg.multi_asset(
-        name=f"sync_{cfg.key}",
-        specs=[spec],
-        check_specs=table_check_specs(cfg, target_asset_key(cfg)),
-        pool=TARGET_POOL,
-        retry_policy=retries.retry_policy(settings),
-        backfill_policy=backfill_policy(cfg),
-        op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
-    )
+    def post_sync_results(self, outcomes: list[CheckOutcome]) -> Iterator[dg.AssetCheckResult]:
+        """The pre-sync check (unless already reported) and the verification's verdicts."""
+        if self.pre_sync.passed:
+            yield check_result(self.pre_sync, target_asset_key(self.cfg))
+        for outcome in outcomes:
+            yield check_result(outcome, target_asset_key(self.cfg))
 
 
 def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
@@ -195,15 +212,15 @@ def run_table(
     staging: StagingResource,
     settings: Settings,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """The asset body, in both modes: pre-sync check, sync, deletes, report, checks."""
+    """The asset body, in both modes: pre-sync check, sync, verification and repair, report,
+    checks."""
     run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from run.pre_sync_results()
     with run.failures():
         with run.table_sync() as sync:
             load_id = new_load_id()
             report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
-            if cfg.detect_deletes:
-                report.rows_deleted = run.delete_missing_rows(report.strategy)
+            outcomes = run.verify(sync, report)
         report.row_count = (
             report.rows_written
             if report.strategy == "swap"
@@ -218,7 +235,7 @@ def run_table(
         report.rows_per_second,
     )
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=report.to_metadata())
-    yield from run.post_sync_results()
+    yield from run.post_sync_results(outcomes)
 
 
 def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:

@@ -6,22 +6,17 @@ declared with the asset and `dg.AssetCheckResult`s whose metadata explains the v
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.errors import TransientCheckError
-from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.verify.compare import (
     BLOCKING_CHECKS,
     CHECKSUM_MATCH,
     ROW_COUNT_MATCH,
     SOURCE_ROW_COUNT,
     CheckOutcome,
-    table_checks,
 )
 
 _DESCRIPTIONS = {
@@ -64,29 +59,7 @@ def check_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheck
         asset_key=asset_key,
         check_name=outcome.check,
         passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN if outcome.warning else dg.AssetCheckSeverity.ERROR,
         description=outcome.description,
         metadata={k: metadata_value(v) for k, v in outcome.metadata.items()},
     )
-
-
-def post_sync_check_results(
-    cfg: TableConfig,
-    asset_key: dg.AssetKey,
-    source_engine: sa.Engine,
-    target_engine: sa.Engine,
-    pre_sync: CheckOutcome | None,
-    window: ModifierWindow | None = None,
-) -> Iterator[dg.AssetCheckResult]:
-    """The asset's check results, yielded after its materialization (`pre_sync`: the
-    `source_row_count` outcome taken before extraction, unless already reported)."""
-    outcomes = table_checks(cfg, source_engine, target_engine, window)
-    errored = [o for o in outcomes if o.transient_error]
-    if errored:
-        raise TransientCheckError(
-            f"check {errored[0].check} could not run: {errored[0].description}"
-        )
-    if pre_sync is not None:
-        yield check_result(pre_sync, asset_key)
-    for outcome in outcomes:
-        yield check_result(outcome, asset_key)

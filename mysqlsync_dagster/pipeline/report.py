@@ -51,6 +51,8 @@ class SyncReport:
     reader_peak_rss_mb: float | None = None  # the connectorx child process's own peak
     row_count: int | None = None  # the target table's rows after the run
     rows_deleted: int | None = None  # with detect_deletes
+    rows_verified: int | None = None  # compared with the source after the load
+    rows_repaired: int | None = None  # copied again, or deleted, because they differed
     window: str | None = None  # a partition run's modifier window
     columns: list[tuple[str, str, bool]] = field(default_factory=list)  # name, type, nullable
     # staging mode
@@ -111,8 +113,10 @@ class SyncReport:
             metadata["reader_peak_rss_mb"] = dg.MetadataValue.float(
                 round(self.reader_peak_rss_mb, 1)
             )
-        if self.rows_deleted is not None:
-            metadata["rows_deleted"] = dg.MetadataValue.int(self.rows_deleted)
+        for name in ("rows_deleted", "rows_verified", "rows_repaired"):
+            value = getattr(self, name)
+            if value is not None:
+                metadata[name] = dg.MetadataValue.int(value)
         if self.window is not None:
             metadata["window"] = self.window
         for name in STAGING_FIELDS:

@@ -20,9 +20,11 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from dlt.extract.resource import DltResource
 
@@ -31,6 +33,7 @@ from mysqlsync_dagster.catalog import (
     TableShape,
     key_violations,
     modifier_maximum,
+    oldest_transaction_start,
     preflight,
     read_table_facts,
     shape_from_facts,
@@ -39,12 +42,19 @@ from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import connect
 from mysqlsync_dagster.errors import SchemaError, TableBusy
 from mysqlsync_dagster.pipeline.extract import backend_name, extract_batch_rows, table_resource
-from mysqlsync_dagster.pipeline.parts import Extraction, ExtractionProgress, PartSink
+from mysqlsync_dagster.pipeline.parts import (
+    Extraction,
+    ExtractionProgress,
+    PartSink,
+    new_load_id,
+)
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.pipeline.source_stream import SourceStream
 from mysqlsync_dagster.pipeline.windows import (
     ModifierWindow,
-    cursor_literal,
+    changed_since,
+    earliest_cursor,
+    lagged_cursor,
     window_condition,
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_columns
@@ -63,10 +73,13 @@ class TableSync:
         work_root: str | None = None,
         window: ModifierWindow | None = None,
         lock_wait_seconds: int = 0,
+        timezone: str = "UTC",
     ) -> None:
         """`window`: a partition run; upsert only the rows whose modifier falls in it, never
-        swap the table, never read or write the incremental cursor (stateless)."""
+        swap the table, never read or write the incremental cursor (stateless). `timezone`:
+        `SOURCE_TIMEZONE`, the zone of naive DATETIME modifiers."""
         self.cfg = cfg
+        self.timezone = timezone
         self.window = window
         self.lock_wait_seconds = lock_wait_seconds
         self.source_settings = source_settings
@@ -87,6 +100,7 @@ class TableSync:
         self.source_rows_estimate: int | None = None
         self.extract_batch_rows = cfg.batch_size
         self.warnings: list[str] = []  # allowed, but worth a user's attention
+        self.load_id: str | None = None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -220,20 +234,43 @@ class TableSync:
         self.log.warning(message)
 
     def _source_max_modifier(self) -> str | None:
+        """The cursor this run will store: the modifier's maximum, read before extracting;
+        held back to the start of the oldest transaction still open on the source, whose rows
+        may commit after this read with an older modifier (a late commit)."""
         assert self.shape is not None and self.cfg.modifier is not None
         table = sa.table(self.cfg.table, sa.column(self.cfg.modifier), schema=self.source_db)
         data_type = self.shape.column(self.cfg.modifier).data_type
         latest = modifier_maximum(table.c[self.cfg.modifier], data_type)
         with self.source_engine.connect() as conn:
-            return conn.execute(sa.select(latest).select_from(table)).scalar()
+            started = oldest_transaction_start(conn)
+            maximum = conn.execute(sa.select(latest).select_from(table)).scalar()
+        if started is None:
+            return maximum
+        held = earliest_cursor(data_type, maximum, started, self.timezone)
+        if held != maximum:
+            self.log.info(
+                "%s: a transaction open since %s UTC on the source may still commit older"
+                " rows: cursor held at %s (not %s)",
+                self.cfg.table,
+                started.strftime("%Y-%m-%d %H:%M:%S"),
+                held,
+                maximum,
+            )
+        return held
 
     # -- extraction ------------------------------------------------------------------
-    def query(self) -> sa.Select[Any]:
+    def query(self, keys: Sequence[tuple[Any, ...]] | None = None) -> sa.Select[Any]:
+        """The wire SELECT of this run's rows (`keys`: of these primary keys only)."""
         assert self.shape is not None
         source = sa.table(
             self.cfg.table, *[sa.column(c) for c in self.shape.column_names], schema=self.source_db
         )
         query = sa.select(*[w.select_expression() for w in self.wire]).select_from(source)
+        if keys is not None:
+            columns = [source.c[c] for c in self.shape.primary_key or self.cfg.primary_key]
+            if len(columns) == 1:
+                return query.where(columns[0].in_([k[0] for k in keys]))
+            return query.where(sa.tuple_(*columns).in_(list(keys)))
         if self.window is not None:
             assert self.cfg.modifier is not None
             data_type = self.shape.column(self.cfg.modifier).data_type
@@ -241,13 +278,20 @@ class TableSync:
                 window_condition(source.c[self.cfg.modifier], data_type, self.window)
             )
         elif self.strategy == "upsert" and self.cfg.modifier is not None:
-            query = query.where(source.c[self.cfg.modifier] >= self._cursor_literal())
+            assert self.read_from is not None
+            data_type = self.shape.column(self.cfg.modifier).data_type
+            query = query.where(
+                changed_since(source.c[self.cfg.modifier], data_type, self.read_from)
+            )
         return query
 
-    def _cursor_literal(self) -> sa.ColumnElement[Any]:
-        assert self.shape is not None and self.cfg.modifier is not None
-        assert self.cursor_before is not None
-        return cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor_before)
+    @property
+    def read_from(self) -> str | None:
+        """Where an incremental read starts: the cursor less `lag_seconds`."""
+        if self.cursor_before is None or self.shape is None or self.cfg.modifier is None:
+            return None
+        data_type = self.shape.column(self.cfg.modifier).data_type
+        return lagged_cursor(data_type, self.cursor_before, self.cfg.lag_seconds)
 
     def dlt_resource(self) -> DltResource:
         """The table's dlt resource: the rows of `query()` in Arrow batches."""
@@ -264,6 +308,7 @@ class TableSync:
     # -- the run ---------------------------------------------------------------------
     def run(self, parts: PartSink, load_id: str) -> SyncReport:
         """Extract into `parts` while the loader loads them; merge, commit, report."""
+        self.load_id = load_id
         loader = self.loader
         assert loader is not None and self.shape is not None
         started = time.perf_counter()
@@ -309,6 +354,41 @@ class TableSync:
             report.merge_ranges = loader.stats.merge_ranges
         parts.loaded(report, extraction.seconds, time.perf_counter() - started)
         return report
+
+    def copy_keys(self, keys: Sequence[tuple[Any, ...]]) -> int:
+        """A repair: copy these rows from the source by primary key, through the same
+        extraction and upsert as a run (the cursor is not touched); returns rows written."""
+        assert self.shape is not None
+        cfg = self.cfg
+        loader = self.target.loader(
+            cfg.target,
+            self.wire,
+            "upsert",
+            batch_size=cfg.batch_size,
+            work_dir=self.work_dir,
+            primary_key=tuple(cfg.primary_key),
+            merge_each_part=True,
+        )
+        loader.prepare()
+        try:
+            resource = table_resource(
+                cfg,
+                self.wire,
+                self.query(keys),
+                self.source_settings,
+                self.source_engine,
+                self.extract_batch_rows,
+                None,
+            )
+            for item in resource:
+                part = pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
+                loader.load_part(part, self.load_id or new_load_id())
+            loader.merge()
+            self.target.commit(loader, cfg.target, None, record_state=False)
+        except BaseException:
+            loader.discard()
+            raise
+        return loader.stats.rows
 
     def _cleanup(self, *, failed: bool) -> None:
         if failed and self.loader is not None:

@@ -13,6 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -75,3 +76,52 @@ def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
     if data_type in NUMERIC_TYPES:
         return sa.literal(int(cursor), sa.BigInteger)
     return sa.literal(cursor, sa.String)
+
+
+def lagged_cursor(data_type: str, cursor: str, lag_seconds: int) -> str:
+    """`cursor` moved `lag_seconds` back, for the incremental read's lookback.
+
+    TIMESTAMP cursors are epoch seconds; DATETIME cursors are wall-clock text (moved back as
+    such, never shifted between zones); DATE cursors move back whole days only (a lag under a
+    day keeps the cursor's date, whose rows are re-read anyway); counters do not move.
+    """
+    if lag_seconds <= 0:
+        return cursor
+    try:
+        if data_type == "timestamp":
+            return str(Decimal(cursor) - lag_seconds)
+        if data_type == "datetime":
+            moved = dt.datetime.fromisoformat(cursor) - dt.timedelta(seconds=lag_seconds)
+            return moved.isoformat(sep=" ")
+        if data_type == "date":
+            days = lag_seconds // 86_400
+            return (dt.date.fromisoformat(cursor) - dt.timedelta(days=days)).isoformat()
+    except ValueError:  # a zero date, which sorts first anyway
+        return cursor
+    return cursor
+
+
+def changed_since(
+    column: sa.ColumnElement[Any], data_type: str, cursor: str
+) -> sa.ColumnElement[bool]:
+    """The incremental read: rows whose modifier is at or after `cursor`, and rows whose
+    modifier is NULL (never stamped: re-read each run, through the modifier's index)."""
+    return sa.or_(column >= cursor_literal(data_type, cursor), column.is_(None))
+
+
+def earliest_cursor(
+    data_type: str, cursor: str | None, moment: dt.datetime, timezone: str
+) -> str | None:
+    """`cursor`, or the cursor form of `moment` (an aware instant) when that is earlier: the
+    start of the oldest transaction still open on the source, whose rows may commit later
+    with a modifier from before the cursor. Counters and DATE modifiers are left as they are."""
+    if cursor is None or data_type not in ("timestamp", "datetime"):
+        return cursor
+    try:
+        if data_type == "timestamp":
+            bound = Decimal(str(moment.timestamp())).quantize(Decimal("0.000001"))
+            return str(bound) if bound < Decimal(cursor) else cursor
+        local = moment.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+        return local.isoformat(sep=" ") if local < dt.datetime.fromisoformat(cursor) else cursor
+    except ValueError:
+        return cursor

@@ -9,10 +9,12 @@ serialises the runs of one table with a lock, and counts its rows.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 
@@ -21,6 +23,18 @@ from mysqlsync_dagster.pipeline.parts import Part
 from mysqlsync_dagster.pipeline.wire import WireColumn
 
 Strategy = Literal["upsert", "swap"]
+
+
+@dataclass
+class SweepState:
+    """Where the rolling verification of one table stands."""
+
+    position: tuple[Any, ...] | None = None  # resume after this key; None: from the start
+    started_at: dt.datetime | None = None
+    runs: int = 0
+    last_started_at: dt.datetime | None = None  # when the last complete sweep began
+    last_runs: int | None = None
+    kept: int = 0  # target rows whose key the source no longer has, kept (detect_deletes off)
 
 
 class SyncState(Protocol):
@@ -99,5 +113,10 @@ class Target(Protocol):
     def commit(self, loader: Loader, table: str, cursor: str | None, record_state: bool) -> None:
         """Swap or finish the load and, when `record_state`, store the sync state (`cursor`,
         rows, load id) in the same transaction: the state never runs ahead of the data."""
+
+    def read_sweep(self, table: str) -> SweepState:
+        """Where the rolling verification of `table` stands (verify/heal.py)."""
+
+    def write_sweep(self, table: str, sweep: SweepState) -> None: ...
 
     def row_count(self, table: str) -> int: ...

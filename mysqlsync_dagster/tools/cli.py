@@ -136,7 +136,11 @@ def run_sync(
         checks = [e for e in evaluations if e.asset_key.path == [cfg.key]]
         if materializations:
             metadata = materializations[-1].metadata
-            blocked = [e for e in checks if e.blocking and not e.passed]
+            blocked = [
+                e
+                for e in checks
+                if e.blocking and not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+            ]
             outcomes.append(
                 TableOutcome(
                     cfg,
@@ -242,7 +246,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from mysqlsync_dagster.db import create_engine
-    from mysqlsync_dagster.verify.compare import run_all_checks
+    from mysqlsync_dagster.verify.heal import run_all_checks
 
     tables = select_tables(load_tables_config(args.config), args.tables)
     source = create_engine(args.settings.database("source"))
@@ -250,19 +254,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     blocking_failed = False
     try:
         for cfg in tables:
-            for outcome in run_all_checks(cfg, source, target):
+            for outcome in run_all_checks(cfg, source, target, full=args.full):
                 print(format_outcome(cfg.table, outcome), flush=True)
                 blocking_failed |= outcome.blocking and not outcome.passed
     finally:
         source.dispose()
         target.dispose()
     return EXIT_FAILED if blocking_failed else EXIT_OK
-
-
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    load_tables_config(args.config)
-    print(f"mysqlsync-dagster {args.command}: not implemented yet", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -328,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="run the asset checks against the databases as they are")
     check.add_argument("tables", nargs="*", metavar="TABLE")
+    check.add_argument(
+        "--full",
+        action="store_true",
+        help="verify the whole table at once (default: the rolling slice the next sync verifies)",
+    )
     check.set_defaults(func=cmd_check)
 
     doctor = sub.add_parser("doctor", help="diagnose config, connections, grants and tables")

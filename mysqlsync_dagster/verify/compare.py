@@ -18,6 +18,7 @@ difference confined to them is reported as pending, not as a failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,15 +32,21 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import Column, TableShape, modifier_maximum, read_table_shape
 from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.db import PLAIN_MYSQL
 from mysqlsync_dagster.errors import CheckError, is_transient, redact
-from mysqlsync_dagster.pipeline.windows import ModifierWindow, cursor_literal, window_condition
+from mysqlsync_dagster.pipeline.windows import (
+    ModifierWindow,
+    changed_since,
+    cursor_literal,
+    window_condition,
+)
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
 from mysqlsync_dagster.targets.mysql.state import read_state
 
 SOURCE_ROW_COUNT = "source_row_count"
 ROW_COUNT_MATCH = "row_count_match"
 CHECKSUM_MATCH = "checksum_match"
-BLOCKING_CHECKS = frozenset({ROW_COUNT_MATCH})
+BLOCKING_CHECKS = frozenset({ROW_COUNT_MATCH, CHECKSUM_MATCH})
 
 DELETES_HINT = (
     "rows deleted in the source stay in the target unless the table sets "
@@ -55,6 +62,7 @@ KEY_DIFF_ROWS = 50_000  # ... and key by key when looking for deletes (keys are 
 SPLIT_PARTS = 8  # a larger differing range is split into this many parts
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
+KEY_BATCH = 500  # keys per `IN (...)` list
 
 Key = tuple[Any, ...]
 Side = Literal["source", "target"]
@@ -71,12 +79,14 @@ class CheckOutcome:
     passed: bool
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A failure that is a warning, not an error: reported, never blocking.
+    warning: bool = False
     # The check could not run for a passing reason (lost connection, timeout): no verdict.
     transient_error: bool = False
 
     @property
     def blocking(self) -> bool:
-        return self.check in BLOCKING_CHECKS
+        return self.check in BLOCKING_CHECKS and not self.warning
 
 
 # -- pure helpers ----------------------------------------------------------------------------
@@ -248,6 +258,8 @@ class TablePair:
     cursor: str | None = None
     # A partition run's window: only its rows are compared (partition runs keep no cursor).
     window: ModifierWindow | None = None
+    # An incremental run's read window: only rows changed since this cursor text (or NULL).
+    since: str | None = None
 
     @classmethod
     def open(
@@ -339,7 +351,37 @@ class TablePair:
         if self.window is not None and self.cfg.modifier:
             data_type = self.shape.column(self.cfg.modifier).data_type
             clauses.append(window_condition(table.c[self.cfg.modifier], data_type, self.window))
+        if scoped and self.since is not None and self.cfg.modifier:
+            data_type = self.shape.column(self.cfg.modifier).data_type
+            clauses.append(changed_since(table.c[self.cfg.modifier], data_type, self.since))
         return clauses
+
+    def in_scope(self, keys: Sequence[Key]) -> set[Key]:
+        """Which of `keys` the source holds within the synced scope (modifier up to the
+        cursor, or NULL): the rows the target must have as they are now. A key outside it was
+        deleted or changed after the run read the source."""
+        table = self.table("source")
+        columns = self.keys(table)
+        found: set[Key] = set()
+        for i in range(0, len(keys), KEY_BATCH):
+            batch = keys[i : i + KEY_BATCH]
+            clauses = self.where(table, KeyRange())
+            query = sa.select(*columns).where(key_in(columns, batch), *clauses)
+            with self.source_engine.connect() as conn:
+                found |= {tuple(row) for row in conn.execute(query)}
+        return found
+
+    def key_digests(self, side: Side, keys: Sequence[Key]) -> dict[Key, int]:
+        """{key: row digest} of these keys on one side, whatever their modifier."""
+        table = self.table(side)
+        columns = self.keys(table)
+        row_digest = sa.literal_column(row_digest_sql(self.columns(), self.dialect))
+        out: dict[Key, int] = {}
+        for i in range(0, len(keys), KEY_BATCH):
+            query = sa.select(*columns, row_digest).where(key_in(columns, keys[i : i + KEY_BATCH]))
+            with self.engine(side).connect() as conn:
+                out |= {tuple(row[:-1]): int(row[-1]) for row in conn.execute(query)}
+        return out
 
     @property
     def scope_text(self) -> str:
@@ -352,6 +394,10 @@ class TablePair:
     @property
     def scoped(self) -> bool:
         return self.cfg.modifier is not None and self.cursor is not None
+
+    def narrowed_to(self, since: str | None) -> TablePair:
+        """The same pair, comparing only rows changed since `since` (an incremental window)."""
+        return dataclasses.replace(self, since=since)
 
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
@@ -376,6 +422,10 @@ class TablePair:
         with self.engine(side).connect() as conn:
             rows, xor = conn.execute(query).one()
         return Digest(int(rows), int(xor or 0))
+
+    def parallel(self, query: Callable[[Side], T]) -> tuple[T, T, float]:
+        """The same query on both sides at once; both results and the wall time."""
+        return _in_parallel(lambda: query("source"), lambda: query("target"))
 
     def digests(
         self, key_range: KeyRange, *, strict: bool = False, keys_only: bool = False
@@ -431,7 +481,9 @@ class TablePair:
 
     @property
     def dialect(self) -> sa.Dialect:
-        return self.source_engine.dialect
+        """The dialect that quotes the digest's identifiers: the driver-less one, since the
+        statement's compiler escapes `%` itself (PyMySQL's quoting would double it twice)."""
+        return PLAIN_MYSQL
 
     def key_dict(self, key: Key) -> dict[str, Any]:
         return {name: jsonable(value) for name, value in zip(self.key_columns, key, strict=True)}
@@ -441,7 +493,7 @@ def _secrets(*engines: sa.Engine) -> list[str]:
     return [e.url.password for e in engines if e.url.password]
 
 
-def _failure(check: str, error: BaseException, secrets: Sequence[str]) -> CheckOutcome:
+def check_failure(check: str, error: BaseException, secrets: Sequence[str]) -> CheckOutcome:
     if isinstance(error, CheckError):
         message = str(error)
     elif isinstance(error, sa.exc.SQLAlchemyError):
@@ -475,7 +527,7 @@ def source_row_count(cfg: TableConfig, source_engine: sa.Engine) -> CheckOutcome
                 figures.append(modifier_maximum(table.c[cfg.modifier], data_type))
             row = conn.execute(sa.select(*figures).select_from(table)).one()
     except Exception as error:
-        return _failure(SOURCE_ROW_COUNT, error, _secrets(source_engine))
+        return check_failure(SOURCE_ROW_COUNT, error, _secrets(source_engine))
     rows = int(row[0])
     metadata: dict[str, Any] = {
         "source_rows": rows,
@@ -728,19 +780,12 @@ def table_checks(
     try:
         pair = TablePair.open(cfg, source_engine, target_engine, window)
     except Exception as error:
-        return [_failure(name, error, secrets) for name in names]
+        return [check_failure(name, error, secrets) for name in names]
     outcomes = []
     for name, run in ((ROW_COUNT_MATCH, row_count_match), (CHECKSUM_MATCH, checksum_match)):
         if name in names:
             try:
                 outcomes.append(run(pair))
             except Exception as error:
-                outcomes.append(_failure(name, error, secrets))
+                outcomes.append(check_failure(name, error, secrets))
     return outcomes
-
-
-def run_all_checks(
-    cfg: TableConfig, source_engine: sa.Engine, target_engine: sa.Engine
-) -> list[CheckOutcome]:
-    """Every check of one table, as `mysqlsync-dagster check` runs them."""
-    return [source_row_count(cfg, source_engine), *table_checks(cfg, source_engine, target_engine)]

@@ -8,12 +8,16 @@ from there: the target converges, nothing is skipped.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mysqlsync_dagster.db import quote_identifier, run_sql
+from mysqlsync_dagster.targets.base import SweepState
 
 STATE_TABLE = "_mysqlsync_state"
 
@@ -31,6 +35,17 @@ def _state_table(conn: Connection) -> str:
     return quote_identifier(STATE_TABLE)
 
 
+# The rolling verification's place (verify/heal.py), added to state tables of earlier versions.
+_SWEEP_COLUMNS = {
+    "sweep_position": "TEXT CHARACTER SET utf8mb4 NULL",  # the key it resumes after (JSON)
+    "sweep_started_at": "DATETIME(6) NULL",  # when the sweep under way began
+    "sweep_runs": "INT NULL",  # runs of the sweep under way so far
+    "last_sweep_started_at": "DATETIME(6) NULL",  # when the last complete sweep began
+    "last_sweep_runs": "INT NULL",  # runs the last complete sweep took
+    "kept_deleted": "BIGINT NULL",  # target rows kept although deleted in the source
+}
+
+
 def ensure_state_table(conn: Connection) -> None:
     run_sql(
         conn,
@@ -39,8 +54,96 @@ def ensure_state_table(conn: Connection) -> None:
         " cursor_value VARCHAR(255) CHARACTER SET utf8mb4 NULL,"
         " synced_at DATETIME(6) NOT NULL,"
         " rows_written BIGINT NULL,"
-        " load_id VARCHAR(64) NULL"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        " load_id VARCHAR(64) NULL,"
+        + ", ".join(f" {name} {ddl}" for name, ddl in _SWEEP_COLUMNS.items())
+        + ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    )
+    present = set(
+        conn.execute(
+            sa.text(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+            ),
+            {"t": STATE_TABLE},
+        ).scalars()
+    )
+    missing = [f"ADD COLUMN {n} {ddl}" for n, ddl in _SWEEP_COLUMNS.items() if n not in present]
+    if missing:
+        run_sql(conn, f"ALTER TABLE {_state_table(conn)} {', '.join(missing)}")
+
+
+def encode_key(key: tuple[Any, ...] | None) -> str | None:
+    """A key as JSON that decodes to values that compare the same in SQL."""
+    if key is None:
+        return None
+    out: list[Any] = []
+    for value in key:
+        if isinstance(value, bytes):
+            out.append({"hex": value.hex()})
+        elif isinstance(value, dt.datetime):
+            out.append({"datetime": value.isoformat()})
+        elif isinstance(value, dt.date):
+            out.append({"date": value.isoformat()})
+        elif isinstance(value, dt.timedelta):
+            out.append({"seconds": value.total_seconds()})
+        elif isinstance(value, Decimal):
+            out.append({"decimal": str(value)})
+        else:
+            out.append(value)
+    return json.dumps(out)
+
+
+def decode_key(text: str | None) -> tuple[Any, ...] | None:
+    if not text:
+        return None
+    decoders = {
+        "hex": bytes.fromhex,
+        "datetime": dt.datetime.fromisoformat,
+        "date": dt.date.fromisoformat,
+        "seconds": lambda s: dt.timedelta(seconds=s),
+        "decimal": Decimal,
+    }
+    values = []
+    for value in json.loads(text):
+        if isinstance(value, dict):
+            [(kind, raw)] = value.items()
+            value = decoders[kind](raw)
+        values.append(value)
+    return tuple(values)
+
+
+def read_sweep(conn: Connection, target_table: str) -> SweepState:
+    row = conn.execute(
+        sa.text(
+            "SELECT sweep_position, sweep_started_at, sweep_runs, last_sweep_started_at,"
+            f" last_sweep_runs, kept_deleted FROM {_state_table(conn)} WHERE target_table = :t"
+        ),
+        {"t": target_table},
+    ).one_or_none()
+    if row is None:
+        return SweepState()
+    return SweepState(
+        decode_key(row[0]), row[1], int(row[2] or 0), row[3], row[4], int(row[5] or 0)
+    )
+
+
+def write_sweep(conn: Connection, target_table: str, sweep: SweepState) -> None:
+    """Store the sweep's place (the table's state row exists: a sync wrote it)."""
+    conn.execute(
+        sa.text(
+            f"UPDATE {_state_table(conn)} SET sweep_position = :p, sweep_started_at = :s,"
+            " sweep_runs = :r, last_sweep_started_at = :ls, last_sweep_runs = :lr,"
+            " kept_deleted = :k WHERE target_table = :t"
+        ),
+        {
+            "t": target_table,
+            "p": encode_key(sweep.position),
+            "s": sweep.started_at,
+            "r": sweep.runs,
+            "ls": sweep.last_started_at,
+            "lr": sweep.last_runs,
+            "k": sweep.kept,
+        },
     )
 
 

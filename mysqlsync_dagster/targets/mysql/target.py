@@ -136,6 +136,15 @@ class MySQLTarget:
             if record_state:
                 state.write_state(conn, table, cursor, loader.stats.rows, loader.stats.load_id)
 
+    def read_sweep(self, table: str) -> state.SweepState:
+        with self.engine.begin() as conn:
+            state.ensure_state_table(conn)
+            return state.read_sweep(conn, table)
+
+    def write_sweep(self, table: str, sweep: state.SweepState) -> None:
+        with self.engine.begin() as conn:
+            state.write_sweep(conn, table, sweep)
+
     def row_count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return int(run_sql(conn, f"SELECT COUNT(*) FROM {self.quote(table)}").scalar_one())

@@ -1,0 +1,418 @@
+"""Self-healing verification: every run proves what it synced and a slice of the rest, and
+repairs what differs, in the same run.
+
+A table run, once its load has committed (and with the table's lock still held), calls `heal`:
+
+1. **The synced window.** An incremental run compares the rows it read (modifier at or after
+   the cursor less `lag_seconds`, or NULL) on both sides: one digest query each, through the
+   modifier's index; a difference is narrowed to keys (`compare.narrow`).
+2. **A rolling slice.** Then consecutive primary-key ranges, resuming where the last run's
+   slice ended (kept in the state table), until `verify_budget` rows have been compared; at
+   the end of the table the sweep starts over. A full sweep thus completes every
+   `ceil(rows / budget)` runs, and no run scans the whole table.
+3. **The counts.** When the row counts of the synced scope still differ, the key sets are
+   compared range by range (keys only, cheap) to find the rows the slice has not reached yet.
+
+Every differing key is classified by what the source holds now:
+
+- in the synced scope (modifier up to the cursor, or NULL) but missing or different in the
+  target: **repaired** by copying the row from the source (the sync's own extraction and
+  upsert, by key), then compared again; a row that keeps differing after `REPAIR_ATTEMPTS` is
+  **unresolved**, and only that fails the check, naming the keys;
+- in the source but outside the scope (changed after the run read it): **pending**, the next
+  run copies it;
+- absent from the source: deleted there; removed with `detect_deletes`, else **kept** on
+  purpose and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.targets.base import SweepState
+from mysqlsync_dagster.targets.mysql.state import read_sweep
+from mysqlsync_dagster.verify.compare import (
+    CHECKSUM_MATCH,
+    DELETES_HINT,
+    FIRST_CHUNK_ROWS,
+    KEY_DIFF_ROWS,
+    ROW_COUNT_MATCH,
+    SAMPLE_KEYS,
+    CheckOutcome,
+    Digest,
+    Key,
+    KeyRange,
+    RowDiff,
+    TablePair,
+    check_failure,
+    narrow,
+    next_chunk_rows,
+    source_row_count,
+    table_checks,
+)
+from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys
+
+REPAIR_ATTEMPTS = 3
+REPAIR_BATCH = 1_000  # keys copied from the source per extraction
+
+
+@dataclass
+class Healing:
+    """What one run's verification compared, found and repaired."""
+
+    window_rows: int = 0  # rows of the synced window compared
+    sweep_rows: int = 0  # rows of the rolling slice compared
+    ranges: int = 0
+    differing_ranges: int = 0
+    key_scan: bool = False  # the counts differed: the key sets were compared too
+    repaired: Counter[str] = field(default_factory=Counter)  # by cause
+    kept_deleted: int = 0  # target rows whose key the source no longer has (detect_deletes off)
+    pending: int = 0  # rows changed in the source after the run read it: the next run's
+    unresolved: list[tuple[str, Key]] = field(default_factory=list)
+    sweep: SweepState = field(default_factory=SweepState)
+    sweep_completed: bool = False
+    source_rows: int = 0  # the synced scope's row counts, after repair
+    target_rows: int = 0
+    rows_at_cursor: int = 0  # of the difference: rows at the cursor, re-read next run
+    seconds: float = 0.0
+
+    @property
+    def rows_verified(self) -> int:
+        return self.window_rows + self.sweep_rows
+
+    @property
+    def rows_repaired(self) -> int:
+        return sum(self.repaired.values())
+
+
+Repair = Callable[[Sequence[Key]], int]  # copies these keys' rows from the source
+
+
+def heal(
+    pair: TablePair,
+    repair: Repair | None,
+    sweep: SweepState,
+    *,
+    budget: int | None,
+    window_since: str | None,
+    log: logging.Logger | None = None,
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None),
+) -> Healing:
+    """Verify the synced window and a slice of `budget` rows from `sweep`'s place (`budget`
+    None: the whole table, for partition runs and `check --full`); with `repair`, mend what
+    differs. `repair` None only reports (the CLI's `check`)."""
+    started = time.perf_counter()
+    healing = Healing(sweep=SweepState(**vars(sweep)))
+    resolver = Resolver(pair, repair, healing)
+    if window_since is not None:
+        window = pair.narrowed_to(window_since)
+        source, target, _ = window.digests(KeyRange())
+        healing.window_rows = source.rows
+        healing.ranges += 1
+        if source != target:
+            healing.differing_ranges += 1
+            resolver.narrow_and_resolve(window, KeyRange(), source, target)
+    _sweep(pair, resolver, healing, budget, now)
+    _counts(pair, resolver, healing)
+    if repair is not None and healing.rows_repaired:
+        log and log.info(
+            "%s: repaired %s rows from the source (%s)",
+            pair.cfg.table,
+            f"{healing.rows_repaired:,}",
+            ", ".join(f"{n} {cause.replace('_', ' ')}" for cause, n in healing.repaired.items()),
+        )
+    healing.seconds = time.perf_counter() - started
+    return healing
+
+
+def _counts(pair: TablePair, resolver: Resolver, healing: Healing) -> None:
+    """Count both sides; when the counts differ in a way the slice does not explain (nor the
+    rows at the cursor, nor the deleted rows already known to be kept), compare the key sets
+    of the whole table, then count again."""
+    for attempt in range(2):
+        source, target, _ = pair.parallel(lambda side: pair.count(side))
+        healing.source_rows, healing.target_rows, healing.rows_at_cursor = source, target, 0
+        if source == target:
+            return
+        if pair.scoped:
+            strict_source, strict_target, _ = pair.parallel(
+                lambda side: pair.count(side, strict=True)
+            )
+            if strict_source == strict_target:
+                healing.rows_at_cursor = abs(target - source)
+                return
+        known_kept = healing.sweep.kept if not pair.cfg.detect_deletes else 0
+        if attempt or target - source == known_kept:
+            return
+        compare_key_sets(pair, resolver, healing)
+        # the key sets were compared whole: every target row the source no longer has is
+        # known now (found by the slice or by the key sets)
+        healing.sweep.kept = 0 if pair.cfg.detect_deletes else len(resolver.gone)
+
+
+def _sweep(
+    pair: TablePair,
+    resolver: Resolver,
+    healing: Healing,
+    budget: int | None,
+    now: Callable[[], dt.datetime],
+) -> None:
+    """Compare consecutive key ranges from the sweep's place until `budget` rows."""
+    state = healing.sweep
+    if state.started_at is None or state.position is None:
+        state.started_at, state.runs, state.position = now(), 0, None
+    state.runs += 1
+    chunk_rows = FIRST_CHUNK_ROWS
+    lower = state.position
+    chunked = bool(pair.shape.primary_key)
+    while True:
+        remaining = None if budget is None else budget - healing.sweep_rows
+        if remaining is not None and remaining <= 0:
+            state.position = lower
+            return
+        rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
+        upper = pair.key_at("source", KeyRange(lower), rows - 1) if chunked else None
+        key_range = KeyRange(lower, upper)
+        source, target, seconds = pair.digests(key_range)
+        healing.ranges += 1
+        healing.sweep_rows += source.rows
+        if source != target:
+            healing.differing_ranges += 1
+            strict_source, strict_target, _ = pair.digests(key_range, strict=True)
+            if pair.scoped and strict_source == strict_target:
+                healing.pending += abs(source.rows - target.rows) or 1  # rows at the cursor
+            else:
+                resolver.narrow_and_resolve(pair, key_range, source, target)
+        if upper is None:  # the end of the table: the sweep is complete
+            healing.sweep_completed = True
+            state.last_started_at, state.last_runs = state.started_at, state.runs
+            state.position, state.started_at, state.runs = None, None, 0
+            return
+        chunk_rows = next_chunk_rows(chunk_rows, seconds)
+        lower = upper
+
+
+@dataclass
+class Resolver:
+    """Classifies differing keys and repairs what the source says the target must hold."""
+
+    pair: TablePair
+    repair: Repair | None
+    healing: Healing
+    seen: set[Key] = field(default_factory=set)  # keys already classified in this run
+    gone: set[Key] = field(default_factory=set)  # target keys the source no longer has
+
+    def narrow_and_resolve(
+        self, pair: TablePair, key_range: KeyRange, source: Digest, target: Digest
+    ) -> None:
+        found = RowDiff()
+        narrow(pair, key_range, source, target, strict=False, found=found, limit=None)
+        self.resolve(found)
+
+    def resolve(self, found: RowDiff) -> None:
+        candidates = [
+            k
+            for k in found.missing_in_target + found.changed + found.extra_in_target
+            if k not in self.seen
+        ]
+        if not candidates:
+            return
+        self.seen.update(candidates)
+        expected = self.pair.in_scope(candidates)
+        gone = absent_in_source(self.pair, [k for k in candidates if k not in expected])
+        self.gone.update(gone)
+        self.healing.pending += len(candidates) - len(expected) - len(gone)
+        if gone:
+            if self.pair.cfg.detect_deletes and self.repair is not None:
+                self.healing.repaired["deleted_in_source"] += delete_keys(self.pair, gone)
+            else:
+                self.healing.kept_deleted += len(gone)
+        missing = set(found.missing_in_target)
+        to_copy = [k for k in candidates if k in expected]
+        if self.repair is None:
+            self.healing.unresolved += [
+                ("missing_in_target" if k in missing else "changed", k) for k in to_copy
+            ]
+            return
+        for key in to_copy:
+            cause = "missing_in_target" if key in missing else "changed"
+            self.healing.repaired[cause] += 1
+        self._copy_until_equal(to_copy, missing)
+
+    def _copy_until_equal(self, keys: list[Key], missing: set[Key]) -> None:
+        """Copy `keys` from the source and compare them again, a few times; what still
+        differs, and is still in scope, could not be repaired."""
+        assert self.repair is not None
+        for _ in range(REPAIR_ATTEMPTS):
+            for i in range(0, len(keys), REPAIR_BATCH):
+                self.repair(keys[i : i + REPAIR_BATCH])
+            source = self.pair.key_digests("source", keys)
+            target = self.pair.key_digests("target", keys)
+            differing = [k for k in keys if source.get(k) != target.get(k)]
+            if not differing:
+                return
+            still = self.pair.in_scope(differing)  # others changed meanwhile: pending
+            self.healing.pending += len(differing) - len(still)
+            keys = [k for k in differing if k in still]
+            if not keys:
+                return
+        self.healing.unresolved += [
+            ("missing_in_target" if k in missing else "changed", k) for k in keys
+        ]
+
+
+def compare_key_sets(pair: TablePair, resolver: Resolver, healing: Healing) -> None:
+    """The counts differ although the slice found nothing: compare the key sets of the whole
+    table (keys only: cheap), to find rows missing from, or extra in, the target."""
+    from mysqlsync_dagster.verify.compare import scan_chunks
+
+    healing.key_scan = True
+    scan = scan_chunks(pair, keys_only=True)
+    for key_range, source, target in scan.mismatched:
+        found = RowDiff()
+        narrow(
+            pair,
+            key_range,
+            source,
+            target,
+            strict=False,
+            found=found,
+            limit=None,
+            keys_only=True,
+            leaf_rows=KEY_DIFF_ROWS,
+        )
+        resolver.resolve(found)
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+def count_outcome(pair: TablePair, healing: Healing) -> CheckOutcome:
+    """`row_count_match` from the counts taken after repair. Rows deleted in the source and
+    kept on purpose (`detect_deletes` off) are a warning, never a failure."""
+    source, target = healing.source_rows, healing.target_rows
+    metadata: dict[str, Any] = {
+        "source_rows": source,
+        "target_rows": target,
+        "difference": target - source,
+    }
+    text = f"source {source:,} rows, target {target:,} rows{pair.scope_text}"
+    if pair.scoped:
+        metadata["cursor"] = pair.cursor
+    if source == target:
+        return CheckOutcome(ROW_COUNT_MATCH, True, text, metadata)
+    if healing.rows_at_cursor:
+        metadata["rows_pending_at_cursor"] = healing.rows_at_cursor
+        text += (
+            f"; the {healing.rows_at_cursor:,} rows of difference all have {pair.cfg.modifier}"
+            " equal to the cursor and are re-read by the next sync"
+        )
+        return CheckOutcome(ROW_COUNT_MATCH, True, text, metadata)
+    kept = healing.sweep.kept
+    if kept and not pair.cfg.detect_deletes and target - source == kept:
+        metadata["rows_deleted_in_source_kept"] = kept
+        text += (
+            f": the target keeps {kept:,} rows deleted in the source, on purpose ({DELETES_HINT})"
+        )
+        return CheckOutcome(ROW_COUNT_MATCH, False, text, metadata, warning=True)
+    text += f": difference {target - source:+,}"
+    if target > source and not pair.cfg.detect_deletes:
+        text += f" (more rows in the target: {DELETES_HINT})"
+    return CheckOutcome(ROW_COUNT_MATCH, False, text, metadata)
+
+
+def verify_outcome(pair: TablePair, healing: Healing, *, repaired: bool) -> CheckOutcome:
+    """`checksum_match` from what the verification compared and repaired: it fails only for
+    rows that still differ (`repaired`: after repair; else, read-only, every difference)."""
+    metadata: dict[str, Any] = {
+        "rows_compared": healing.rows_verified,
+        "window_rows": healing.window_rows,
+        "sweep_rows": healing.sweep_rows,
+        "chunks": healing.ranges,
+        "mismatched_chunks": healing.differing_ranges,
+        "rows_pending": healing.pending,
+        "sweep_complete": healing.sweep_completed,
+        "sweep_runs": healing.sweep.last_runs if healing.sweep_completed else healing.sweep.runs,
+        "seconds": round(healing.seconds, 3),
+        "rows_per_second": (
+            round(healing.rows_verified / healing.seconds, 1) if healing.seconds > 0 else 0.0
+        ),
+    }
+    if repaired:
+        metadata["rows_repaired"] = healing.rows_repaired
+        for cause, rows in sorted(healing.repaired.items()):
+            metadata[f"rows_repaired_{cause}"] = rows
+    if healing.sweep.last_started_at is not None:
+        age = dt.datetime.now(dt.UTC).replace(tzinfo=None) - healing.sweep.last_started_at
+        metadata["oldest_verification_seconds"] = round(age.total_seconds(), 1)
+    if healing.key_scan:
+        metadata["key_sets_compared"] = True
+    slice_text = (
+        f"the sweep completed ({metadata['sweep_runs']} runs)"
+        if healing.sweep_completed
+        else f"run {healing.sweep.runs} of the sweep"
+    )
+    text = (
+        f"{healing.rows_verified:,} rows verified{pair.scope_text} ("
+        f"{healing.window_rows:,} synced, {healing.sweep_rows:,} of the rolling slice; "
+        f"{slice_text})"
+    )
+    if repaired and healing.rows_repaired:
+        text += f"; {healing.rows_repaired:,} rows repaired from the source"
+    if healing.pending:
+        text += f"; {healing.pending:,} rows changed since the read, re-read by the next sync"
+    if healing.kept_deleted:
+        metadata["rows_deleted_in_source_kept"] = healing.kept_deleted
+        text += (
+            f"; {healing.kept_deleted:,} target rows whose key the source no longer has are "
+            f"kept ({DELETES_HINT})"
+        )
+    if not healing.unresolved:
+        return CheckOutcome(CHECKSUM_MATCH, True, text + "; all agree", metadata)
+    unresolved = healing.unresolved
+    # in key order, so that a reader finds a key among the first ones listed (keys whose
+    # values do not compare, a NULL part, stay in the order found)
+    with contextlib.suppress(TypeError):
+        unresolved = sorted(unresolved, key=lambda item: item[1])
+    metadata["differing_keys"] = [
+        {"difference": kind, "key": pair.key_dict(key)} for kind, key in unresolved[:SAMPLE_KEYS]
+    ]
+    metadata["all_differences_listed"] = len(unresolved) <= SAMPLE_KEYS
+    counts = Counter(kind for kind, _ in unresolved)
+    listed = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(counts.items()))
+    keys = "; ".join(str(pair.key_dict(key)) for _, key in unresolved[:5])
+    verb = "still differ after repair" if repaired else "differ"
+    text += f"; {len(unresolved):,} rows {verb} ({listed}): {keys}"
+    return CheckOutcome(CHECKSUM_MATCH, False, text, metadata)
+
+
+def run_all_checks(
+    cfg: TableConfig, source_engine: sa.Engine, target_engine: sa.Engine, *, full: bool = False
+) -> list[CheckOutcome]:
+    """Every check of one table, as `mysqlsync-dagster check` runs them: read-only (nothing
+    repaired, the sweep's place not moved). The slice the next run would verify, with the
+    counts, or (`full`) the whole table."""
+    outcomes = [source_row_count(cfg, source_engine)]
+    if full or not cfg.checksum:
+        return outcomes + table_checks(cfg, source_engine, target_engine)
+    names = [ROW_COUNT_MATCH, CHECKSUM_MATCH]
+    try:
+        pair = TablePair.open(cfg, source_engine, target_engine)
+        with target_engine.connect() as conn:
+            try:
+                sweep = read_sweep(conn, cfg.target)
+            except sa.exc.DBAPIError:  # a state table of an earlier version: from the start
+                sweep = SweepState()
+        healing = heal(pair, None, sweep, budget=cfg.verify_budget, window_since=None)
+    except Exception as error:
+        secrets = [e.url.password for e in (source_engine, target_engine) if e.url.password]
+        return outcomes + [check_failure(name, error, secrets) for name in names]
+    return [*outcomes, count_outcome(pair, healing), verify_outcome(pair, healing, repaired=False)]
