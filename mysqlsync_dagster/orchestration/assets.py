@@ -179,6 +179,7 @@ class TableRun:
             return [check_failure(name, error, self.secrets) for name in names]
         report.rows_verified = healing.rows_verified
         report.rows_repaired = healing.rows_repaired
+        report.verify_seconds = healing.seconds
         if cfg.detect_deletes:
             report.rows_deleted = healing.repaired["deleted_in_source"]
         return [count_outcome(pair, healing), verify_outcome(pair, healing, repaired=True)]

@@ -53,6 +53,7 @@ class SyncReport:
     rows_deleted: int | None = None  # with detect_deletes
     rows_verified: int | None = None  # compared with the source after the load
     rows_repaired: int | None = None  # copied again, or deleted, because they differed
+    verify_seconds: float | None = None  # the verification, repairs included
     window: str | None = None  # a partition run's modifier window
     columns: list[tuple[str, str, bool]] = field(default_factory=list)  # name, type, nullable
     # staging mode
@@ -117,6 +118,8 @@ class SyncReport:
             value = getattr(self, name)
             if value is not None:
                 metadata[name] = dg.MetadataValue.int(value)
+        if self.verify_seconds is not None:
+            metadata["verify_seconds"] = dg.MetadataValue.float(round(self.verify_seconds, 3))
         if self.window is not None:
             metadata["window"] = self.window
         for name in STAGING_FIELDS:

@@ -357,15 +357,16 @@ class TablePair:
         return clauses
 
     def in_scope(self, keys: Sequence[Key]) -> set[Key]:
-        """Which of `keys` the source holds within the synced scope (modifier up to the
+        """Which of `keys` the source holds within the synced scope (modifier before the
         cursor, or NULL): the rows the target must have as they are now. A key outside it was
-        deleted or changed after the run read the source."""
+        deleted or changed after the run read the source, or sits at the cursor, which the
+        next run re-reads anyway."""
         table = self.table("source")
         columns = self.keys(table)
         found: set[Key] = set()
         for i in range(0, len(keys), KEY_BATCH):
             batch = keys[i : i + KEY_BATCH]
-            clauses = self.where(table, KeyRange())
+            clauses = self.where(table, KeyRange(), strict=True)
             query = sa.select(*columns).where(key_in(columns, batch), *clauses)
             with self.source_engine.connect() as conn:
                 found |= {tuple(row) for row in conn.execute(query)}

@@ -182,6 +182,12 @@ def _sweep(
             return
         rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
         upper = pair.key_at("source", KeyRange(lower), rows - 1) if chunked else None
+        if (
+            upper is not None
+            and rows == remaining
+            and pair.key_at("source", KeyRange(upper), 0) is None
+        ):
+            upper = None  # the budget ends with the table: this slice completes the sweep
         key_range = KeyRange(lower, upper)
         source, target, seconds = pair.digests(key_range)
         healing.ranges += 1
