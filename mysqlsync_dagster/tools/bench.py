@@ -162,6 +162,8 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
         "compression_ratio",
         "merge_ranges",
         "reader_peak_rss_mb",
+        "rows_verified",
+        "verify_seconds",
     )
     report = SyncReport.from_metadata(outcome["metadata"])
     result = {k: getattr(report, k) for k in keep if getattr(report, k) is not None}
@@ -215,7 +217,7 @@ def run_benchmark(
                 conn.exec_driver_sql(f"CREATE DATABASE {db}")
         source_url = source.url("bench")
 
-        def measure(table: str, mode: str, kind: str) -> None:
+        def measure(table: str, mode: str, kind: str, verify: bool = False) -> None:
             env = {
                 "SOURCE_DB_URL": source_url,
                 "TARGET_DB_URL": target.url(f"{mode}_copy"),
@@ -228,9 +230,10 @@ def run_benchmark(
                 "modifier": "updated_at",
                 "batch_size": batch_size,
                 "mode": mode,
-                # the yardstick times the copy; the checksum check runs after it, in the same
-                # process, at about 0.25 s per 100,000 rows (row counts still run: ~0.2 s)
-                "checksum": False,
+                # the yardstick times the copy; the verification (the synced window and a
+                # rolling slice of `verify_budget` rows, repairs included) is timed in the
+                # steps marked "verified" (row counts always run: ~0.2 s at 1M rows)
+                "checksum": verify,
             }
             result = sync_in_subprocess(env, config)
             report["steps"].append({"table": table, "mode": mode, "kind": kind, **result})
@@ -249,6 +252,15 @@ def run_benchmark(
             measure("orders", mode, "incremental_1pct")
         for mode in MODES:
             measure("orders", mode, "no_change")
+        with admin["source"].begin() as conn:  # another 1%, stamped after the cursor
+            conn.exec_driver_sql(
+                "UPDATE bench.orders SET status = 'again', updated_at = NOW() + INTERVAL 1 SECOND"
+                " WHERE id %% 100 = 1"
+            )
+        for mode in MODES:
+            measure("orders", mode, "incremental_1pct_verified", verify=True)
+        for mode in MODES:
+            measure("orders", mode, "no_change_verified", verify=True)
         if wide_rows:
             references["wide"] = _dump_pipe(source, target, "wide", "dump_copy")
             for mode in MODES:
@@ -295,6 +307,8 @@ KIND_LABEL = {
     "full": "full sync",
     "incremental_1pct": "1% changed",
     "no_change": "no change",
+    "incremental_1pct_verified": "1% verified",
+    "no_change_verified": "no change verified",
 }
 
 
@@ -311,28 +325,32 @@ def format_report(report: dict[str, Any]) -> str:
         f" {report['cpus']} CPUs, load average {report['load_average_before'][0]} before,"
         f" {report['load_average_after'][0]} after",
         "",
-        "| table  | step                          | process s | x dump | goal    | in-run s |"
-        " rows written | peak RSS MB | reader MB | sum MB | extract s | load s |",
-        "|--------|-------------------------------|----------:|-------:|---------|---------:|"
-        "-------------:|------------:|----------:|-------:|----------:|-------:|",
+        "| table  | step                                 | process s | x dump | goal    | in-run s |"
+        " rows written | peak RSS MB | reader MB | sum MB | extract s | load s | rows verified |"
+        " verify s |",
+        "|--------|--------------------------------------|----------:|-------:|---------|---------:|"
+        "-------------:|------------:|----------:|-------:|----------:|-------:|--------------:|"
+        "---------:|",
     ]
     reference = "mariadb-dump \\| mariadb"
     for table, seconds in refs.items():
         lines.append(
-            f"| {table:<6} | {reference:<29} | {seconds:9.2f} |   1.00 |"
+            f"| {table:<6} | {reference:<36} | {seconds:9.2f} |   1.00 |"
             f" {'':<7} | {'':>8} | {'':>12} | {'':>11} | {'':>9} | {'':>6} | {'':>9} | {'':>6} |"
+            f" {'':>13} | {'':>8} |"
         )
         for step in (s for s in report["steps"] if s["table"] == table):
             label = f"{step['mode']} {KIND_LABEL[step['kind']]} ({step['strategy']})"
             goal = GOALS.get((step["mode"], step["kind"])) if table == "orders" else None
             goal_text = f"<={goal:g}x" if goal else ""
             lines.append(
-                f"| {table:<6} | {label:<29} | {step['wall_seconds']:9.2f} |"
+                f"| {table:<6} | {label:<36} | {step['wall_seconds']:9.2f} |"
                 f" {step['ratio_to_dump']:6.2f} | {goal_text:<7} | {step['seconds']:8.2f} |"
                 f" {step['rows_written']:>12,} |"
                 f" {step['peak_rss_mb']:11.0f} | {_figure(step, 'reader_peak_rss_mb', 9, 0)} |"
                 f" {step['peak_rss_mb'] + (step.get('reader_peak_rss_mb') or 0):6.0f} |"
                 f" {_figure(step, 'extract_seconds', 9, 2)} | {_figure(step, 'load_seconds', 6, 2)} |"
+                f" {_figure(step, 'rows_verified', 13, 0)} | {_figure(step, 'verify_seconds', 8, 2)} |"
             )
     staged = [s for s in report["steps"] if s["mode"] == "staging" and s.get("bytes_staged")]
     for step in staged:
