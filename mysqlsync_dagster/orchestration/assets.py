@@ -195,7 +195,7 @@ class TableRun:
 def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
     """Direct mode keeps the parts in memory; staging mode writes them under `STAGING_DIR`."""
     if sync.cfg.mode != "staging":
-        return MemoryParts()
+        return MemoryParts(sync.work_dir)
     plan = {
         "strategy": sync.strategy,
         "columns": [{"name": w.column.name, "kind": w.kind} for w in sync.wire],

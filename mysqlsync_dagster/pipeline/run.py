@@ -318,6 +318,7 @@ class TableSync:
         try:
             for part in extraction.parts():
                 loader.load_part(part, load_id)
+                parts.taken(part)
         finally:
             extraction.stop()
         loader.merge()

@@ -176,7 +176,7 @@ class DiskParts:
         self._batches = 0
         self._started = time.perf_counter()
 
-    def add(self, table: pa.Table) -> Part | None:
+    def add(self, table: pa.Table, waiting: int = 0) -> Part | None:
         if self._writer is None:
             self._name = f"part-{len(self.manifest.files):05d}.parquet"
             self._writer = pq.ParquetWriter(
@@ -208,6 +208,9 @@ class DiskParts:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def taken(self, part: Part) -> None:
+        return None  # kept for inspection, until the retention removes the run directory
 
     def loaded(self, report: SyncReport, extract_seconds: float, load_seconds: float) -> None:
         manifest = self.manifest

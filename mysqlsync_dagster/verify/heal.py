@@ -124,8 +124,8 @@ def heal(
             resolver.narrow_and_resolve(window, KeyRange(), source, target)
     _sweep(pair, resolver, healing, budget, now)
     _counts(pair, resolver, healing)
-    if repair is not None and healing.rows_repaired:
-        log and log.info(
+    if log is not None and repair is not None and healing.rows_repaired:
+        log.info(
             "%s: repaired %s rows from the source (%s)",
             pair.cfg.table,
             f"{healing.rows_repaired:,}",
@@ -143,6 +143,7 @@ def _counts(pair: TablePair, resolver: Resolver, healing: Healing) -> None:
         source, target, _ = pair.parallel(lambda side: pair.count(side))
         healing.source_rows, healing.target_rows, healing.rows_at_cursor = source, target, 0
         if source == target:
+            healing.sweep.kept = 0
             return
         if pair.scoped:
             strict_source, strict_target, _ = pair.parallel(
@@ -194,8 +195,7 @@ def _sweep(
         healing.sweep_rows += source.rows
         if source != target:
             healing.differing_ranges += 1
-            strict_source, strict_target, _ = pair.digests(key_range, strict=True)
-            if pair.scoped and strict_source == strict_target:
+            if pair.scoped and _same_before_cursor(pair, key_range):
                 healing.pending += abs(source.rows - target.rows) or 1  # rows at the cursor
             else:
                 resolver.narrow_and_resolve(pair, key_range, source, target)
@@ -206,6 +206,12 @@ def _sweep(
             return
         chunk_rows = next_chunk_rows(chunk_rows, seconds)
         lower = upper
+
+
+def _same_before_cursor(pair: TablePair, key_range: KeyRange) -> bool:
+    """The range differs only in rows at the cursor, which the next run re-reads."""
+    source, target, _ = pair.digests(key_range, strict=True)
+    return source == target
 
 
 @dataclass
