@@ -31,9 +31,10 @@ from pydantic import (
 from mysqlsync_dagster.errors import ConfigError
 
 DEFAULT_TABLES_CONFIG = "tables.json"
-# Lookback below the cursor, in seconds, for rows committed late with an older modifier (an
-# application that stamps `updated_at` from its own clock before a slow commit); open
-# transactions seen on the source are covered whatever their age (see pipeline/run.py).
+# Seconds a stored cursor stays behind the time of the read that stored it, for rows committed
+# late with an older modifier (an application that stamps `updated_at` from its own clock
+# before a slow commit); open transactions seen on the source are covered whatever their age
+# (see pipeline/run.py).
 DEFAULT_LAG_SECONDS = 30
 # Rows of the rolling verification per run, beyond the rows the run synced (see verify/heal.py):
 # about half a second of digests at the 1M-row benchmark's 430,000 rows/s.

@@ -16,6 +16,7 @@ loader stamps `_dlt_load_id` (the load's id, one value per run) and `_dlt_id` (m
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import tempfile
@@ -54,7 +55,6 @@ from mysqlsync_dagster.pipeline.windows import (
     ModifierWindow,
     changed_since,
     earliest_cursor,
-    lagged_cursor,
     window_condition,
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_columns
@@ -243,19 +243,22 @@ class TableSync:
         latest = modifier_maximum(table.c[self.cfg.modifier], data_type)
         with self.source_engine.connect() as conn:
             started = oldest_transaction_start(conn)
+            now = conn.execute(sa.select(sa.func.utc_timestamp(6))).scalar_one()
             maximum = conn.execute(sa.select(latest).select_from(table)).scalar()
-        if started is None:
-            return maximum
-        held = earliest_cursor(data_type, maximum, started, self.timezone)
-        if held != maximum:
-            self.log.info(
-                "%s: a transaction open since %s UTC on the source may still commit older"
-                " rows: cursor held at %s (not %s)",
-                self.cfg.table,
-                started.strftime("%Y-%m-%d %H:%M:%S"),
-                held,
-                maximum,
-            )
+        # rows stamped less than `lag_seconds` before this read may still commit after it
+        settled = now.replace(tzinfo=dt.UTC) - dt.timedelta(seconds=self.cfg.lag_seconds)
+        held = earliest_cursor(data_type, maximum, settled, self.timezone)
+        if started is not None:
+            held = earliest_cursor(data_type, held, started, self.timezone)
+            if held != earliest_cursor(data_type, maximum, settled, self.timezone):
+                self.log.info(
+                    "%s: a transaction open since %s UTC on the source may still commit older"
+                    " rows: cursor held at %s (not %s)",
+                    self.cfg.table,
+                    started.strftime("%Y-%m-%d %H:%M:%S"),
+                    held,
+                    maximum,
+                )
         return held
 
     # -- extraction ------------------------------------------------------------------
@@ -287,11 +290,9 @@ class TableSync:
 
     @property
     def read_from(self) -> str | None:
-        """Where an incremental read starts: the cursor less `lag_seconds`."""
-        if self.cursor_before is None or self.shape is None or self.cfg.modifier is None:
-            return None
-        data_type = self.shape.column(self.cfg.modifier).data_type
-        return lagged_cursor(data_type, self.cursor_before, self.cfg.lag_seconds)
+        """Where an incremental read starts: the stored cursor (closed bound), which the run
+        that stored it held back below `lag_seconds` before its own read."""
+        return self.cursor_before
 
     def dlt_resource(self) -> DltResource:
         """The table's dlt resource: the rows of `query()` in Arrow batches."""

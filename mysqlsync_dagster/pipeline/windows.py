@@ -78,29 +78,6 @@ def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
     return sa.literal(cursor, sa.String)
 
 
-def lagged_cursor(data_type: str, cursor: str, lag_seconds: int) -> str:
-    """`cursor` moved `lag_seconds` back, for the incremental read's lookback.
-
-    TIMESTAMP cursors are epoch seconds; DATETIME cursors are wall-clock text (moved back as
-    such, never shifted between zones); DATE cursors move back whole days only (a lag under a
-    day keeps the cursor's date, whose rows are re-read anyway); counters do not move.
-    """
-    if lag_seconds <= 0:
-        return cursor
-    try:
-        if data_type == "timestamp":
-            return str(Decimal(cursor) - lag_seconds)
-        if data_type == "datetime":
-            moved = dt.datetime.fromisoformat(cursor) - dt.timedelta(seconds=lag_seconds)
-            return moved.isoformat(sep=" ")
-        if data_type == "date":
-            days = lag_seconds // 86_400
-            return (dt.date.fromisoformat(cursor) - dt.timedelta(days=days)).isoformat()
-    except ValueError:  # a zero date, which sorts first anyway
-        return cursor
-    return cursor
-
-
 def changed_since(
     column: sa.ColumnElement[Any], data_type: str, cursor: str
 ) -> sa.ColumnElement[bool]:

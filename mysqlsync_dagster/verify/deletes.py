@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from mysqlsync_dagster.verify.compare import (
     KEY_DIFF_ROWS,
+    ChecksumScan,
     Key,
     RowDiff,
     TablePair,
@@ -55,21 +56,8 @@ def delete_missing_rows(
     """
     started = time.perf_counter()
     report = DeleteReport()
-    scan = scan_chunks(pair, keys_only=True)
-    report.chunks, report.chunks_differing = scan.chunks, len(scan.mismatched)
-    for key_range, source, target in scan.mismatched:
-        found = RowDiff()
-        narrow(
-            pair,
-            key_range,
-            source,
-            target,
-            strict=False,
-            found=found,
-            limit=None,
-            keys_only=True,
-            leaf_rows=KEY_DIFF_ROWS,
-        )
+    for found, scan in key_set_differences(pair):
+        report.chunks, report.chunks_differing = scan.chunks, len(scan.mismatched)
         report.candidates += len(found.extra_in_target)
         gone = absent_in_source(pair, found.extra_in_target)
         for i in range(0, len(gone), batch_rows):
@@ -85,6 +73,27 @@ def delete_missing_rows(
             report.seconds,
         )
     return report
+
+
+def key_set_differences(pair: TablePair) -> Iterator[tuple[RowDiff, ChecksumScan]]:
+    """The keys that differ between the two sides, range by range, over the whole table: the
+    key sets are compared as digests of key ranges (keys only: cheap), and a differing range
+    is split until its parts hold at most KEY_DIFF_ROWS keys, which are then listed."""
+    scan = scan_chunks(pair, keys_only=True)
+    for key_range, source, target in scan.mismatched:
+        found = RowDiff()
+        narrow(
+            pair,
+            key_range,
+            source,
+            target,
+            strict=False,
+            found=found,
+            limit=None,
+            keys_only=True,
+            leaf_rows=KEY_DIFF_ROWS,
+        )
+        yield found, scan
 
 
 def absent_in_source(pair: TablePair, candidates: Sequence[Key]) -> list[Key]:

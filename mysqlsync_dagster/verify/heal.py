@@ -4,7 +4,7 @@ repairs what differs, in the same run.
 A table run, once its load has committed (and with the table's lock still held), calls `heal`:
 
 1. **The synced window.** An incremental run compares the rows it read (modifier at or after
-   the cursor less `lag_seconds`, or NULL) on both sides: one digest query each, through the
+   the cursor it started from, or NULL) on both sides: one digest query each, through the
    modifier's index; a difference is narrowed to keys (`compare.narrow`).
 2. **A rolling slice.** Then consecutive primary-key ranges, resuming where the last run's
    slice ended (kept in the state table), until `verify_budget` rows have been compared; at
@@ -45,7 +45,6 @@ from mysqlsync_dagster.verify.compare import (
     CHECKSUM_MATCH,
     DELETES_HINT,
     FIRST_CHUNK_ROWS,
-    KEY_DIFF_ROWS,
     ROW_COUNT_MATCH,
     SAMPLE_KEYS,
     CheckOutcome,
@@ -60,7 +59,7 @@ from mysqlsync_dagster.verify.compare import (
     source_row_count,
     table_checks,
 )
-from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys
+from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys, key_set_differences
 
 REPAIR_ATTEMPTS = 3
 REPAIR_BATCH = 1_000  # keys copied from the source per extraction
@@ -286,23 +285,8 @@ class Resolver:
 def compare_key_sets(pair: TablePair, resolver: Resolver, healing: Healing) -> None:
     """The counts differ although the slice found nothing: compare the key sets of the whole
     table (keys only: cheap), to find rows missing from, or extra in, the target."""
-    from mysqlsync_dagster.verify.compare import scan_chunks
-
     healing.key_scan = True
-    scan = scan_chunks(pair, keys_only=True)
-    for key_range, source, target in scan.mismatched:
-        found = RowDiff()
-        narrow(
-            pair,
-            key_range,
-            source,
-            target,
-            strict=False,
-            found=found,
-            limit=None,
-            keys_only=True,
-            leaf_rows=KEY_DIFF_ROWS,
-        )
+    for found, _ in key_set_differences(pair):
         resolver.resolve(found)
 
 
