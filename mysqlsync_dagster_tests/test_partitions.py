@@ -197,20 +197,22 @@ def test_window_condition_sql():
 
 
 def test_a_partition_run_repairs_its_window_only(events):
-    """A partition run verifies and repairs the rows of its window; a damage outside it waits
-    for the runs of its own partition."""
-    assert materialize(events, [DAILY]).success  # every partition
+    """A partition run re-copies its window and verifies it: a stray target row in the window
+    goes (with detect_deletes); damage outside the window waits for its own partition."""
+    daily = {**DAILY, "detect_deletes": True}
+    assert materialize(events, [daily]).success  # every partition
     events.target_exec(
         "UPDATE events SET note = 'damaged' WHERE id = 5",  # in 2024-01-02
         "UPDATE events SET note = 'damaged' WHERE id = 6",  # in 2024-01-03
+        "INSERT INTO events (id, note, updated_at) VALUES (50, 'stray', '2024-01-02 05:00:00')",
     )
-    result = materialize(events, [DAILY], first="2024-01-02")
+    result = materialize(events, [daily], first="2024-01-02")
     assert result.success
     [checksum] = [
         e for e in result.get_asset_check_evaluations() if e.check_name == "checksum_match"
     ]
-    assert checksum.metadata["rows_repaired_changed"].value == 1
-    notes = dict((row[0], row[1]) for row in events.target_rows("events"))
-    assert notes[5] == "jan 2" and notes[6] == "damaged"
-    assert materialize(events, [DAILY], first="2024-01-03").success
+    assert checksum.metadata["rows_repaired_deleted_in_source"].value == 1
+    notes = {row[0]: row[1] for row in events.target_rows("events")}
+    assert notes[5] == "jan 2" and notes[6] == "damaged" and 50 not in notes
+    assert materialize(events, [daily], first="2024-01-03").success
     assert events.target_rows("events") == events.source_rows("events")
