@@ -146,3 +146,18 @@ def test_modifier_that_is_a_key_column_is_allowed_but_reported(sync_env):
     sync_env.source_exec("INSERT INTO log VALUES (3, 'c')")
     sync_env.sync([cfg])
     assert sync_env.target_rows("log") == sync_env.source_rows("log")
+
+
+def test_a_missing_dagster_home_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from mysqlsync_dagster.tools.cli import main
+
+    config = tmp_path / "tables.json"
+    config.write_text('[{"table": "t", "primary_key": "id"}]')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no such dir"))
+    monkeypatch.setenv("SOURCE_DB_URL", "mysql://u@127.0.0.1:9/s")
+    monkeypatch.setenv("TARGET_DB_URL", "mysql://u@127.0.0.1:9/t")
+    assert main(["--config", str(config), "sync"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DAGSTER_HOME: ") and "is not a directory" in err
+    assert "Traceback" not in err

@@ -136,7 +136,8 @@ class TableSync:
             row_bytes = facts.avg_row_length
             self.source_rows_estimate = facts.rows
             self.extract_batch_rows = extract_batch_rows(cfg.batch_size, row_bytes)
-            if self.extract_batch_rows < cfg.batch_size:
+            # worth saying only when the table needs more than one batch
+            if self.extract_batch_rows < min(cfg.batch_size, facts.rows or 0):
                 self.log.info(
                     "%s: rows of ~%s bytes: extracting %s rows a batch (batch_size %s)",
                     cfg.table,

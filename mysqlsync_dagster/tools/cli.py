@@ -82,6 +82,12 @@ def select_tables(tables: list[TableConfig], names: Sequence[str]) -> list[Table
 def _instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (runs show up in the UI), else ephemeral."""
     if settings.dagster_home:
+        if not Path(settings.dagster_home).is_dir():
+            raise ConfigError(
+                f"DAGSTER_HOME: {settings.dagster_home!r} is not a directory: create it"
+                " (mkdir -p), point DAGSTER_HOME at Dagster's instance directory, or unset it"
+                " for a run that is not kept"
+            )
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 
