@@ -120,3 +120,27 @@ def test_readme_commands_run_on_the_demo_data(demo_env, tmp_path):
     report = json.loads(broken.stdout)
     assert report["status"] == "broken"
     assert [t["table"] for t in report["tables"] if t["status"] == "fail"] == ["no_such_table"]
+
+
+def test_the_demos_syncs_are_in_the_dagster_home_the_ui_reads(demo_env, tmp_path, monkeypatch):
+    """`demo.sh` syncs with DAGSTER_HOME at the repo root, as `dev.sh` runs `dagster dev`: the
+    UI opens on the first full load, its row counts and its checks."""
+    import dagster as dg
+
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    env = {**demo_env, "DAGSTER_HOME": str(tmp_path)}
+    sync = _run(["sync", "orders"], env, tmp_path)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert 'DAGSTER_HOME="$PWD"' in (REPO / "scripts" / "demo.sh").read_text()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # dagster.yaml's storage paths are relative, as dev.sh uses them
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["orders"]))
+        assert event is not None
+        metadata = event.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == 20_000
+        assert metadata["strategy"].value == "swap"
+        check = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(["orders"]), "checksum_match")
+        )
+        assert check is not None and check.event.asset_check_evaluation.passed

@@ -9,4 +9,6 @@ set -a
 # shellcheck disable=SC1091
 . .demo/demo.env
 set +a
+# the same Dagster home as scripts/dev.sh: the UI then shows this first load and its checks
+export DAGSTER_HOME="$PWD"
 .venv/bin/mysqlsync-dagster sync "$@"
