@@ -346,10 +346,10 @@ class Settings:
     def is_set(self, name: str) -> bool:
         return bool(self.values.get(name))
 
-    @property
-    def secrets(self) -> list[str]:
-        """Values that must never be shown: passwords, and URLs (which may hold one)."""
-        return [v for k, v in self.values.items() if k.endswith(("_DB_PASS", "_DB_URL")) and v]
+
+def secret_values(values: Mapping[str, str]) -> list[str]:
+    """Values that must never be shown: passwords, and URLs (which may hold one)."""
+    return [v for k, v in values.items() if k.endswith(("_DB_PASS", "_DB_URL")) and v]
 
 
 def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

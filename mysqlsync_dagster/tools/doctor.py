@@ -40,6 +40,7 @@ from mysqlsync_dagster.settings import (
     database_settings,
     environment,
     redact_url,
+    secret_values,
 )
 from mysqlsync_dagster.tools.text import text_table
 
@@ -334,8 +335,8 @@ def _check_side(
         settings = database_settings(side, environ)
         info.url, info.database = redact_url(settings.url), settings.database
     except ConfigError as error:
-        secrets = [v for k, v in environ.items() if k.endswith(("_DB_PASS", "_DB_URL")) and v]
-        report.findings.append(Finding(side, "settings", "fail", redact(str(error), secrets)))
+        message = redact(str(error), secret_values(environ))
+        report.findings.append(Finding(side, "settings", "fail", message))
         return {}
     info.settings = settings
     for name, path in (

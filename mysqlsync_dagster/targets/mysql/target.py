@@ -137,8 +137,8 @@ class MySQLTarget:
                 state.write_state(conn, table, cursor, loader.stats.rows, loader.stats.load_id)
 
     def read_sweep(self, table: str) -> state.SweepState:
-        with self.engine.begin() as conn:
-            state.ensure_state_table(conn)
+        """(After `read_state`, which made sure the state table has the sweep's columns.)"""
+        with self.engine.connect() as conn:
             return state.read_sweep(conn, table)
 
     def write_sweep(self, table: str, sweep: state.SweepState) -> None:
