@@ -109,6 +109,7 @@ def test_schedules_share_jobs_by_cadence():
             "*/5 * * * *",
             "sync_every_300s_hourly_from_20240101",
         ),
+        "consistency_checks_daily": ("0 3 * * *", "consistency_checks"),
     }
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     selected = {

@@ -8,7 +8,7 @@ the run's `SyncReport` (numeric values the UI can plot), then its checks.
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -24,6 +24,7 @@ from mysqlsync_dagster.orchestration.names import (
     PARTITION_LOCK_WAIT_SECONDS,
     SOURCE_GROUP,
     TARGET_POOL,
+    VERIFY_TAG,
     source_asset_key,
     target_asset_key,
 )
@@ -51,7 +52,7 @@ from mysqlsync_dagster.verify.compare import (
     source_row_count,
 )
 from mysqlsync_dagster.verify.deletes import delete_missing_rows
-from mysqlsync_dagster.verify.heal import count_outcome, heal, verify_outcome
+from mysqlsync_dagster.verify.heal import count_outcome, heal, run_all_checks, verify_outcome
 
 
 def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
@@ -205,6 +206,33 @@ def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: s
     return stage(sync.cfg, staging.settings(), run_id, load_id, plan, sync.log.info)
 
 
+def checks_alone(
+    context: dg.AssetExecutionContext,
+    cfg: TableConfig,
+    source_db: MySQLResource,
+    target_db: MySQLResource,
+) -> Iterator[dg.AssetCheckResult]:
+    """A run of the table's checks without its sync (the UI's "Execute" on a check, the daily
+    consistency job): the databases as they are now, read-only, as `mysqlsync-dagster check`
+    does; the run tag `mysqlsync/verify=full` verifies the whole table instead of the slice."""
+    full = context.run.tags.get(VERIFY_TAG, "").strip().lower() == "full"
+    context.log.info(
+        "%s: checks only (%s), no sync", cfg.table, "whole table" if full else "rolling slice"
+    )
+    outcomes = run_all_checks(cfg, source_db.engine, target_db.engine, full=full)
+    yield from selected(context, [check_result(o, target_asset_key(cfg)) for o in outcomes])
+
+
+def selected(
+    context: dg.AssetExecutionContext, results: Iterable[dg.AssetCheckResult]
+) -> Iterator[dg.AssetCheckResult]:
+    """The results of the checks this run selected (a run may leave some out)."""
+    chosen = context.selected_asset_check_keys
+    for result in results:
+        if dg.AssetCheckKey(result.asset_key, result.check_name) in chosen:
+            yield result
+
+
 def run_table(
     context: dg.AssetExecutionContext,
     cfg: TableConfig,
@@ -214,9 +242,12 @@ def run_table(
     settings: Settings,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The asset body, in both modes: pre-sync check, sync, verification and repair, report,
-    checks."""
+    checks; only the checks when the run selected them without the table."""
+    if target_asset_key(cfg) not in context.selected_asset_keys:
+        yield from checks_alone(context, cfg, source_db, target_db)
+        return
     run = TableRun.start(context, cfg, source_db, target_db, settings)
-    yield from run.pre_sync_results()
+    yield from selected(context, run.pre_sync_results())
     with run.failures():
         with run.table_sync() as sync:
             load_id = new_load_id()
@@ -236,7 +267,7 @@ def run_table(
         report.rows_per_second,
     )
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=report.to_metadata())
-    yield from run.post_sync_results(outcomes)
+    yield from selected(context, run.post_sync_results(outcomes))
 
 
 def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
@@ -249,6 +280,7 @@ def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefiniti
         pool=TARGET_POOL,
         retry_policy=retries.retry_policy(settings),
         backfill_policy=backfill_policy(cfg),
+        can_subset=True,  # its checks can run without the sync (`checks_alone`)
         op_tags={"mysqlsync/table": cfg.key, "mysqlsync/mode": cfg.mode},
     )
     def sync_table(

@@ -39,13 +39,14 @@ from mysqlsync_dagster.catalog import modifier_maximum
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import is_transient
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes, table_cron
-from mysqlsync_dagster.orchestration.names import target_asset_key
+from mysqlsync_dagster.orchestration.names import CHECKS_JOB, VERIFY_TAG, target_asset_key
 from mysqlsync_dagster.orchestration.partitions import partitions_definition
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.mysql.state import read_cursors
 
 SENSOR_NAME = "mysqlsync_change_sensor"
+CHECKS_CRON = "0 3 * * *"  # the daily consistency review, in SOURCE_TIMEZONE
 
 
 # -- schedules ----------------------------------------------------------------------------
@@ -342,6 +343,34 @@ def build_change_sensor(
     return mysqlsync_change_sensor
 
 
+# -- the daily consistency review -------------------------------------------------------------
+def build_checks_job(
+    tables: Sequence[TableConfig], timezone: str
+) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+    """Every table's checks without their syncs, verifying whole tables (`mysqlsync/verify`
+    full: what `mysqlsync-dagster check --full` does), read-only; and its daily schedule."""
+    job = dg.define_asset_job(
+        CHECKS_JOB,
+        selection=dg.AssetSelection.checks_for_assets(*(target_asset_key(c) for c in tables)),
+        tags={VERIFY_TAG: "full"},
+        description=(
+            "Every table's checks against the databases as they are, without syncing: whole "
+            "tables compared row for row, nothing repaired (a failed check shows what differs; "
+            "the next sync of the table repairs it). Tag mysqlsync/verify=slice for the rolling "
+            "slice only."
+        ),
+    )
+    schedule = dg.ScheduleDefinition(
+        name=f"{CHECKS_JOB}_daily",
+        cron_schedule=CHECKS_CRON,
+        job=job,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="The daily consistency review: every table's checks, whole tables, at 03:00.",
+    )
+    return job, schedule
+
+
 # -- assembly ------------------------------------------------------------------------------
 @dataclass
 class Automation:
@@ -378,4 +407,5 @@ def build_automation(tables: Sequence[TableConfig], settings: Settings) -> Autom
                 running=trigger == "sensor",
             )
         )
-    return Automation(list(jobs.values()), schedules, sensors)
+    checks_job, checks_schedule = build_checks_job(tables, timezone)
+    return Automation([*jobs.values(), checks_job], [*schedules, checks_schedule], sensors)

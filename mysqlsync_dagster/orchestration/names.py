@@ -14,6 +14,9 @@ GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
 TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
 PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
+# a run tag: "full" makes a checks-only run verify whole tables instead of the rolling slice
+VERIFY_TAG = "mysqlsync/verify"
+CHECKS_JOB = "consistency_checks"
 
 
 def target_asset_key(cfg: TableConfig) -> dg.AssetKey:
