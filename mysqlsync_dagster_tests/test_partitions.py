@@ -158,6 +158,48 @@ def test_run_without_partition_key_syncs_all_partitions(events, monkeypatch):
         assert cursors.all() == [("plain", None)]  # partitioned tables keep no cursor
 
 
+def test_partition_status_is_true_after_a_run_of_all_partitions(events):
+    """A run without a partition key (`sync`, the demo) syncs every partition, and the
+    instance then shows every partition materialized, empty days included; the next such run
+    marks only the partitions still unmarked and the latest two."""
+    weekly = {**DAILY, "partitions": "weekly", "partition_start": "2024-01-01"}
+    [cfg] = parse_tables_config([weekly], "test")
+    partitions_def = partitions_definition(cfg)
+    every_key = set(partitions_def.get_partition_keys())
+    assert len(every_key) > 100  # weeks since 2024, most of them without a row
+    key = dg.AssetKey(["events"])
+    defs = build_definitions([cfg], Settings.from_environ({}))
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    with dg.instance_for_test() as instance:
+        # a backfill of the first two weeks first: those are marked by Dagster itself
+        first_two = sorted(every_key)[:2]
+        tags = {
+            "dagster/asset_partition_range_start": first_two[0],
+            "dagster/asset_partition_range_end": first_two[1],
+        }
+        dg.materialize(assets, resources=events.resources(), instance=instance, tags=tags)
+        assert instance.get_materialized_partitions(key) == set(first_two)
+
+        result = dg.materialize(assets, resources=events.resources(), instance=instance)
+        assert events.target_rows("events") == events.source_rows("events")
+        assert instance.get_materialized_partitions(key) == every_key
+        marked = [m.partition for m in result.asset_materializations_for_node("sync_events")]
+        assert sorted(filter(None, marked)) == sorted(every_key - set(first_two))
+        assert marked[-1] is None  # the run's own report comes last, as `sync` reads it
+
+        result = dg.materialize(assets, resources=events.resources(), instance=instance)
+        marked = [m.partition for m in result.asset_materializations_for_node("sync_events")]
+        assert marked == [*sorted(every_key)[-2:], None]
+        status = instance.get_status_by_partition(key, list(every_key), partitions_def)
+        assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+
+
+def test_partitioned_asset_describes_its_partitions():
+    defs = build_definitions(parse_tables_config([DAILY], "test"), Settings.from_environ({}))
+    description = defs.resolve_asset_graph().get(dg.AssetKey(["events"])).description
+    assert "daily partitions of `updated_at` from 2024-01-01 (UTC)" in description
+
+
 # -- the windows themselves (no database) -----------------------------------------------------
 def test_window_edges():
     [cfg] = parse_tables_config([DAILY], "test")

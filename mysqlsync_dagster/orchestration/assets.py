@@ -30,6 +30,7 @@ from mysqlsync_dagster.orchestration.names import (
 )
 from mysqlsync_dagster.orchestration.partitions import (
     backfill_policy,
+    mark_partitions,
     partitions_definition,
     window_for_context,
 )
@@ -69,6 +70,12 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
+    if cfg.partitions != "none":
+        strategy = (
+            f"upsert by {cfg.partitions} partitions of `{cfg.modifier}` from "
+            f"{cfg.partition_start} ({settings.source_timezone}); each partition run syncs the "
+            "rows of its window, a run without a partition syncs them all"
+        )
     return dg.AssetSpec(
         key=target_asset_key(cfg),
         deps=[source_asset_key(cfg)],
@@ -266,6 +273,13 @@ def run_table(
         report.strategy,
         report.rows_per_second,
     )
+    marked = mark_partitions(
+        context,
+        target_asset_key(cfg),
+        {"synced_by": "a run of all partitions", "load_id": report.load_id},
+    )
+    if marked:
+        context.log.info("%s: %s partitions marked up to date", cfg.table, f"{marked:,}")
     yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=report.to_metadata())
     yield from selected(context, run.post_sync_results(outcomes))
 
