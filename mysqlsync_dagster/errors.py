@@ -143,6 +143,8 @@ def is_transient(error: BaseException) -> bool:
     if _is_pool_timeout(error):
         return True
     code = mysql_error_code(error)
+    if code == 0 and any(type(e).__name__ == "InterfaceError" for e in error_chain(error)):
+        return True  # PyMySQL's (0, '') on a connection the server closed (KILL, a restart)
     if code is not None:
         return code in TRANSIENT_ERROR_CODES
     return bool(_TRANSIENT_TEXT.search(str(error)))

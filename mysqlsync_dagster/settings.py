@@ -343,6 +343,14 @@ class Settings:
         """Connection settings of `side` ("source" or "target"); raises `ConfigError`."""
         return database_settings(side, self.values)
 
+    def database_name(self, side: str) -> str:
+        """The database `side` names, or "" when its settings are missing or invalid (for
+        display only: definitions load without connection settings)."""
+        try:
+            return self.database(side).database
+        except ConfigError:
+            return ""
+
     def is_set(self, name: str) -> bool:
         return bool(self.values.get(name))
 

@@ -1,28 +1,22 @@
-"""Schedules, the change sensor, freshness and pools, checked through Dagster's public API."""
+"""Schedules, observed sources, declarative automation, freshness and pools, checked through
+Dagster's public API against real servers."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import time
 
 import dagster as dg
 import pytest
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.orchestration.automation import (
-    SENSOR_NAME,
-    Seen,
-    decide,
-    format_cursor,
-    parse_cursor,
-)
+from mysqlsync_dagster.orchestration.automation import AUTOMATION_SENSOR
 from mysqlsync_dagster.orchestration.cadence import (
     cron_max_gap_seconds,
     freshness_minutes,
     interval_cron,
 )
 from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.sources import OBSERVER_NAME
 from mysqlsync_dagster.settings import Settings
 
 UNREACHABLE = {
@@ -121,13 +115,15 @@ def test_schedules_share_jobs_by_cadence():
         "sync_cron_0_9_x_x_1to5": ["audit"],
     }
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
-    [sensor] = defs.sensors
-    assert sensor.name == SENSOR_NAME
-    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert sorted(j.name for j in sensor.jobs) == [
-        "sync_every_300s",
-        "sync_every_300s_hourly_from_20240101",
-    ]
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors[OBSERVER_NAME].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors[OBSERVER_NAME].minimum_interval_seconds == 300  # INTERVAL: schedule mode
+    automation = sensors[AUTOMATION_SENSOR]
+    assert automation.default_status == dg.DefaultSensorStatus.STOPPED
+    graph = defs.resolve_asset_graph()
+    targeted = automation.asset_selection.resolve(graph)
+    assert sorted(k.to_user_string() for k in targeted) == ["countries", "customers", "events"]
+    assert graph.get(dg.AssetKey(["audit"])).automation_condition is None  # its own schedule
 
 
 def test_sync_trigger_sensor_switches_interval_tables_to_the_sensor():
@@ -135,9 +131,10 @@ def test_sync_trigger_sensor_switches_interval_tables_to_the_sensor():
     status = {s.name: s.default_status for s in defs.schedules}
     assert status["sync_cron_0_9_x_x_1to5_schedule"] == dg.DefaultScheduleStatus.RUNNING
     assert status["sync_every_300s_schedule"] == dg.DefaultScheduleStatus.STOPPED
-    [sensor] = defs.sensors
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 45
+    sensors = {s.name: s for s in defs.sensors}
+    for name in (OBSERVER_NAME, AUTOMATION_SENSOR):
+        assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensors[name].minimum_interval_seconds == 45
     with pytest.raises(ValueError, match="SYNC_TRIGGER"):
         definitions(SYNC_TRIGGER="cron")
 
@@ -158,80 +155,176 @@ def test_partitioned_schedule_requests_the_latest_partitions():
     assert keys("2024-03-01T10:05:00+07:00") == ["2024-03-01-09:00", "2024-03-01-10:00"]
 
 
-# -- the change sensor -----------------------------------------------------------------------
-def test_decide():
-    assert decide("5", "5", None, 100.0, 30, 300) == (False, Seen("5", 100.0))  # in sync
-    assert decide("6", "5", None, 100.0, 30, 300) == (True, Seen("6", 100.0))
-    assert decide(None, None, None, 100.0, 30, 300) == (True, Seen(None, 100.0))  # unknown
-    seen = Seen("6", 100.0)
-    assert decide("6", None, seen, 200.0, 30, 300) == (False, seen)  # unchanged
-    assert decide("7", None, seen, 110.0, 30, 300) == (False, seen)  # too soon: remembered
-    assert decide("7", None, seen, 131.0, 30, 300) == (True, Seen("7", 131.0))
-    assert decide("6", None, seen, 401.0, 30, 300) == (True, Seen("6", 401.0))  # heartbeat
-
-
-def test_cursor_round_trip():
-    seen = {"a": Seen("2024-01-01 00:00:00", 1.5), "b": Seen(None, 2.0)}
-    text = format_cursor(seen)
-    assert json.loads(text)["a"] == {"probe": "2024-01-01 00:00:00", "at": 1.5}
-    assert parse_cursor(text) == seen
-    assert parse_cursor("not json") == {} and parse_cursor(None) == {}
-
-
-def test_change_sensor_requests_runs_only_for_changed_tables(sync_env):
+# -- observed sources and declarative automation -------------------------------------------
+@pytest.fixture
+def shop(sync_env):
     sync_env.source_exec(
-        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(20),"
+        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(20) NOT NULL,"
         " updated_at TIMESTAMP(3) NOT NULL, KEY (updated_at))",
-        "INSERT INTO customers VALUES (1, 'Ada', '2024-01-01 10:00:00.5')",
+        "INSERT INTO customers VALUES (1, 'Ada', '2024-01-01 10:00:00.5'), (2, 'Bo', NOW())",
         "CREATE TABLE countries (code CHAR(2) PRIMARY KEY, name VARCHAR(20))",
         "INSERT INTO countries VALUES ('DE', 'Germany')",
         "CREATE TABLE events (id INT PRIMARY KEY, at DATETIME NULL, KEY (at))",
         "INSERT INTO events VALUES (1, '2024-01-01 00:00:00')",
     )
+    return sync_env
+
+
+def sensor_definitions(**environ: str) -> dg.Definitions:
     tables = [t for t in TABLES if t["table"] != "audit"]
-    assert sync_env.sync(tables[:2]).success
-    defs = build_definitions(
-        parse_tables_config(tables, "test"),
-        Settings.from_environ({"SYNC_TRIGGER": "sensor", "SENSOR_INTERVAL": "2"}),
-    )
-    [sensor] = defs.sensors
-    resources = {k: v for k, v in sync_env.resources().items() if k in ("source_db", "target_db")}
+    settings = {"SYNC_TRIGGER": "sensor", "SENSOR_INTERVAL": "30", **environ}
+    return build_definitions(parse_tables_config(tables, "test"), Settings.from_environ(settings))
 
-    def evaluate(cursor):
-        with dg.build_sensor_context(
-            cursor=cursor, resources=resources, definitions=defs
-        ) as context:
-            result = sensor.evaluate_tick(context)
-        requests = sorted(
-            (
-                r.job_name,
-                tuple(sorted(k.to_user_string() for k in r.asset_selection)),
-                r.partition_key,
-            )
-            for r in result.run_requests
+
+def observe_tick(defs, resources, cursor, instance):
+    sensor = defs.resolve_sensor_def(OBSERVER_NAME)
+    with dg.build_sensor_context(
+        cursor=cursor, resources=resources, definitions=defs, instance=instance
+    ) as context:
+        result = sensor.evaluate_tick(context)
+    for event in result.asset_events:  # what the daemon stores
+        instance.report_runless_asset_event(event)
+    return {e.asset_key.to_user_string(): e for e in result.asset_events}, result.cursor
+
+
+def test_source_observer_reports_changed_sources_with_metadata(shop):
+    defs = sensor_definitions()
+    resources = {"source_db": shop.resources()["source_db"]}
+    with dg.instance_for_test() as instance:
+        seen, cursor = observe_tick(defs, resources, None, instance)
+        assert set(seen) == {"source/customers", "source/countries", "source/events"}
+        customers = seen["source/customers"]
+        assert customers.tags["dagster/data_version"].startswith("max updated_at ")
+        assert customers.metadata["dagster/row_count"].value == 2
+        assert customers.metadata["dagster/table_name"].value == f"{shop.source_db}.customers"
+        schema = customers.metadata["dagster/column_schema"].value
+        assert [(c.name, c.type, c.constraints.nullable) for c in schema.columns] == [
+            ("id", "int(11)", False),
+            ("name", "varchar(20)", False),
+            ("updated_at", "timestamp(3)", False),
+        ]
+        assert seen["source/countries"].tags["dagster/data_version"].startswith("checksum ")
+        record = instance.get_latest_data_version_record(dg.AssetKey(["source", "customers"]))
+        assert record is not None  # Dagster's own record of the source's data version
+
+        assert observe_tick(defs, resources, cursor, instance)[0] == {}  # nothing changed
+        shop.source_exec(
+            "UPDATE countries SET name = 'Deutschland'",
+            "INSERT INTO customers VALUES (3, 'Cy', NOW() + INTERVAL 1 SECOND)",
         )
-        return requests, result.cursor
+        seen, _ = observe_tick(defs, resources, cursor, instance)
+        assert set(seen) == {"source/customers", "source/countries"}
+        assert seen["source/customers"].metadata["dagster/row_count"].value == 3
 
-    requests, cursor = evaluate(None)
-    # customers is in sync with its cursor; countries (no modifier) and events (partitioned,
-    # stateless) have no synced state to compare with, so the first look requests them
-    latest = defs.resolve_assets_def("events").partitions_def.get_last_partition_key()
-    assert requests == [
-        ("sync_every_300s", ("countries",), None),
-        ("sync_every_300s_hourly_from_20240101", ("events",), latest),
-    ]
-    assert evaluate(cursor) == ([], cursor)  # nothing changed (the cursor round-trips)
 
-    sync_env.source_exec(
-        "UPDATE customers SET name = 'Ada L.', updated_at = '2024-01-01 10:00:01' WHERE id = 1",
-        "UPDATE countries SET name = 'Deutschland'",
+def test_observe_sources_from_the_ui_records_observations(shop):
+    """ "Observe sources" in the UI: a run of the observable source asset."""
+    defs = sensor_definitions()
+    observe = dg.define_asset_job(
+        "observe",
+        selection=dg.AssetSelection.assets(
+            dg.AssetKey(["source", "customers"]), dg.AssetKey(["source", "events"])
+        ),
     )
-    requests, _ = evaluate(cursor)
-    assert requests == []  # within SENSOR_INTERVAL of the last request or look
-    time.sleep(2.1)
-    requests, cursor = evaluate(cursor)
-    assert requests == [("sync_every_300s", ("countries", "customers"), None)]
-    assert evaluate(cursor)[0] == []
+    defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[observe]))
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("observe").execute_in_process(
+            instance=instance, resources=shop.resources()
+        )
+        assert result.success
+        records = instance.fetch_observations(dg.AssetKey(["source", "events"]), limit=5).records
+        [observation] = [r.asset_observation for r in records]
+        assert observation.data_version == "max at 2024-01-01 00:00:00"
+        assert observation.metadata["dagster/row_count"].value == 1
+        assert observation.metadata["modifier_max"].value == "2024-01-01 00:00:00"
+        assert not instance.fetch_observations(
+            dg.AssetKey(["source", "countries"]), limit=1
+        ).records
+
+
+def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
+    """The tables' AutomationConditions, evaluated as the automation sensor does: a sync when
+    the source's data version changed (not when it was merely observed again), none while the
+    source is unchanged, one on each cron tick; partitioned tables: the latest partition."""
+    defs = sensor_definitions()
+    resources = {"source_db": shop.resources()["source_db"]}
+    now = dt.datetime.now(dt.UTC)
+    start = now.replace(minute=now.minute - now.minute % 5, second=10, microsecond=0)
+
+    def requested(result) -> dict[str, list[str | None]]:
+        """Table -> the partitions requested (None: the table is unpartitioned)."""
+        tables = ("customers", "countries", "events")
+        partitions = {t: result.get_requested_partitions(dg.AssetKey([t])) for t in tables}
+        return {t: sorted(p, key=str) for t, p in partitions.items() if p}
+
+    with dg.instance_for_test() as instance:
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=start
+        )
+        assert result.total_requested == 0  # no source observed yet: nothing to go on
+        _, cursor = observe_tick(defs, resources, None, instance)
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=start + dt.timedelta(seconds=30),
+        )
+        first = requested(result)
+        events_partitions = defs.resolve_assets_def("events").partitions_def
+        *_, previous, latest = events_partitions.get_partition_keys()
+        # events: its latest partition, and the previous one, once, as after every boundary
+        assert first == {"customers": [None], "countries": [None], "events": [previous, latest]}
+        # the syncs ran
+        assert dg.materialize(
+            [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable],
+            resources=shop.resources(),
+            instance=instance,
+            selection=[dg.AssetKey(["customers"]), dg.AssetKey(["countries"])],
+        ).success
+
+        # observed again, unchanged: nothing to do
+        seen, cursor = observe_tick(defs, resources, cursor, instance)
+        assert seen == {}
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=start + dt.timedelta(seconds=60),
+        )
+        assert requested(result).keys() <= {"events"}  # events' own run did not happen here
+
+        shop.source_exec("UPDATE countries SET name = 'Deutschland'")
+        seen, cursor = observe_tick(defs, resources, cursor, instance)
+        assert set(seen) == {"source/countries"}
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=start + dt.timedelta(seconds=90),
+        )
+        assert "countries" in requested(result) and "customers" not in requested(result)
+        assert dg.materialize(
+            [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable],
+            resources=shop.resources(),
+            instance=instance,
+            selection=[dg.AssetKey(["countries"])],
+        ).success
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=start + dt.timedelta(seconds=120),
+        )
+        assert "countries" not in requested(result)
+
+        # the cron (INTERVAL 300 s: every 5 minutes) ticks at 10:05: every table, changed or not
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=dt.datetime(2026, 12, 2, 10, 5, 5, tzinfo=dt.UTC),
+        )
+        assert {"customers", "countries"} <= requested(result).keys()
 
 
 def test_instance_limits_fit_the_connection_pools(tmp_path):
@@ -284,10 +377,67 @@ def test_many_tables_in_one_run_with_a_small_pool(sync_env):
         "target_db": MySQLResource(side="TARGET", url=sync_env.target_url(), **small),
     }
     result = dg.materialize(
-        assets=[a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+        assets=[
+            a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable
+        ],
         resources=resources,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
     assert result.success
     assert len(result.get_asset_materialization_events()) == count
     assert sync_env.target_rows("t029") == [(29, dt.datetime(2024, 1, 1))]
+
+
+def test_partitioned_automation_takes_the_previous_partition_when_its_window_closes():
+    defs = sensor_definitions()
+    key = dg.AssetKey(["events"])
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    before = hour - dt.timedelta(hours=1)  # an hour that has passed, and the one after it
+    with dg.instance_for_test() as instance:
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=before + dt.timedelta(minutes=57)
+        )
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                dg.AssetKey(["source", "events"]), tags={"dagster/data_version": "1"}
+            )
+        )
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=before + dt.timedelta(minutes=58),
+        )
+        # the latest partition (its source changed), and the previous one, once (as after
+        # every boundary: nobody knows whether it was synced after its window closed)
+        earlier = before - dt.timedelta(hours=1)
+        assert result.get_requested_partitions(key) == {
+            f"{earlier:%Y-%m-%d-%H:%M}",
+            f"{before:%Y-%m-%d-%H:%M}",
+        }
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=before + dt.timedelta(minutes=59),
+        )
+        assert result.get_requested_partitions(key) == set()  # nothing changed
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=hour + dt.timedelta(seconds=30),
+        )
+        # the hour closed: the previous partition once more (by a run that starts after the
+        # boundary), and the new one (the INTERVAL cron ticked too)
+        assert result.get_requested_partitions(key) == {
+            f"{before:%Y-%m-%d-%H:%M}",
+            f"{hour:%Y-%m-%d-%H:%M}",
+        }
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=result.cursor,
+            evaluation_time=hour + dt.timedelta(seconds=60),
+        )
+        assert result.get_requested_partitions(key) == set()  # once: not again

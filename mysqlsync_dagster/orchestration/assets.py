@@ -16,13 +16,13 @@ import dagster as dg
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import TransientCheckError, is_transient
 from mysqlsync_dagster.orchestration import retries
+from mysqlsync_dagster.orchestration.automation import sync_condition
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
 from mysqlsync_dagster.orchestration.checks import check_result, table_check_specs
 from mysqlsync_dagster.orchestration.names import (
     GROUP,
     IO_MANAGER_KEY,
     PARTITION_LOCK_WAIT_SECONDS,
-    SOURCE_GROUP,
     TARGET_POOL,
     VERIFY_TAG,
     source_asset_key,
@@ -56,17 +56,8 @@ from mysqlsync_dagster.verify.deletes import delete_missing_rows
 from mysqlsync_dagster.verify.heal import count_outcome, heal, run_all_checks, verify_outcome
 
 
-def source_asset_spec(cfg: TableConfig) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        key=source_asset_key(cfg),
-        description=f"Table `{cfg.table}` in the source database (read, never written).",
-        group_name=SOURCE_GROUP,
-        kinds={"mysql"},
-        metadata={"dagster/table_name": cfg.table},
-    )
-
-
 def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
+    database = settings.database_name("TARGET")
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -95,8 +86,9 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
             "strategy": "incremental" if cfg.incremental else "full_refresh",
             "batch_size": dg.MetadataValue.int(cfg.batch_size),
             "partitions": cfg.partitions,
-            "dagster/table_name": cfg.target,
+            "dagster/table_name": f"{database}.{cfg.target}" if database else cfg.target,
         },
+        automation_condition=sync_condition(cfg, settings),
     ).with_io_manager_key(IO_MANAGER_KEY)  # downstream assets read the table back (io.py)
 
 

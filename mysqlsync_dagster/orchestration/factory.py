@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.orchestration.assets import build_table_asset, source_asset_spec
+from mysqlsync_dagster.orchestration.assets import build_table_asset
 from mysqlsync_dagster.orchestration.automation import build_automation
 from mysqlsync_dagster.orchestration.io import TargetTableReader
 from mysqlsync_dagster.orchestration.names import (
@@ -20,6 +20,7 @@ from mysqlsync_dagster.orchestration.names import (
     target_asset_key,
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
+from mysqlsync_dagster.orchestration.sources import build_source_assets
 from mysqlsync_dagster.settings import Settings
 
 SYNC_ALL_JOB = "sync_all_tables"
@@ -41,7 +42,7 @@ def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.D
     automation = build_automation(tables, settings)
     return dg.Definitions(
         assets=[
-            *(source_asset_spec(cfg) for cfg in tables),
+            build_source_assets(tables, settings.database_name("SOURCE")),
             *(build_table_asset(cfg, settings) for cfg in tables),
         ],
         jobs=[

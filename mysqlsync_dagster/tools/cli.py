@@ -110,11 +110,13 @@ def run_sync(
     log_level = "INFO" if verbose else "ERROR"
     # one run per partitions definition (a run cannot mix them); partitioned tables are run
     # without a partition key, which syncs all their partitions
-    specs = [a for a in defs.assets or [] if not isinstance(a, dg.AssetsDefinition)]
+    tables_assets = [
+        a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and a.is_materializable
+    ]
+    specs = [a for a in defs.assets or [] if a not in tables_assets]  # the observed sources
     runs: dict[object, list[Any]] = {}
-    for asset in defs.assets or []:
-        if isinstance(asset, dg.AssetsDefinition):
-            runs.setdefault(asset.partitions_def, []).append(asset)
+    for asset in tables_assets:
+        runs.setdefault(asset.partitions_def, []).append(asset)
     failures: dict[str, Any] = {}
     materialized: dict[str, list[dg.AssetMaterialization]] = {}
     evaluations: list[Any] = []
