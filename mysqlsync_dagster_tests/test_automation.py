@@ -327,6 +327,15 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         assert {"customers", "countries"} <= requested(result).keys()
 
 
+def test_jobs_run_as_many_steps_at_once_as_the_pool_allows():
+    defs = definitions()
+    job = defs.resolve_job_def("sync_every_300s")
+    assert job.executor_def.name == "multiprocess"
+    # the configured executor: 4 steps at once, as dagster.yaml's pool limit (not the CPUs)
+    resolved = job.executor_def.config_schema.resolve_config({}).value
+    assert resolved["config"]["max_concurrent"] == 4
+
+
 def test_instance_limits_fit_the_connection_pools(tmp_path):
     """dagster.yaml: table syncs at once x connections per sync fit POOL_SIZE + MAX_OVERFLOW."""
     from pathlib import Path

@@ -299,3 +299,17 @@ def test_checks_job_and_blocking_after_a_sync(shop):
     assert not checksum.passed and checksum.blocking
     ran = {e.step_key for e in result.get_step_success_events() + result.get_step_failure_events()}
     assert "orders_report" not in ran
+
+
+def test_a_timestamp_cursor_reads_as_a_time_in_check_messages(sync_env):
+    """A TIMESTAMP modifier's cursor is stored as epoch seconds; people read a UTC time."""
+    sync_env.source_exec(
+        "CREATE TABLE rentals (id INT PRIMARY KEY, last_update TIMESTAMP(3) NOT NULL,"
+        " KEY (last_update))",
+        "INSERT INTO rentals VALUES (1, '2006-02-15 15:24:13.250'), (2, '2006-02-15 10:00:00')",
+    )
+    result = sync_env.sync([{"table": "rentals", "primary_key": "id", "modifier": "last_update"}])
+    text = {e.check_name: e.description for e in result.get_asset_check_evaluations()}
+    assert "max last_update 2006-02-15 15:24:13.250000 UTC" in text["source_row_count"]
+    assert "with last_update up to 2006-02-15 15:24:13.250000 UTC" in text["row_count_match"]
+    assert "1140017053" not in " ".join(text.values())

@@ -17,6 +17,7 @@ from mysqlsync_dagster.orchestration.io import TargetTableReader
 from mysqlsync_dagster.orchestration.names import (
     IO_MANAGER_KEY,
     LEGACY_IO_MANAGER_KEY,
+    STEPS_AT_ONCE,
     target_asset_key,
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
@@ -60,4 +61,5 @@ def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.D
         schedules=automation.schedules,
         sensors=automation.sensors,
         resources=build_resources(settings),
+        executor=dg.multiprocess_executor.configured({"max_concurrent": STEPS_AT_ONCE}),
     )

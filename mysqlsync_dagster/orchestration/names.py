@@ -13,6 +13,9 @@ from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
 TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
+# steps a run executes at once: the pool's default limit in dagster.yaml (the multiprocess
+# executor's own default is the CPU count, which left two of the four slots idle on 2 cores)
+STEPS_AT_ONCE = 4
 PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 # a run tag: "full" makes a checks-only run verify whole tables instead of the rolling slice
 VERIFY_TAG = "mysqlsync/verify"

@@ -35,6 +35,7 @@ from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import is_transient
 from mysqlsync_dagster.orchestration.names import SOURCE_GROUP, source_asset_key
 from mysqlsync_dagster.orchestration.resources import MySQLResource
+from mysqlsync_dagster.pipeline.windows import cursor_text
 
 EXACT_COUNT_ROWS = 100_000  # below this estimate a COUNT(*) takes milliseconds
 OBSERVER_NAME = "mysqlsync_source_observer"
@@ -135,7 +136,8 @@ def describe(
     if facts.bytes is not None:
         metadata["bytes"] = dg.MetadataValue.int(facts.bytes)
     if cfg.modifier is not None:
-        metadata["modifier_max"] = version.removeprefix(f"max {cfg.modifier} ")
+        latest = version.removeprefix(f"max {cfg.modifier} ")
+        metadata["modifier_max"] = cursor_text(facts.columns.get(cfg.modifier), latest)
     return Observation(version, metadata)
 
 

@@ -98,12 +98,14 @@ class SyncReport:
             "files": dg.MetadataValue.int(self.files),
             "bytes_loaded": dg.MetadataValue.int(self.bytes_loaded),
             "zero_dates_to_null": dg.MetadataValue.int(self.zero_dates_to_null),
-            "cursor_before": self.cursor_before or "",
-            "cursor_after": self.cursor_after or "",
-            "columns_added": ", ".join(self.columns_added),
-            "columns_changed": ", ".join(self.columns_changed),
-            "columns_dropped_in_source": ", ".join(self.columns_dropped_in_source),
         }
+        # text entries only when they say something (the UI lists blank ones as blank rows)
+        for name in ("cursor_before", "cursor_after"):
+            if getattr(self, name):
+                metadata[name] = getattr(self, name)
+        for name in ("columns_added", "columns_changed", "columns_dropped_in_source"):
+            if getattr(self, name):
+                metadata[name] = ", ".join(getattr(self, name))
         if self.row_count is not None:
             metadata["dagster/row_count"] = dg.MetadataValue.int(self.row_count)
         if self.warnings:

@@ -78,6 +78,19 @@ def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
     return sa.literal(cursor, sa.String)
 
 
+def cursor_text(data_type: str | None, cursor: object) -> str:
+    """A stored cursor (or a probed maximum) as people read it: a TIMESTAMP's epoch seconds as
+    its UTC time (`1140017053` -> `2006-02-15 15:24:13 UTC`), anything else as it is."""
+    if data_type != "timestamp" or cursor in (None, ""):
+        return str(cursor)
+    try:
+        moment = dt.datetime.fromtimestamp(float(Decimal(str(cursor))), dt.UTC)
+    except (ArithmeticError, ValueError, OverflowError):
+        return str(cursor)
+    text = moment.isoformat(sep=" ").removesuffix("+00:00")
+    return f"{text} UTC"
+
+
 def changed_since(
     column: sa.ColumnElement[Any], data_type: str, cursor: str
 ) -> sa.ColumnElement[bool]:

@@ -38,6 +38,7 @@ from mysqlsync_dagster.pipeline.windows import (
     ModifierWindow,
     changed_since,
     cursor_literal,
+    cursor_text,
     window_condition,
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
@@ -389,7 +390,8 @@ class TablePair:
         if self.window is not None:
             return f" in the window {self.window.describe()}"
         if self.scoped:
-            return f" with {self.cfg.modifier} up to {self.cursor}"
+            data_type = self.shape.column(self.cfg.modifier).data_type
+            return f" with {self.cfg.modifier} up to {cursor_text(data_type, self.cursor)}"
         return ""
 
     @property
@@ -537,7 +539,7 @@ def source_row_count(cfg: TableConfig, source_engine: sa.Engine) -> CheckOutcome
     text = f"{rows:,} rows in source table {cfg.table!r}"
     if cfg.modifier:
         metadata["max_modifier"] = row[1] or ""
-        text += f", max {cfg.modifier} {row[1]}"
+        text += f", max {cfg.modifier} {cursor_text(data_type, row[1])}"
     return CheckOutcome(SOURCE_ROW_COUNT, True, text, metadata)
 
 
@@ -712,12 +714,12 @@ def checksum_match(
         "chunks": scan.chunks,
         "rows_compared": scan.rows,
         "mismatched_chunks": len(differing),
-        "chunk_rows_first": scan.chunk_rows[0],
         "chunk_rows_max": max(scan.chunk_rows),
         "compare_seconds": round(compare_seconds, 3),
         "seconds": round(seconds, 3),
         "rows_per_second": round(scan.rows / compare_seconds, 1) if compare_seconds > 0 else 0.0,
-        "columns_hashed": len(pair.shape.copied_columns),
+        # text, not a number: a constant the UI would plot run after run
+        "columns_hashed": ", ".join(c.name for c in pair.shape.copied_columns),
     }
     if pair.scoped:
         metadata["cursor"] = pair.cursor
