@@ -248,8 +248,11 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
     source is unchanged, one on each cron tick; partitioned tables: the latest partition."""
     defs = sensor_definitions()
     resources = {"source_db": shop.resources()["source_db"]}
-    now = dt.datetime.now(dt.UTC)
-    start = now.replace(minute=now.minute - now.minute % 5, second=10, microsecond=0)
+    # Simulated evaluation times must follow the real times of the observations and syncs the
+    # test makes: start just after the next 5-minute cron tick, at least 20 s from now.
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+    boundary = soon.replace(minute=soon.minute - soon.minute % 5, second=0, microsecond=0)
+    start = boundary + dt.timedelta(minutes=5, seconds=10)
 
     def requested(result) -> dict[str, list[str | None]]:
         """Table -> the partitions requested (None: the table is unpartitioned)."""
@@ -271,7 +274,9 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         )
         first = requested(result)
         events_partitions = defs.resolve_assets_def("events").partitions_def
-        *_, previous, latest = events_partitions.get_partition_keys()
+        *_, previous, latest = events_partitions.get_partition_keys(
+            current_time=start + dt.timedelta(seconds=30)
+        )
         # events: its latest partition, and the previous one, once, as after every boundary
         assert first == {"customers": [None], "countries": [None], "events": [previous, latest]}
         # the syncs ran
@@ -317,12 +322,12 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         )
         assert "countries" not in requested(result)
 
-        # the cron (INTERVAL 300 s: every 5 minutes) ticks at 10:05: every table, changed or not
+        # the cron (INTERVAL 300 s: every 5 minutes) ticks: every table, changed or not
         result = dg.evaluate_automation_conditions(
             defs=defs,
             instance=instance,
             cursor=result.cursor,
-            evaluation_time=dt.datetime(2026, 12, 2, 10, 5, 5, tzinfo=dt.UTC),
+            evaluation_time=start + dt.timedelta(minutes=5),
         )
         assert {"customers", "countries"} <= requested(result).keys()
 

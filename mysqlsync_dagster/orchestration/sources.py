@@ -197,6 +197,9 @@ def build_source_observer(
 
     @dg.sensor(
         name=OBSERVER_NAME,
+        # the source assets' pages name this sensor under "Automation"; it records observations
+        # itself and never requests a run of them
+        target=dg.AssetSelection.assets(*(source_asset_key(cfg) for cfg in tables)),
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
