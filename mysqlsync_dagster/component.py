@@ -42,7 +42,8 @@ class MySQLSyncScaffolder(dg.Scaffolder):
 @dg.scaffold_with(MySQLSyncScaffolder)
 class MySQLSyncComponent(dg.Component, dg.Model, dg.Resolvable):
     """Keeps the tables of a MySQL/MariaDB source in sync with a target database: one
-    dlt-backed asset per table, with its checks, schedules and the change sensor.
+    dlt-backed asset per table, with its checks, the observed source tables, schedules and
+    automation.
 
     Give `tables_config` (a path to a tables.json file) or `tables` (the same objects inline),
     not both. Connections and cadence come from the environment (`SOURCE_DB_URL`,
@@ -52,16 +53,16 @@ class MySQLSyncComponent(dg.Component, dg.Model, dg.Resolvable):
     tables_config: str | None = None
     tables: list[dict[str, Any]] | None = None
 
-    def table_configs(self, where: str) -> list[TableConfig]:
+    def table_configs(self, where: str, settings: Settings) -> list[TableConfig]:
         if self.tables is not None and self.tables_config:
             raise ConfigError(f"{where}: give either tables_config or tables, not both")
         if self.tables is not None:
             return parse_tables_config(self.tables, f"{where}: tables")
-        return load_tables_config(self.tables_config or Settings.from_environ().tables_config)
+        return load_tables_config(self.tables_config or settings.tables_config)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from mysqlsync_dagster.orchestration.factory import build_definitions
 
         where = os.path.relpath(Path(context.path, "defs.yaml"), context.project_root)
         settings = Settings.from_environ()
-        return build_definitions(self.table_configs(where), settings)
+        return build_definitions(self.table_configs(where, settings), settings)

@@ -15,7 +15,7 @@ from mysqlsync_dagster.orchestration.cadence import (
     freshness_minutes,
     interval_cron,
 )
-from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.orchestration.sources import OBSERVER_NAME
 from mysqlsync_dagster.settings import Settings
 
@@ -242,6 +242,21 @@ def test_observe_sources_from_the_ui_records_observations(shop):
         ).records
 
 
+class Evaluations:
+    """Evaluates the automation conditions as the automation sensor does, tick after tick (each
+    evaluation continues from the previous one's cursor)."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def at(self, when: dt.datetime):
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=when
+        )
+        self.cursor = result.cursor
+        return result
+
+
 def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
     """The tables' AutomationConditions, evaluated as the automation sensor does: a sync when
     the source's data version changed (not when it was merely observed again), none while the
@@ -261,17 +276,11 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         return {t: sorted(p, key=str) for t, p in partitions.items() if p}
 
     with dg.instance_for_test() as instance:
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, evaluation_time=start
-        )
+        evaluate = Evaluations(defs, instance)
+        result = evaluate.at(start)
         assert result.total_requested == 0  # no source observed yet: nothing to go on
         _, cursor = observe_tick(defs, resources, None, instance)
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=start + dt.timedelta(seconds=30),
-        )
+        result = evaluate.at(start + dt.timedelta(seconds=30))
         first = requested(result)
         events_partitions = defs.resolve_assets_def("events").partitions_def
         *_, previous, latest = events_partitions.get_partition_keys(
@@ -281,7 +290,7 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         assert first == {"customers": [None], "countries": [None], "events": [previous, latest]}
         # the syncs ran
         assert dg.materialize(
-            [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable],
+            table_assets(defs),
             resources=shop.resources(),
             instance=instance,
             selection=[dg.AssetKey(["customers"]), dg.AssetKey(["countries"])],
@@ -290,45 +299,25 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         # observed again, unchanged: nothing to do
         seen, cursor = observe_tick(defs, resources, cursor, instance)
         assert seen == {}
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=start + dt.timedelta(seconds=60),
-        )
+        result = evaluate.at(start + dt.timedelta(seconds=60))
         assert requested(result).keys() <= {"events"}  # events' own run did not happen here
 
         shop.source_exec("UPDATE countries SET name = 'Deutschland'")
         seen, cursor = observe_tick(defs, resources, cursor, instance)
         assert set(seen) == {"source/countries"}
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=start + dt.timedelta(seconds=90),
-        )
+        result = evaluate.at(start + dt.timedelta(seconds=90))
         assert "countries" in requested(result) and "customers" not in requested(result)
         assert dg.materialize(
-            [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable],
+            table_assets(defs),
             resources=shop.resources(),
             instance=instance,
             selection=[dg.AssetKey(["countries"])],
         ).success
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=start + dt.timedelta(seconds=120),
-        )
+        result = evaluate.at(start + dt.timedelta(seconds=120))
         assert "countries" not in requested(result)
 
         # the cron (INTERVAL 300 s: every 5 minutes) ticks: every table, changed or not
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=start + dt.timedelta(minutes=5),
-        )
+        result = evaluate.at(start + dt.timedelta(minutes=5))
         assert {"customers", "countries"} <= requested(result).keys()
 
 
@@ -391,9 +380,7 @@ def test_many_tables_in_one_run_with_a_small_pool(sync_env):
         "target_db": MySQLResource(side="TARGET", url=sync_env.target_url(), **small),
     }
     result = dg.materialize(
-        assets=[
-            a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable
-        ],
+        assets=table_assets(defs),
         resources=resources,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
@@ -408,20 +395,14 @@ def test_partitioned_automation_takes_the_previous_partition_when_its_window_clo
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     before = hour - dt.timedelta(hours=1)  # an hour that has passed, and the one after it
     with dg.instance_for_test() as instance:
-        result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, evaluation_time=before + dt.timedelta(minutes=57)
-        )
+        evaluate = Evaluations(defs, instance)
+        evaluate.at(before + dt.timedelta(minutes=57))
         instance.report_runless_asset_event(
             dg.AssetObservation(
                 dg.AssetKey(["source", "events"]), tags={"dagster/data_version": "1"}
             )
         )
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=before + dt.timedelta(minutes=58),
-        )
+        result = evaluate.at(before + dt.timedelta(minutes=58))
         # the latest partition (its source changed), and the previous one, once (as after
         # every boundary: nobody knows whether it was synced after its window closed)
         earlier = before - dt.timedelta(hours=1)
@@ -429,29 +410,14 @@ def test_partitioned_automation_takes_the_previous_partition_when_its_window_clo
             f"{earlier:%Y-%m-%d-%H:%M}",
             f"{before:%Y-%m-%d-%H:%M}",
         }
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=before + dt.timedelta(minutes=59),
-        )
+        result = evaluate.at(before + dt.timedelta(minutes=59))
         assert result.get_requested_partitions(key) == set()  # nothing changed
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=hour + dt.timedelta(seconds=30),
-        )
+        result = evaluate.at(hour + dt.timedelta(seconds=30))
         # the hour closed: the previous partition once more (by a run that starts after the
         # boundary), and the new one (the INTERVAL cron ticked too)
         assert result.get_requested_partitions(key) == {
             f"{before:%Y-%m-%d-%H:%M}",
             f"{hour:%Y-%m-%d-%H:%M}",
         }
-        result = dg.evaluate_automation_conditions(
-            defs=defs,
-            instance=instance,
-            cursor=result.cursor,
-            evaluation_time=hour + dt.timedelta(seconds=60),
-        )
+        result = evaluate.at(hour + dt.timedelta(seconds=60))
         assert result.get_requested_partitions(key) == set()  # once: not again

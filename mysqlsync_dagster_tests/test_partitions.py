@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.orchestration.partitions import partitions_definition, window_for_range
 from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
 from mysqlsync_dagster.settings import Settings
@@ -28,7 +28,7 @@ def materialize(sync_env, tables, *, first=None, last=None, environ=None, raise_
     """Materialize the partitioned table asset(s) for the partition range first..last."""
     configs = parse_tables_config(tables, "test")
     defs = build_definitions(configs, Settings.from_environ(environ or {}))
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable]
+    assets = table_assets(defs)
     tags = {}
     if first is not None:
         tags = {
@@ -169,7 +169,7 @@ def test_partition_status_is_true_after_a_run_of_all_partitions(events):
     assert len(every_key) > 100  # weeks since 2024, most of them without a row
     key = dg.AssetKey(["events"])
     defs = build_definitions([cfg], Settings.from_environ({}))
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable]
+    assets = table_assets(defs)
     with dg.instance_for_test() as instance:
         # a backfill of the first two weeks first: those are marked by Dagster itself
         first_two = sorted(every_key)[:2]

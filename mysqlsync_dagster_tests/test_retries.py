@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.errors import SchemaError, SourceReadError, TableBusy
 from mysqlsync_dagster.orchestration import retries
-from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.settings import Settings
 
 UNREACHABLE = {
@@ -82,11 +82,7 @@ def test_failure_message_hides_secrets():
 
 def test_every_table_asset_has_the_retry_policy():
     tables = parse_tables_config([{"table": "a", "primary_key": "id"}], "test")
-    [asset] = [
-        a
-        for a in build_definitions(tables, Settings.from_environ(UNREACHABLE)).assets
-        if isinstance(a, dg.AssetsDefinition) and a.is_materializable
-    ]
+    [asset] = table_assets(build_definitions(tables, Settings.from_environ(UNREACHABLE)))
     policy = asset.op.retry_policy
     assert policy.max_retries >= 3
     assert policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter == dg.Jitter.PLUS_MINUS

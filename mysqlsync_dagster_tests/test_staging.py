@@ -202,7 +202,7 @@ CRASHING_SYNC = """
 import json, sys
 import dagster as dg
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.orchestration.factory import build_definitions
+from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.settings import Settings
 defs = build_definitions(parse_tables_config(json.loads(sys.argv[1]), "test"), Settings.from_environ())
 dg.materialize(list(defs.assets), resources=defs.resources)
@@ -410,16 +410,15 @@ def test_progress_lines_are_throttled(caplog):
 
 
 def test_a_partitioned_downstream_asset_reads_its_partition_only(sync_env):
-    from mysqlsync_dagster.orchestration.factory import build_definitions
+    from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 
     create_orders(sync_env, rows=3000)  # one row a minute from 2024-01-01 00:01: ~2 days
     sync_env.source_exec("UPDATE orders SET updated_at = '2023-06-01' WHERE id = 5")  # early
     partitioned = {**ORDERS, "partitions": "daily", "partition_start": "2024-01-01"}
     assert sync_env.sync([partitioned]).success  # no partition key: every partition
-    assets = build_definitions(
-        parse_tables_config([partitioned], "test"), Settings.from_environ({})
-    ).assets
-    [orders] = [a for a in assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable]
+    defs = build_definitions(parse_tables_config([partitioned], "test"), Settings.from_environ({}))
+    assets = defs.assets
+    [orders] = table_assets(defs)
     seen = {}
 
     @dg.asset(

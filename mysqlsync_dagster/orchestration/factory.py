@@ -39,6 +39,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
+def table_assets(defs: dg.Definitions) -> list[dg.AssetsDefinition]:
+    """The table assets of `defs` (those a run materializes), without the observed sources."""
+    return [
+        a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and a.is_materializable
+    ]
+
+
 def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.Definitions:
     automation = build_automation(tables, settings)
     return dg.Definitions(

@@ -194,6 +194,7 @@ def build_source_observer(
     """The sensor recording an observation of each source table whose data version changed.
     Its cursor holds the versions it last recorded (only to skip repeats: a lost cursor costs
     one round of observations)."""
+    by_key = {cfg.key: cfg for cfg in tables}
 
     @dg.sensor(
         name=OBSERVER_NAME,
@@ -216,7 +217,6 @@ def build_source_observer(
         except (ValueError, TypeError):
             known = {}
         observations = observe(source_db, tables, known)
-        by_key = {cfg.key: cfg for cfg in tables}
         for key, observation in observations.items():
             known[key] = observation.data_version
         if observations:

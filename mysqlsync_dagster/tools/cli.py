@@ -100,7 +100,7 @@ def run_sync(
 ) -> list[TableOutcome]:
     """Materialize `tables` in process; `ready` is called once everything is imported and
     built, just before the first run starts (see `__main__`)."""
-    from mysqlsync_dagster.orchestration.factory import build_definitions
+    from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 
     defs = build_definitions(tables, settings)
     instance = _instance(settings)
@@ -110,9 +110,7 @@ def run_sync(
     log_level = "INFO" if verbose else "ERROR"
     # one run per partitions definition (a run cannot mix them); partitioned tables are run
     # without a partition key, which syncs all their partitions
-    tables_assets = [
-        a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and a.is_materializable
-    ]
+    tables_assets = table_assets(defs)
     specs = [a for a in defs.assets or [] if a not in tables_assets]  # the observed sources
     runs: dict[object, list[Any]] = {}
     for asset in tables_assets:

@@ -161,17 +161,6 @@ def read_state(conn: Connection, target_table: str) -> SyncState | None:
     return SyncState(*row) if row else None
 
 
-def read_cursors(conn: Connection) -> dict[str, str | None]:
-    """Every table's stored cursor, by target table (none before the first sync)."""
-    try:
-        rows = conn.execute(
-            sa.text(f"SELECT target_table, cursor_value FROM {_state_table(conn)}")
-        ).all()
-    except sa.exc.ProgrammingError:  # no state table yet: nothing was synced
-        return {}
-    return {table: cursor for table, cursor in rows}
-
-
 def write_state(
     conn: Connection,
     target_table: str,
