@@ -8,6 +8,7 @@ the run's `SyncReport` (numeric values the UI can plot), then its checks.
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.base import SweepState
 from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
+from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
+from mysqlsync_dagster.verify import idle
 from mysqlsync_dagster.verify.compare import (
     CHECKSUM_MATCH,
     ROW_COUNT_MATCH,
@@ -51,9 +54,16 @@ from mysqlsync_dagster.verify.compare import (
     check_failure,
     row_count_match,
     source_row_count,
+    with_counted_rows,
 )
 from mysqlsync_dagster.verify.deletes import delete_missing_rows
-from mysqlsync_dagster.verify.heal import count_outcome, heal, run_all_checks, verify_outcome
+from mysqlsync_dagster.verify.heal import (
+    count_outcome,
+    heal,
+    idle_outcomes,
+    run_all_checks,
+    verify_outcome,
+)
 
 
 def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
@@ -105,6 +115,7 @@ class TableRun:
     secrets: list[str]
     window: ModifierWindow | None
     pre_sync: CheckOutcome
+    target_rows: int | None = None  # the target table's rows after the run, when counted
 
     @classmethod
     def start(
@@ -117,7 +128,8 @@ class TableRun:
     ) -> "TableRun":
         use_jemalloc(settings.arrow_memory_pool)
         secrets = source_db.settings().secrets + target_db.settings().secrets
-        pre_sync = source_row_count(cfg, source_db.engine)  # recorded before extraction
+        # before extraction; its exact count comes from the verification (no scan of its own)
+        pre_sync = source_row_count(cfg, source_db.engine, count=False)
         return cls(
             context, cfg, source_db, target_db, secrets, window_for_context(context), pre_sync
         )
@@ -159,7 +171,9 @@ class TableRun:
                     report.rows_deleted = delete_missing_rows(
                         pair, log=self.context.log
                     ).rows_deleted
-                return [row_count_match(pair)]
+                counted = row_count_match(pair)
+                self.count_target(pair, counted)
+                return [counted]
             partition = self.window is not None
             sweep = SweepState() if partition else sync.target.read_sweep(cfg.target)
             incremental = report.strategy == "upsert" and not partition
@@ -182,14 +196,87 @@ class TableRun:
         report.verify_seconds = healing.seconds
         if cfg.detect_deletes:
             report.rows_deleted = healing.repaired["deleted_in_source"]
-        return [count_outcome(pair, healing), verify_outcome(pair, healing, repaired=True)]
+        counted = count_outcome(pair, healing)
+        self.count_target(pair, counted)
+        return [counted, verify_outcome(pair, healing, repaired=True)]
+
+    def count_target(self, pair: TablePair, counted: CheckOutcome) -> None:
+        """The target's rows from the verification's count of the synced scope, plus the rows
+        changed since (`dagster/row_count` without a count of its own). Best effort."""
+        rows = counted.metadata.get("target_rows")
+        if rows is not None and self.window is None:
+            with contextlib.suppress(Exception):
+                self.target_rows = int(rows) + pair.count_after_cursor("target")
+
+    def record_idle_proof(self, source_clock: idle.TableClock) -> None:
+        """All checks passed: store the proof that lets the next run do nothing if neither
+        side is written meanwhile (`verify/idle.py`). Best effort."""
+        try:
+            with self.target_db.engine.begin() as conn:
+                idle.record(conn, STATE_TABLE, self.cfg, source_clock, self.target_rows)
+        except Exception as error:
+            self.context.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)
 
     def post_sync_results(self, outcomes: list[CheckOutcome]) -> Iterator[dg.AssetCheckResult]:
-        """The pre-sync check (unless already reported) and the verification's verdicts."""
+        """The pre-sync check (unless already reported), completed with the rows the
+        verification counted, and the verification's verdicts."""
         if self.pre_sync.passed:
-            yield check_result(self.pre_sync, target_asset_key(self.cfg))
+            counted = next((o for o in outcomes if o.check == ROW_COUNT_MATCH), None)
+            pre_sync = (
+                with_counted_rows(self.cfg.table, self.pre_sync, counted)
+                if counted is not None and self.window is None
+                else self.pre_sync
+            )
+            yield check_result(pre_sync, target_asset_key(self.cfg))
         for outcome in outcomes:
             yield check_result(outcome, target_asset_key(self.cfg))
+
+
+def probe_idle(
+    context: dg.AssetExecutionContext,
+    cfg: TableConfig,
+    source_db: MySQLResource,
+    target_db: MySQLResource,
+) -> tuple[idle.Idle | None, idle.TableClock | None]:
+    """Is the table idle (`verify/idle.py`)? If not, its proof is voided before the run writes
+    anything. An error here only means a full run (which reports it properly)."""
+    if context.has_partition_key or context.has_partition_key_range:
+        return None, None
+    try:
+        found, source_clock = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
+        if found is None:
+            with target_db.engine.begin() as conn:
+                idle.clear(conn, STATE_TABLE, cfg.target)
+    except Exception as error:
+        context.log.info("%s: not proven idle (%s): a full run", cfg.table, type(error).__name__)
+        return None, None
+    return found, source_clock
+
+
+def idle_results(
+    context: dg.AssetExecutionContext,
+    cfg: TableConfig,
+    found: idle.Idle,
+    seconds: float,
+    settings: Settings,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """An idle table's run: its materialization (nothing read or written) and the checks,
+    which stand as the last verification left them, since nothing has changed."""
+    context.log.info("%s: %s", cfg.table, found.description)
+    report = SyncReport(
+        table=cfg.table,
+        target=cfg.target,
+        target_database=settings.database_name("TARGET") or "",
+        mode=cfg.mode,
+        strategy="idle",
+        rows_extracted=0,
+        rows_written=0,
+        seconds=seconds,
+        row_count=found.proof.rows,
+    )
+    key = target_asset_key(cfg)
+    yield dg.MaterializeResult(asset_key=key, metadata=report.to_metadata() | found.metadata())
+    yield from selected(context, [check_result(o, key) for o in idle_outcomes(cfg, found)])
 
 
 def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
@@ -245,6 +332,11 @@ def run_table(
     if target_asset_key(cfg) not in context.selected_asset_keys:
         yield from checks_alone(context, cfg, source_db, target_db)
         return
+    started = time.perf_counter()
+    found, source_clock = probe_idle(context, cfg, source_db, target_db)
+    if found is not None:
+        yield from idle_results(context, cfg, found, time.perf_counter() - started, settings)
+        return
     run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from selected(context, run.pre_sync_results())
     with run.failures():
@@ -252,11 +344,14 @@ def run_table(
             load_id = new_load_id()
             report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
             outcomes = run.verify(sync, report)
-        report.row_count = (
-            report.rows_written
-            if report.strategy == "swap"
-            else target_db.target().row_count(cfg.target)
-        )
+            if source_clock is not None and all(o.passed for o in outcomes):
+                run.record_idle_proof(source_clock)
+        if report.strategy == "swap":
+            report.row_count = report.rows_written
+        elif run.target_rows is not None:
+            report.row_count = run.target_rows
+        else:  # a partition run, or the verification could not count
+            report.row_count = target_db.target().row_count(cfg.target)
     context.log.info(
         "%s: %s rows written in %.1fs (%s), %.0f rows/s",
         cfg.table,

@@ -14,13 +14,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import sqlalchemy as sa
+if TYPE_CHECKING:  # annotations only: the state module (and the CLI) need no pyarrow
+    import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import TableShape
-from mysqlsync_dagster.pipeline.parts import Part
-from mysqlsync_dagster.pipeline.wire import WireColumn
+    from mysqlsync_dagster.catalog import TableShape
+    from mysqlsync_dagster.pipeline.parts import Part
+    from mysqlsync_dagster.pipeline.wire import WireColumn
 
 Strategy = Literal["upsert", "swap"]
 

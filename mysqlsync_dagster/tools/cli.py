@@ -9,16 +9,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import dagster as dg
+from typing import TYPE_CHECKING, Any
 
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.settings import Settings, load_dotenv_file
 from mysqlsync_dagster.tools.text import text_table
-from mysqlsync_dagster.verify.compare import SAMPLE_KEYS, CheckOutcome
+
+if TYPE_CHECKING:  # imported where used: a `sync` of idle tables never imports Dagster
+    import dagster as dg
+
+    from mysqlsync_dagster.verify.compare import CheckOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -81,6 +83,8 @@ def select_tables(tables: list[TableConfig], names: Sequence[str]) -> list[Table
 
 def _instance(settings: Settings) -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (runs show up in the UI), else ephemeral."""
+    import dagster as dg
+
     if settings.dagster_home:
         if not Path(settings.dagster_home).is_dir():
             raise ConfigError(
@@ -99,7 +103,82 @@ def run_sync(
     ready: Callable[[], None] | None = None,
 ) -> list[TableOutcome]:
     """Materialize `tables` in process; `ready` is called once everything is imported and
-    built, just before the first run starts (see `__main__`)."""
+    built, just before the first run starts (see `__main__`).
+
+    Without DAGSTER_HOME (an ephemeral instance: nothing is kept), tables proven idle
+    (`verify/idle.py`) are reported first, without importing Dagster; only the others run."""
+    found = {} if settings.dagster_home else idle_tables(tables, settings)
+    busy = [cfg for cfg in tables if cfg.table not in found]
+    outcomes = (
+        {o.cfg.table: o for o in _materialize(busy, settings, verbose, ready)} if busy else {}
+    )
+    if ready is not None and not busy:
+        ready()
+    return [found.get(cfg.table) or outcomes[cfg.table] for cfg in tables]
+
+
+def idle_tables(tables: list[TableConfig], settings: Settings) -> dict[str, TableOutcome]:
+    """The tables proven idle, as their outcome lines; any error means "not proven"."""
+    import contextlib
+
+    from mysqlsync_dagster.db import create_engine
+    from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
+    from mysqlsync_dagster.verify import idle
+
+    candidates = [cfg for cfg in tables if cfg.partitions == "none"]
+    if not candidates:
+        return {}
+    found: dict[str, TableOutcome] = {}
+    with contextlib.suppress(Exception):
+        source = create_engine(settings.database("source"))
+        target = create_engine(settings.database("target"))
+        try:
+            for cfg in candidates:
+                started = time.perf_counter()
+                proven, _ = idle.probe(cfg, source, target, STATE_TABLE)
+                if proven is None:
+                    continue
+                checks = 3 if cfg.checksum else 2  # the idle run's checks (heal.idle_outcomes)
+                report = SyncReport(
+                    table=cfg.table,
+                    target=cfg.target,
+                    target_database=settings.database_name("TARGET") or "",
+                    mode=cfg.mode,
+                    strategy="idle",
+                    rows_extracted=0,
+                    rows_written=0,
+                    seconds=time.perf_counter() - started,
+                    row_count=proven.proof.rows,
+                )
+                found[cfg.table] = TableOutcome(
+                    cfg,
+                    ok=True,
+                    report=report,
+                    checks=f"{checks}/{checks} ok",
+                    metadata={
+                        "strategy": "idle",
+                        "rows_extracted": 0,
+                        "rows_written": 0,
+                        "seconds": round(report.seconds, 3),
+                        "dagster/table_name": f"{report.target_database}.{cfg.target}",
+                        "dagster/row_count": proven.proof.rows,
+                        **proven.metadata(),
+                    },
+                )
+        finally:
+            source.dispose()
+            target.dispose()
+    return found
+
+
+def _materialize(
+    tables: list[TableConfig],
+    settings: Settings,
+    verbose: bool,
+    ready: Callable[[], None] | None,
+) -> list[TableOutcome]:
+    import dagster as dg
+
     from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 
     defs = build_definitions(tables, settings)
@@ -220,6 +299,8 @@ def format_summary(outcomes: list[TableOutcome]) -> str:
 
 def format_outcome(table: str, outcome: CheckOutcome) -> str:
     """One verdict with its figures, as `mysqlsync-dagster check` prints it."""
+    from mysqlsync_dagster.verify.compare import SAMPLE_KEYS
+
     verdict = "ok" if outcome.passed else ("FAILED" if outcome.blocking else "failed")
     figures = " ".join(
         f"{key}={value:,}"

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.targets.base import SweepState
+from mysqlsync_dagster.verify.idle import PROOF_COLUMNS
 
 STATE_TABLE = "_mysqlsync_state"
 
@@ -44,6 +45,8 @@ _SWEEP_COLUMNS = {
     "last_sweep_runs": "INT NULL",  # runs the last complete sweep took
     "kept_deleted": "BIGINT NULL",  # target rows kept although deleted in the source
 }
+# Columns added since the first state table: the sweep's, and the idle proof's (verify/idle.py).
+_ADDED_COLUMNS = _SWEEP_COLUMNS | PROOF_COLUMNS
 
 
 def ensure_state_table(conn: Connection) -> None:
@@ -55,7 +58,7 @@ def ensure_state_table(conn: Connection) -> None:
         " synced_at DATETIME(6) NOT NULL,"
         " rows_written BIGINT NULL,"
         " load_id VARCHAR(64) NULL,"
-        + ", ".join(f" {name} {ddl}" for name, ddl in _SWEEP_COLUMNS.items())
+        + ", ".join(f" {name} {ddl}" for name, ddl in _ADDED_COLUMNS.items())
         + ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     )
     present = set(
@@ -67,7 +70,7 @@ def ensure_state_table(conn: Connection) -> None:
             {"t": STATE_TABLE},
         ).scalars()
     )
-    missing = [f"ADD COLUMN {n} {ddl}" for n, ddl in _SWEEP_COLUMNS.items() if n not in present]
+    missing = [f"ADD COLUMN {n} {ddl}" for n, ddl in _ADDED_COLUMNS.items() if n not in present]
     if missing:
         run_sql(conn, f"ALTER TABLE {_state_table(conn)} {', '.join(missing)}")
 

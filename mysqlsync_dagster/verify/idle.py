@@ -1,0 +1,230 @@
+"""Idle tables: a run that proves, in one cheap query per side, that neither side of a table
+has been written since a run that synced and verified it, and then does nothing.
+
+InnoDB keeps the time of every table's last write (`information_schema.TABLES.UPDATE_TIME`,
+whole seconds, kept in memory: NULL after a server restart until the next write). After a run
+whose checks all passed, the table's state row keeps its **proof**:
+
+- `idle_read_at`: the source's clock when the run began, before it read anything;
+- `idle_target_written`: the target table's `UPDATE_TIME` after the run's last write to it;
+- `idle_token`: a digest of the table's configuration and both tables' creation times (a
+  changed tables.json entry, or a table dropped and created again, voids the proof);
+- `idle_rows`, `idle_verified_at`: the target's rows then, and when that run ended.
+
+A later run of the table is **idle** when, now:
+
+- the source's `UPDATE_TIME` is known and at least `lag_seconds` (plus its one-second grain)
+  before `idle_read_at`. InnoDB stamps the table when a transaction commits, but with an
+  earlier time (seen on MariaDB 10.11: the transaction's start), so a transaction open across
+  the run and committed after it may carry a stamp older than the run's read: it is covered
+  exactly as the incremental cursor covers it, by `lag_seconds` (DESIGN.md, "commits late");
+- the target's `UPDATE_TIME` is known and still `idle_target_written`;
+- the token matches.
+
+An idle run reads and writes nothing and reports the last verification's figures; anything else
+(a write on either side, a restart, a changed config, a failed or partition run, which clear
+the proof) makes a full run. A proof is stored only when the target's last write is at least a
+second old: a run with changes usually stores none, and the next one, which finds nothing to
+change and writes nothing (the loader leaves identical rows untouched), stores it. What the
+proof cannot see: a write to the *target* by a transaction left open across the run; it is
+found by the next run that has work to do, or by the daily consistency review.
+
+This module imports only SQLAlchemy: the CLI proves its tables idle before it imports Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster.config import TableConfig
+
+# The proof's columns in the state table (`targets/mysql/state.py` adds them to older tables).
+PROOF_COLUMNS = {
+    "idle_read_at": "DOUBLE NULL",  # source clock, epoch seconds
+    "idle_target_written": "DOUBLE NULL",  # target UPDATE_TIME, epoch seconds
+    "idle_token": "CHAR(40) NULL",
+    "idle_rows": "BIGINT NULL",
+    "idle_verified_at": "DATETIME(6) NULL",  # UTC
+}
+UPDATE_TIME_GRAIN = 1.0  # UPDATE_TIME is kept in whole seconds
+
+
+@dataclass(frozen=True)
+class TableClock:
+    """One table's write time and its server's clock, in epoch seconds of that server."""
+
+    written: float | None  # UPDATE_TIME; None: unknown (restart, or never written)
+    now: float
+    created: float | None
+
+
+@dataclass(frozen=True)
+class Proof:
+    read_at: float
+    target_written: float
+    token: str
+    rows: int | None
+    verified_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Idle:
+    """A table proven unchanged on both sides since `proof`."""
+
+    proof: Proof
+    source: TableClock
+    target: TableClock
+
+    @property
+    def description(self) -> str:
+        return (
+            "neither side written since the run that verified it at "
+            f"{self.proof.verified_at:%Y-%m-%d %H:%M:%S} UTC (source last written "
+            f"{_utc(self.source.written)}, target {_utc(self.target.written)}): nothing to do"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "idle_since": f"{self.proof.verified_at:%Y-%m-%d %H:%M:%S} UTC",
+            "source_written_at": _utc(self.source.written),
+            "target_written_at": _utc(self.target.written),
+        }
+
+
+def _utc(epoch: float | None) -> str:
+    if epoch is None:
+        return "unknown"
+    return f"{dt.datetime.fromtimestamp(epoch, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def read_clock(conn: sa.Connection, table: str) -> TableClock | None:
+    """The table's UPDATE_TIME and the server's clock (None: no such table)."""
+    dialect = conn.dialect
+    if not getattr(dialect, "is_mariadb", False) and (dialect.server_version_info or (0,)) >= (8,):
+        # MySQL 8 caches information_schema figures for a day by default
+        conn.exec_driver_sql("SET SESSION information_schema_stats_expiry = 0")
+    row = conn.execute(
+        sa.text(
+            "SELECT UNIX_TIMESTAMP(UPDATE_TIME), UNIX_TIMESTAMP(NOW(6)),"
+            " UNIX_TIMESTAMP(CREATE_TIME) FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+        ),
+        {"t": table},
+    ).one_or_none()
+    if row is None:
+        return None
+    written, now, created = (None if v is None else float(v) for v in row)
+    assert now is not None
+    return TableClock(written, now, created)
+
+
+def token(cfg: TableConfig, source: TableClock, target: TableClock) -> str:
+    text = f"{cfg!r}|{source.created}|{target.created}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def read_proof(conn: sa.Connection, state_table: str, target_table: str) -> Proof | None:
+    """The stored proof (None: none, or a state table without its columns yet)."""
+    try:
+        row = conn.execute(
+            sa.text(
+                "SELECT idle_read_at, idle_target_written, idle_token, idle_rows,"
+                f" idle_verified_at FROM `{state_table}` WHERE target_table = :t"
+            ),
+            {"t": target_table},
+        ).one_or_none()
+    except sa.exc.DBAPIError:  # no state table, or one of an earlier version
+        conn.rollback()
+        return None
+    if row is None or row[0] is None or row[1] is None or row[2] is None:
+        return None
+    return Proof(float(row[0]), float(row[1]), row[2], row[3], row[4])
+
+
+def idle(
+    cfg: TableConfig, proof: Proof | None, source: TableClock | None, target: TableClock | None
+) -> Idle | None:
+    """The proof that neither side changed since `proof`, or None."""
+    if proof is None or source is None or target is None:
+        return None
+    if source.written is None or target.written is None:
+        return None
+    if proof.token != token(cfg, source, target):
+        return None
+    if source.written + UPDATE_TIME_GRAIN > proof.read_at - cfg.lag_seconds:
+        return None
+    if target.written != proof.target_written:
+        return None
+    return Idle(proof, source, target)
+
+
+def probe(
+    cfg: TableConfig, source: sa.Engine, target: sa.Engine, state_table: str
+) -> tuple[Idle | None, TableClock | None]:
+    """Is the table idle? Also the source's clock, read before anything else of the run (the
+    `read_at` of the proof the run records if it is not idle)."""
+    if cfg.partitions != "none":
+        return None, None
+    with source.connect() as conn:
+        source_clock = read_clock(conn, cfg.table)
+    with target.connect() as conn:
+        target_clock = read_clock(conn, cfg.target)
+        proof = read_proof(conn, state_table, cfg.target) if target_clock else None
+    return idle(cfg, proof, source_clock, target_clock), source_clock
+
+
+def record(
+    conn: sa.Connection,
+    state_table: str,
+    cfg: TableConfig,
+    source: TableClock,
+    rows: int | None,
+) -> bool:
+    """After a run whose checks all passed (its writes committed): store its proof. False when
+    the target's write time is unknown, or in the second this is read: a write by someone else
+    later in that second would leave it as it is (the next run, which writes nothing when
+    nothing changed, can store one)."""
+    target = read_clock(conn, cfg.target)
+    if target is None or target.written is None:
+        return False
+    if target.written + UPDATE_TIME_GRAIN > target.now:
+        return False
+    conn.execute(
+        sa.text(
+            f"UPDATE `{state_table}` SET idle_read_at = :r, idle_target_written = :w,"
+            " idle_token = :k, idle_rows = :n, idle_verified_at = UTC_TIMESTAMP(6)"
+            " WHERE target_table = :t"
+        ),
+        {
+            "t": cfg.target,
+            "r": source.now,
+            "w": target.written,
+            "k": token(cfg, source, target),
+            "n": rows,
+        },
+    )
+    return True
+
+
+def clear(conn: sa.Connection, state_table: str, target_table: str) -> None:
+    """Void the table's proof: a run that is not idle clears it before it writes."""
+    if not conn.execute(
+        sa.text(
+            "SELECT 1 FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+        ),
+        {"t": state_table},
+    ).first():
+        return  # no state table yet: nothing was synced, nothing to void
+    conn.execute(
+        sa.text(
+            f"UPDATE `{state_table}` SET idle_read_at = NULL, idle_token = NULL"
+            " WHERE target_table = :t"
+        ),
+        {"t": target_table},
+    )

@@ -1,0 +1,181 @@
+"""Idle tables (verify/idle.py): when neither side has been written since a run that synced
+and verified the table, a run reads and writes nothing; any write on either side, on time or
+committed late within `lag_seconds`, makes a full run again, and the copy stays exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from mysqlsync_dagster_tests.harness import materialization_metadata
+
+DDL = (
+    "CREATE TABLE items (id INT PRIMARY KEY, note VARCHAR(40) NOT NULL,"
+    " updated_at DATETIME NOT NULL, KEY (updated_at))"
+)
+FILL = (
+    "INSERT INTO items SELECT seq, CONCAT('item ', seq),"
+    " TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_60"
+)
+
+
+def items(lag_seconds: int = 0, **extra: object) -> dict[str, object]:
+    return {
+        "table": "items",
+        "primary_key": "id",
+        "modifier": "updated_at",
+        "lag_seconds": lag_seconds,
+        **extra,
+    }
+
+
+def sync_once(sync_env, cfg) -> dict[str, object]:
+    result = sync_env.sync([cfg])
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert evaluations and all(e.passed for e in evaluations), [
+        (e.check_name, e.description) for e in evaluations
+    ]
+    return materialization_metadata(result, "sync_items")
+
+
+def sync_until_idle(sync_env, cfg, runs: int = 4) -> tuple[int, dict[str, object]]:
+    """Sync (a second apart: UPDATE_TIME's grain) until a run is idle; (runs taken, its
+    metadata)."""
+    for run in range(1, runs + 1):
+        time.sleep(1.1)
+        metadata = sync_once(sync_env, cfg)
+        if metadata["strategy"] == "idle":
+            return run, metadata
+    raise AssertionError(f"not idle after {runs} runs: last {metadata}")
+
+
+def test_an_idle_table_costs_nothing_until_either_side_is_written(sync_env):
+    sync_env.source_exec(DDL, FILL)
+    time.sleep(1.1)
+    cfg = items()
+    assert sync_once(sync_env, cfg)["strategy"] == "swap"
+    runs, metadata = sync_until_idle(sync_env, cfg)
+    # the run after the copy finds nothing to change, writes nothing, and stores the proof
+    assert runs <= 2
+    assert metadata["rows_extracted"] == 0 and metadata["rows_written"] == 0
+    assert metadata["dagster/row_count"] == 60
+    assert "idle_since" in metadata
+
+    # a source write: a full run copies it
+    sync_env.source_exec("UPDATE items SET note = 'changed', updated_at = NOW() WHERE id = 3")
+    metadata = sync_once(sync_env, cfg)
+    assert metadata["strategy"] == "upsert" and metadata["rows_written"] >= 1
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+    sync_until_idle(sync_env, cfg)
+
+    # a write to the target by someone else: a full run, whose verification repairs it
+    sync_env.target_exec("UPDATE items SET note = 'tampered' WHERE id = 5")
+    metadata = sync_once(sync_env, cfg)
+    assert metadata["strategy"] == "upsert"
+    assert metadata["rows_repaired"] == 1
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+    sync_until_idle(sync_env, cfg)
+
+    # a changed tables.json entry voids the proof
+    assert sync_once(sync_env, items(batch_size=1000))["strategy"] == "upsert"
+
+
+def test_a_write_committed_late_within_lag_seconds_is_not_hidden(sync_env):
+    """InnoDB stamps a table when a transaction commits, but with an earlier time (seen: the
+    transaction's start): a transaction open across the run that stores the proof, committed
+    after it with an old modifier, must still reach the target (within `lag_seconds`, as for
+    the incremental cursor)."""
+    sync_env.source_exec(DDL, FILL)
+    cfg = items(lag_seconds=5)
+    sync_once(sync_env, cfg)
+    time.sleep(5.2)  # the fill is older than lag_seconds now
+    sync_until_idle(sync_env, cfg)
+
+    opened, commit = threading.Event(), threading.Event()
+
+    def late_writer() -> None:
+        with sync_env.source.connect() as conn:
+            conn.exec_driver_sql("UPDATE items SET note = 'late' WHERE id = 7")  # old modifier
+            opened.set()
+            commit.wait(30)
+            conn.commit()
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    try:
+        assert opened.wait(10)
+        # while it is open: another change, copied; the next run writes nothing and stores
+        # a proof, with the late write invisible to it
+        sync_env.source_exec("UPDATE items SET note = 'on time', updated_at = NOW() WHERE id = 9")
+        assert sync_once(sync_env, cfg)["strategy"] == "upsert"
+        time.sleep(1.1)
+        assert sync_once(sync_env, cfg)["strategy"] == "upsert"
+    finally:
+        commit.set()
+        writer.join()
+    time.sleep(1.1)
+    metadata = sync_once(sync_env, cfg)
+    assert metadata["strategy"] == "upsert"  # not idle: the commit's stamp is within the lag
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+    with sync_env.target.connect() as conn:
+        assert conn.execute(sa.text("SELECT note FROM items WHERE id = 7")).scalar() == "late"
+
+
+def test_the_cli_reports_idle_tables_without_importing_dagster(sync_env, tmp_path: Path):
+    sync_env.source_exec(DDL, FILL)
+    time.sleep(1.1)
+    cfg = items()
+    sync_once(sync_env, cfg)
+    sync_until_idle(sync_env, cfg)
+    config = tmp_path / "tables.json"
+    config.write_text(json.dumps([cfg]))
+    code = (
+        "import sys; from mysqlsync_dagster.tools import cli;"
+        f" code = cli.main(['--config', {str(config)!r}, 'sync', '--json']);"
+        " print('dagster imported' if 'dagster' in sys.modules else 'dagster not imported');"
+        " sys.exit(code)"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {
+        "SOURCE_DB_URL": sync_env.source_url(),
+        "TARGET_DB_URL": sync_env.target_url(),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report, _, imported = done.stdout.rpartition("]")
+    [line] = json.loads(report + "]")
+    assert imported.strip() == "dagster not imported"
+    assert line["ok"] and line["strategy"] == "idle" and line["checks"] == "3/3 ok"
+    assert line["rows_read"] == 0 and line["rows_written"] == 0
+    assert line["metadata"]["dagster/row_count"] == 60
+
+    # a source write: the CLI runs the table through Dagster again
+    sync_env.source_exec("UPDATE items SET note = 'changed', updated_at = NOW() WHERE id = 9")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report, _, imported = done.stdout.rpartition("]")
+    [line] = json.loads(report + "]")
+    assert imported.strip() == "dagster imported"
+    assert line["strategy"] == "upsert" and line["rows_written"] >= 1
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
