@@ -1,69 +1,30 @@
 """The asset factory: one dlt-backed Dagster asset per configured table.
 
-Building definitions never touches a database: specs come from tables.json alone. At run time
-the asset prepares a `TableSync`, runs it with its mode's part sink (in memory for direct mode,
-Parquet parts on disk for staging mode), and yields a `dg.MaterializeResult` whose metadata is
-the run's `SyncReport` (numeric values the UI can plot), then its checks.
+Building definitions never touches a database: specs come from tables.json alone, and the
+run-time machinery (`table_run.py`: dlt, pyarrow, the pipeline, the verification) is imported
+only when a table's step runs, so that loading the code location stays cheap.
 """
 
-import contextlib
 import datetime as dt
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.errors import TransientCheckError, is_transient
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.automation import sync_condition
 from mysqlsync_dagster.orchestration.cadence import freshness_minutes
-from mysqlsync_dagster.orchestration.checks import check_result, table_check_specs
+from mysqlsync_dagster.orchestration.checks import table_check_specs
 from mysqlsync_dagster.orchestration.names import (
     GROUP,
     IO_MANAGER_KEY,
-    PARTITION_LOCK_WAIT_SECONDS,
     TARGET_POOL,
-    VERIFY_TAG,
     source_asset_key,
     target_asset_key,
 )
-from mysqlsync_dagster.orchestration.partitions import (
-    backfill_policy,
-    mark_partitions,
-    partitions_definition,
-    window_for_context,
-)
+from mysqlsync_dagster.orchestration.partitions import backfill_policy, partitions_definition
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
-from mysqlsync_dagster.pipeline.parts import MemoryParts, PartSink, new_load_id
-from mysqlsync_dagster.pipeline.report import SyncReport
-from mysqlsync_dagster.pipeline.run import TableSync
-from mysqlsync_dagster.pipeline.staging import stage
-from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.settings import Settings
-from mysqlsync_dagster.targets.base import SweepState
-from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
-from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
-from mysqlsync_dagster.verify import idle
-from mysqlsync_dagster.verify.compare import (
-    CHECKSUM_MATCH,
-    ROW_COUNT_MATCH,
-    CheckOutcome,
-    TablePair,
-    check_failure,
-    row_count_match,
-    source_row_count,
-    with_counted_rows,
-)
-from mysqlsync_dagster.verify.deletes import delete_missing_rows
-from mysqlsync_dagster.verify.heal import (
-    count_outcome,
-    heal,
-    idle_outcomes,
-    run_all_checks,
-    verify_outcome,
-)
 
 
 def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
@@ -102,275 +63,6 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     ).with_io_manager_key(IO_MANAGER_KEY)  # downstream assets read the table back (io.py)
 
 
-@dataclass
-class TableRun:
-    """What a table asset's run does around its sync, the same in direct and staging mode: the
-    pre- and post-sync checks, the `TableSync` (with the partition window, if any), hard-delete
-    detection, and failures reported as retryable or not."""
-
-    context: dg.AssetExecutionContext
-    cfg: TableConfig
-    source_db: MySQLResource
-    target_db: MySQLResource
-    secrets: list[str]
-    window: ModifierWindow | None
-    pre_sync: CheckOutcome
-    target_rows: int | None = None  # the target table's rows after the run, when counted
-
-    @classmethod
-    def start(
-        cls,
-        context: dg.AssetExecutionContext,
-        cfg: TableConfig,
-        source_db: MySQLResource,
-        target_db: MySQLResource,
-        settings: Settings,
-    ) -> "TableRun":
-        use_jemalloc(settings.arrow_memory_pool)
-        secrets = source_db.settings().secrets + target_db.settings().secrets
-        # before extraction; its exact count comes from the verification (no scan of its own)
-        pre_sync = source_row_count(cfg, source_db.engine, count=False)
-        return cls(
-            context, cfg, source_db, target_db, secrets, window_for_context(context), pre_sync
-        )
-
-    def pre_sync_results(self) -> Iterator[dg.AssetCheckResult]:
-        """A failed pre-sync check is reported at once: the sync then fails for that reason."""
-        if not self.pre_sync.passed:
-            yield check_result(self.pre_sync, target_asset_key(self.cfg))
-
-    def table_sync(self) -> TableSync:
-        return TableSync(
-            self.cfg,
-            self.source_db.settings(),
-            self.source_db.engine,
-            self.target_db.target(),
-            log=self.context.log,
-            window=self.window,
-            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
-        )
-
-    @contextlib.contextmanager
-    def failures(self) -> Iterator[None]:
-        """Turn any error into a `dg.Failure` that says whether a retry can help."""
-        try:
-            yield
-        except Exception as error:
-            raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
-
-    def verify(self, sync: TableSync, report: SyncReport) -> list[CheckOutcome]:
-        """After the load committed, with the table's lock still held: verify what the run
-        synced and a slice of the rest, repairing what differs (verify/heal.py); the verdicts
-        of `row_count_match` and `checksum_match`. Never raises but for a transient error."""
-        cfg = self.cfg
-        names = [ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
-        try:
-            pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine, self.window)
-            if not cfg.checksum:  # counts only; deletes by a key comparison of their own
-                if cfg.detect_deletes and report.strategy == "upsert":
-                    report.rows_deleted = delete_missing_rows(
-                        pair, log=self.context.log
-                    ).rows_deleted
-                counted = row_count_match(pair)
-                self.count_target(pair, counted)
-                return [counted]
-            partition = self.window is not None
-            sweep = SweepState() if partition else sync.target.read_sweep(cfg.target)
-            incremental = report.strategy == "upsert" and not partition
-            healing = heal(
-                pair,
-                sync.copy_keys,
-                sweep,
-                budget=None if partition else cfg.verify_budget,
-                window_since=sync.read_from if incremental else None,
-                log=self.context.log,
-            )
-            if not partition:
-                sync.target.write_sweep(cfg.target, healing.sweep)
-        except Exception as error:
-            if is_transient(error):  # no verdict: retry the step (syncs are idempotent)
-                raise TransientCheckError(f"verification could not run: {error}") from error
-            return [check_failure(name, error, self.secrets) for name in names]
-        report.rows_verified = healing.rows_verified
-        report.rows_repaired = healing.rows_repaired
-        report.verify_seconds = healing.seconds
-        if cfg.detect_deletes:
-            report.rows_deleted = healing.repaired["deleted_in_source"]
-        counted = count_outcome(pair, healing)
-        self.count_target(pair, counted)
-        return [counted, verify_outcome(pair, healing, repaired=True)]
-
-    def count_target(self, pair: TablePair, counted: CheckOutcome) -> None:
-        """The target's rows from the verification's count of the synced scope, plus the rows
-        changed since (`dagster/row_count` without a count of its own). Best effort."""
-        rows = counted.metadata.get("target_rows")
-        if rows is not None and self.window is None:
-            with contextlib.suppress(Exception):
-                self.target_rows = int(rows) + pair.count_after_cursor("target")
-
-    def record_idle_proof(self, source_clock: idle.TableClock) -> None:
-        """All checks passed: store the proof that lets the next run do nothing if neither
-        side is written meanwhile (`verify/idle.py`). Best effort."""
-        try:
-            with self.target_db.engine.begin() as conn:
-                idle.record(conn, STATE_TABLE, self.cfg, source_clock, self.target_rows)
-        except Exception as error:
-            self.context.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)
-
-    def post_sync_results(self, outcomes: list[CheckOutcome]) -> Iterator[dg.AssetCheckResult]:
-        """The pre-sync check (unless already reported), completed with the rows the
-        verification counted, and the verification's verdicts."""
-        if self.pre_sync.passed:
-            counted = next((o for o in outcomes if o.check == ROW_COUNT_MATCH), None)
-            pre_sync = (
-                with_counted_rows(self.cfg.table, self.pre_sync, counted)
-                if counted is not None and self.window is None
-                else self.pre_sync
-            )
-            yield check_result(pre_sync, target_asset_key(self.cfg))
-        for outcome in outcomes:
-            yield check_result(outcome, target_asset_key(self.cfg))
-
-
-def probe_idle(
-    context: dg.AssetExecutionContext,
-    cfg: TableConfig,
-    source_db: MySQLResource,
-    target_db: MySQLResource,
-) -> tuple[idle.Idle | None, idle.TableClock | None]:
-    """Is the table idle (`verify/idle.py`)? If not, its proof is voided before the run writes
-    anything. An error here only means a full run (which reports it properly)."""
-    if context.has_partition_key or context.has_partition_key_range:
-        return None, None
-    try:
-        found, source_clock = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
-        if found is None:
-            with target_db.engine.begin() as conn:
-                idle.clear(conn, STATE_TABLE, cfg.target)
-    except Exception as error:
-        context.log.info("%s: not proven idle (%s): a full run", cfg.table, type(error).__name__)
-        return None, None
-    return found, source_clock
-
-
-def idle_results(
-    context: dg.AssetExecutionContext,
-    cfg: TableConfig,
-    found: idle.Idle,
-    seconds: float,
-    settings: Settings,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """An idle table's run: its materialization (nothing read or written) and the checks,
-    which stand as the last verification left them, since nothing has changed."""
-    context.log.info("%s: %s", cfg.table, found.description)
-    report = SyncReport(
-        table=cfg.table,
-        target=cfg.target,
-        target_database=settings.database_name("TARGET") or "",
-        mode=cfg.mode,
-        strategy="idle",
-        rows_extracted=0,
-        rows_written=0,
-        seconds=seconds,
-        row_count=found.proof.rows,
-    )
-    key = target_asset_key(cfg)
-    yield dg.MaterializeResult(asset_key=key, metadata=report.to_metadata() | found.metadata())
-    yield from selected(context, [check_result(o, key) for o in idle_outcomes(cfg, found)])
-
-
-def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
-    """Direct mode keeps the parts in memory; staging mode writes them under `STAGING_DIR`."""
-    if sync.cfg.mode != "staging":
-        return MemoryParts(sync.work_dir)
-    plan = {
-        "strategy": sync.strategy,
-        "columns": [{"name": w.column.name, "kind": w.kind} for w in sync.wire],
-        "cursor_before": sync.cursor_before,
-        "cursor_after": sync.cursor_after,
-    }
-    return stage(sync.cfg, staging.settings(), run_id, load_id, plan, sync.log.info)
-
-
-def checks_alone(
-    context: dg.AssetExecutionContext,
-    cfg: TableConfig,
-    source_db: MySQLResource,
-    target_db: MySQLResource,
-) -> Iterator[dg.AssetCheckResult]:
-    """A run of the table's checks without its sync (the UI's "Execute" on a check, the daily
-    consistency job): the databases as they are now, read-only, as `mysqlsync-dagster check`
-    does; the run tag `mysqlsync/verify=full` verifies the whole table instead of the slice."""
-    full = context.run.tags.get(VERIFY_TAG, "").strip().lower() == "full"
-    context.log.info(
-        "%s: checks only (%s), no sync", cfg.table, "whole table" if full else "rolling slice"
-    )
-    outcomes = run_all_checks(cfg, source_db.engine, target_db.engine, full=full)
-    yield from selected(context, [check_result(o, target_asset_key(cfg)) for o in outcomes])
-
-
-def selected(
-    context: dg.AssetExecutionContext, results: Iterable[dg.AssetCheckResult]
-) -> Iterator[dg.AssetCheckResult]:
-    """The results of the checks this run selected (a run may leave some out)."""
-    chosen = context.selected_asset_check_keys
-    for result in results:
-        if dg.AssetCheckKey(result.asset_key, result.check_name) in chosen:
-            yield result
-
-
-def run_table(
-    context: dg.AssetExecutionContext,
-    cfg: TableConfig,
-    source_db: MySQLResource,
-    target_db: MySQLResource,
-    staging: StagingResource,
-    settings: Settings,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """The asset body, in both modes: pre-sync check, sync, verification and repair, report,
-    checks; only the checks when the run selected them without the table."""
-    if target_asset_key(cfg) not in context.selected_asset_keys:
-        yield from checks_alone(context, cfg, source_db, target_db)
-        return
-    started = time.perf_counter()
-    found, source_clock = probe_idle(context, cfg, source_db, target_db)
-    if found is not None:
-        yield from idle_results(context, cfg, found, time.perf_counter() - started, settings)
-        return
-    run = TableRun.start(context, cfg, source_db, target_db, settings)
-    yield from selected(context, run.pre_sync_results())
-    with run.failures():
-        with run.table_sync() as sync:
-            load_id = new_load_id()
-            report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
-            outcomes = run.verify(sync, report)
-            if source_clock is not None and all(o.passed for o in outcomes):
-                run.record_idle_proof(source_clock)
-        if report.strategy == "swap":
-            report.row_count = report.rows_written
-        elif run.target_rows is not None:
-            report.row_count = run.target_rows
-        else:  # a partition run, or the verification could not count
-            report.row_count = target_db.target().row_count(cfg.target)
-    context.log.info(
-        "%s: %s rows written in %.1fs (%s), %.0f rows/s",
-        cfg.table,
-        f"{report.rows_written:,}",
-        report.seconds,
-        report.strategy,
-        report.rows_per_second,
-    )
-    marked = mark_partitions(
-        context,
-        target_asset_key(cfg),
-        {"synced_by": "a run of all partitions", "load_id": report.load_id},
-    )
-    if marked:
-        context.log.info("%s: %s partitions marked up to date", cfg.table, f"{marked:,}")
-    yield dg.MaterializeResult(asset_key=target_asset_key(cfg), metadata=report.to_metadata())
-    yield from selected(context, run.post_sync_results(outcomes))
-
-
 def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefinition:
     """The table's asset: its spec, checks, pool, retries and backfill policy."""
 
@@ -390,6 +82,8 @@ def build_table_asset(cfg: TableConfig, settings: Settings) -> dg.AssetsDefiniti
         target_db: MySQLResource,
         staging: StagingResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        from mysqlsync_dagster.orchestration.table_run import run_table
+
         yield from run_table(context, cfg, source_db, target_db, staging, settings)
 
     return sync_table

@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.verify.compare import (
+from mysqlsync_dagster.verify.outcome import (
     BLOCKING_CHECKS,
     CHECKSUM_MATCH,
     ROW_COUNT_MATCH,

@@ -7,10 +7,9 @@ gets the target table (or the rows of its partitions' window) as Arrow, pandas o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS
@@ -20,6 +19,9 @@ from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY
 from mysqlsync_dagster.orchestration.partitions import window_for_range
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.pipeline.windows import ModifierWindow, window_condition
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class TargetTableReader(dg.ConfigurableIOManager):
@@ -84,6 +86,8 @@ class TargetTableReader(dg.ConfigurableIOManager):
             context.log.info("reading %s rows with %s in %s", table, modifier, window.describe())
         url = self.target_db.settings().connectorx_url()
         wanted = context.dagster_type.typing_type if context.dagster_type else None
+        import pyarrow as pa
+
         if wanted is pa.RecordBatchReader:
             return cx.read_sql(
                 url, query, return_type="arrow_stream", batch_size=self.read_batch_size

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from mysqlsync_dagster.db import create_engine
-from mysqlsync_dagster.pipeline.staging import StagingSettings
 from mysqlsync_dagster.settings import (
     POOL_VARIABLES,
     DatabaseSettings,
     Settings,
     database_settings,
 )
-from mysqlsync_dagster.targets.mysql.target import MySQLTarget
+
+if TYPE_CHECKING:  # imported where used: loading the definitions needs neither (nor pyarrow)
+    from mysqlsync_dagster.pipeline.staging import StagingSettings
+    from mysqlsync_dagster.targets.mysql.target import MySQLTarget
 
 # resource field -> environment variable suffix (after SOURCE_/TARGET_)
 SIDE_FIELDS = {
@@ -92,6 +94,8 @@ class MySQLResource(dg.ConfigurableResource):
 
     def target(self) -> MySQLTarget:
         """This database as the target of table runs."""
+        from mysqlsync_dagster.targets.mysql.target import MySQLTarget
+
         return MySQLTarget(self.engine, self.settings())
 
     def dispose(self) -> None:
@@ -136,4 +140,6 @@ class StagingResource(dg.ConfigurableResource):
         )
 
     def settings(self) -> StagingSettings:
+        from mysqlsync_dagster.pipeline.staging import StagingSettings
+
         return StagingSettings.parse(self.directory, self.compression, self.retention_hours)

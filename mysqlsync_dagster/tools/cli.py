@@ -139,17 +139,8 @@ def idle_tables(tables: list[TableConfig], settings: Settings) -> dict[str, Tabl
                 if proven is None:
                     continue
                 checks = 3 if cfg.checksum else 2  # the idle run's checks (heal.idle_outcomes)
-                report = SyncReport(
-                    table=cfg.table,
-                    target=cfg.target,
-                    target_database=settings.database_name("TARGET") or "",
-                    mode=cfg.mode,
-                    strategy="idle",
-                    rows_extracted=0,
-                    rows_written=0,
-                    seconds=time.perf_counter() - started,
-                    row_count=proven.proof.rows,
-                )
+                database = settings.database_name("TARGET") or ""
+                report = proven.report(cfg, database, time.perf_counter() - started)
                 found[cfg.table] = TableOutcome(
                     cfg,
                     ok=True,

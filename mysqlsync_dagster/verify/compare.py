@@ -43,11 +43,13 @@ from mysqlsync_dagster.pipeline.windows import (
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
 from mysqlsync_dagster.targets.mysql.state import read_state
-
-SOURCE_ROW_COUNT = "source_row_count"
-ROW_COUNT_MATCH = "row_count_match"
-CHECKSUM_MATCH = "checksum_match"
-BLOCKING_CHECKS = frozenset({ROW_COUNT_MATCH, CHECKSUM_MATCH})
+from mysqlsync_dagster.verify.outcome import (  # noqa: F401 (the checks' names, from here too)
+    BLOCKING_CHECKS,
+    CHECKSUM_MATCH,
+    ROW_COUNT_MATCH,
+    SOURCE_ROW_COUNT,
+    CheckOutcome,
+)
 
 DELETES_HINT = (
     "rows deleted in the source stay in the target unless the table sets "
@@ -70,24 +72,6 @@ Side = Literal["source", "target"]
 Difference = Literal["missing_in_target", "extra_in_target", "changed"]
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-@dataclass
-class CheckOutcome:
-    """One check's verdict: plain values, turned into an `AssetCheckResult` or a CLI line."""
-
-    check: str
-    passed: bool
-    description: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # A failure that is a warning, not an error: reported, never blocking.
-    warning: bool = False
-    # The check could not run for a passing reason (lost connection, timeout): no verdict.
-    transient_error: bool = False
-
-    @property
-    def blocking(self) -> bool:
-        return self.check in BLOCKING_CHECKS and not self.warning
 
 
 # -- pure helpers ----------------------------------------------------------------------------

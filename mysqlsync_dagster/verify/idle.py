@@ -42,6 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.pipeline.report import SyncReport
 
 # The proof's columns in the state table (`targets/mysql/state.py` adds them to older tables).
 PROOF_COLUMNS = {
@@ -86,6 +87,20 @@ class Idle:
             "neither side written since the run that verified it at "
             f"{self.proof.verified_at:%Y-%m-%d %H:%M:%S} UTC (source last written "
             f"{_utc(self.source.written)}, target {_utc(self.target.written)}): nothing to do"
+        )
+
+    def report(self, cfg: TableConfig, target_database: str, seconds: float) -> SyncReport:
+        """The idle run's report: nothing read or written, the rows as last counted."""
+        return SyncReport(
+            table=cfg.table,
+            target=cfg.target,
+            target_database=target_database,
+            mode=cfg.mode,
+            strategy="idle",
+            rows_extracted=0,
+            rows_written=0,
+            seconds=seconds,
+            row_count=self.proof.rows,
         )
 
     def metadata(self) -> dict[str, Any]:
