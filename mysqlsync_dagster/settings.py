@@ -222,6 +222,13 @@ class DatabaseSettings:
     def secrets(self) -> list[str]:
         return [self.url.password] if self.url.password else []
 
+    @property
+    def connectorx_tls(self) -> bool:
+        """Whether connectorx can connect as PyMySQL does: always without TLS, and with TLS
+        unless a client certificate is configured (mutual TLS), which its driver cannot present
+        (its URL takes `ssl-mode` and `ssl-ca` only)."""
+        return not (self.ssl_cert or self.ssl_key)
+
     def connectorx_url(self) -> str:
         """A `mysql://` URL for connectorx (Rust driver): same credentials, no SQLAlchemy driver.
 
@@ -230,13 +237,27 @@ class DatabaseSettings:
         host and port configured (an SSH tunnel or a proxy on 127.0.0.1, or even reaching a
         different local server that owns that socket path). Connect where the URL says, as
         PyMySQL does.
+
+        With TLS (`DB_SSL_CA`), the same checks as the PyMySQL connections: `ssl-mode=
+        VERIFY_IDENTITY` with the CA (chain and host name verified), or `REQUIRED` (encrypted,
+        nothing verified) with `DB_SSL_VERIFY` off. `ssl-ca` alone would not encrypt at all.
+        Mutual TLS cannot be expressed: `ConfigError` (see `connectorx_tls`).
         """
         user = quote(self.url.username or "", safe="")
         password = quote(self.url.password or "", safe="")
         auth = f"{user}:{password}@" if password else f"{user}@"
         host = self.url.host or "127.0.0.1"
         port = self.url.port or 3306
-        return f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}?prefer_socket=false"
+        url = f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}?prefer_socket=false"
+        if self.ssl is None:
+            return url
+        if not self.connectorx_tls:
+            raise ConfigError(
+                "connectorx cannot present a client certificate (DB_SSL_CERT, DB_SSL_KEY)"
+            )
+        if not self.ssl_verify:
+            return url + "&ssl-mode=REQUIRED"
+        return url + f"&ssl-mode=VERIFY_IDENTITY&ssl-ca={quote(str(self.ssl_ca), safe='/')}"
 
 
 def database_settings(side: str, values: Mapping[str, object]) -> DatabaseSettings:

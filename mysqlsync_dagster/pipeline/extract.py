@@ -2,9 +2,10 @@
 
 The resource runs on the connectorx backend (Arrow record batches of up to `batch_size` rows,
 streamed from a child process, see `source_stream.py`), selecting the wire text of every
-column (see `wire.py`): no value goes through a lossy Python type. connectorx's MySQL driver
-cannot do TLS, so a source with `SOURCE_DB_SSL_*` is read by dlt's pyarrow backend over the
-same TLS-verified PyMySQL engine instead.
+column (see `wire.py`): no value goes through a lossy Python type. A TLS source is read the
+same way, its certificate and host name verified as the PyMySQL connections verify them (see
+`DatabaseSettings.connectorx_url`); only a source with a client certificate (mutual TLS), which
+connectorx's driver cannot present, is read by dlt's pyarrow backend over the PyMySQL engine.
 """
 
 from __future__ import annotations
@@ -113,9 +114,10 @@ def extract_batch_rows(batch_size: int, avg_row_bytes: int | None) -> int:
 
 
 def backend_name(source: DatabaseSettings) -> str:
-    """connectorx (about 6x faster here) unless the source needs TLS, which its MySQL driver
-    cannot do: then dlt's pyarrow backend over the TLS-verified PyMySQL engine."""
-    return "pyarrow" if source.ssl else "connectorx"
+    """connectorx (about 6x faster here), with or without TLS, unless the source needs a client
+    certificate, which its MySQL driver cannot present: then dlt's pyarrow backend over the
+    PyMySQL engine."""
+    return "connectorx" if source.connectorx_tls else "pyarrow"
 
 
 def table_resource(
