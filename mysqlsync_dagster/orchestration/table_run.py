@@ -71,6 +71,7 @@ class TableRun:
     window: ModifierWindow | None
     pre_sync: CheckOutcome
     target_rows: int | None = None  # the target table's rows after the run, when counted
+    swept: int = 0  # rows the rolling slice compared
 
     @classmethod
     def start(
@@ -113,7 +114,9 @@ class TableRun:
         except Exception as error:
             raise retries.sync_failure(self.cfg.table, error, self.secrets) from None
 
-    def verify(self, sync: TableSync, report: SyncReport) -> list[CheckOutcome]:
+    def verify(
+        self, sync: TableSync, report: SyncReport, standing: idle.Proof | None = None
+    ) -> list[CheckOutcome]:
         """After the load committed, with the table's lock still held: verify what the run
         synced and a slice of the rest, repairing what differs (verify/heal.py); the verdicts
         of `row_count_match` and `checksum_match`. Never raises but for a transient error."""
@@ -139,6 +142,7 @@ class TableRun:
                 budget=None if partition else cfg.verify_budget,
                 window_since=sync.read_from if incremental else None,
                 log=self.context.log,
+                known_rows=standing.rows if standing is not None else None,
             )
             if not partition:
                 sync.target.write_sweep(cfg.target, healing.sweep)
@@ -151,6 +155,7 @@ class TableRun:
         report.verify_seconds = healing.seconds
         if cfg.detect_deletes:
             report.rows_deleted = healing.repaired["deleted_in_source"]
+        self.swept = healing.sweep_rows
         counted = count_outcome(pair, healing)
         self.count_target(pair, counted)
         return [counted, verify_outcome(pair, healing, repaired=True)]
@@ -163,12 +168,16 @@ class TableRun:
             with contextlib.suppress(Exception):
                 self.target_rows = int(rows) + pair.count_after_cursor("target")
 
-    def record_idle_proof(self, source_clock: idle.TableClock) -> None:
-        """All checks passed: store the proof that lets the next run do nothing if neither
-        side is written meanwhile (`verify/idle.py`). Best effort."""
+    def record_idle_proof(self, probed: idle.Probe) -> None:
+        """All checks passed: store the proof that lets later runs count nothing, and do
+        nothing once the slices have covered the table, while neither side is written
+        (`verify/idle.py`). Best effort."""
+        if probed.source is None:
+            return
+        swept = self.swept + (probed.standing.swept if probed.standing is not None else 0)
         try:
             with self.target_db.engine.begin() as conn:
-                idle.record(conn, STATE_TABLE, self.cfg, source_clock, self.target_rows)
+                idle.record(conn, STATE_TABLE, self.cfg, probed.source, self.target_rows, swept)
         except Exception as error:
             self.context.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)
 
@@ -192,20 +201,21 @@ def probe_idle(
     cfg: TableConfig,
     source_db: MySQLResource,
     target_db: MySQLResource,
-) -> tuple[idle.Idle | None, idle.TableClock | None]:
-    """Is the table idle (`verify/idle.py`)? If not, its proof is voided before the run writes
-    anything. An error here only means a full run (which reports it properly)."""
+) -> idle.Probe:
+    """Is the table idle, does its proof stand (`verify/idle.py`)? If it is not idle, the
+    stored proof is voided before the run writes anything (the run stores a new one if all
+    its checks pass). An error here only means a full run (which reports it properly)."""
     if context.has_partition_key or context.has_partition_key_range:
-        return None, None
+        return idle.Probe()
     try:
-        found, source_clock = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
-        if found is None:
+        probed = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
+        if probed.idle is None:
             with target_db.engine.begin() as conn:
                 idle.clear(conn, STATE_TABLE, cfg.target)
     except Exception as error:
         context.log.info("%s: not proven idle (%s): a full run", cfg.table, type(error).__name__)
-        return None, None
-    return found, source_clock
+        return idle.Probe()
+    return probed
 
 
 def idle_results(
@@ -278,9 +288,9 @@ def run_table(
         yield from checks_alone(context, cfg, source_db, target_db)
         return
     started = time.perf_counter()
-    found, source_clock = probe_idle(context, cfg, source_db, target_db)
-    if found is not None:
-        yield from idle_results(context, cfg, found, time.perf_counter() - started, settings)
+    probed = probe_idle(context, cfg, source_db, target_db)
+    if probed.idle is not None:
+        yield from idle_results(context, cfg, probed.idle, time.perf_counter() - started, settings)
         return
     run = TableRun.start(context, cfg, source_db, target_db, settings)
     yield from selected(context, run.pre_sync_results())
@@ -288,9 +298,9 @@ def run_table(
         with run.table_sync() as sync:
             load_id = new_load_id()
             report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
-            outcomes = run.verify(sync, report)
-            if source_clock is not None and all(o.passed for o in outcomes):
-                run.record_idle_proof(source_clock)
+            outcomes = run.verify(sync, report, probed.standing)
+            if all(o.passed for o in outcomes):
+                run.record_idle_proof(probed)
         if report.strategy == "swap":
             report.row_count = report.rows_written
         elif run.target_rows is not None:

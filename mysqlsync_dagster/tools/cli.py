@@ -135,7 +135,7 @@ def idle_tables(tables: list[TableConfig], settings: Settings) -> dict[str, Tabl
         try:
             for cfg in candidates:
                 started = time.perf_counter()
-                proven, _ = idle.probe(cfg, source, target, STATE_TABLE)
+                proven = idle.probe(cfg, source, target, STATE_TABLE).idle
                 if proven is None:
                     continue
                 checks = 3 if cfg.checksum else 2  # the idle run's checks (heal.idle_outcomes)

@@ -85,6 +85,7 @@ class Healing:
     source_rows: int = 0  # the synced scope's row counts, after repair
     target_rows: int = 0
     rows_at_cursor: int = 0  # of the difference: rows at the cursor, re-read next run
+    counts_known: bool = False  # the counts were not taken: neither side written since
     seconds: float = 0.0
 
     @property
@@ -108,10 +109,13 @@ def heal(
     window_since: str | None,
     log: logging.Logger | None = None,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    known_rows: int | None = None,
 ) -> Healing:
     """Verify the synced window and a slice of `budget` rows from `sweep`'s place (`budget`
     None: the whole table, for partition runs and `check --full`); with `repair`, mend what
-    differs. `repair` None only reports (the CLI's `check`)."""
+    differs. `repair` None only reports (the CLI's `check`). `known_rows`: both sides' rows,
+    proven unchanged since they were counted and matched (`verify/idle.py`): not counted again
+    unless the slice finds a difference."""
     started = time.perf_counter()
     healing = Healing(sweep=SweepState(**vars(sweep)))
     resolver = Resolver(pair, repair, healing)
@@ -124,7 +128,11 @@ def heal(
             healing.differing_ranges += 1
             resolver.narrow_and_resolve(window, KeyRange(), source, target)
     _sweep(pair, resolver, healing, budget, now)
-    _counts(pair, resolver, healing)
+    if known_rows is not None and not healing.differing_ranges:
+        healing.source_rows = healing.target_rows = known_rows
+        healing.counts_known = True
+    else:
+        _counts(pair, resolver, healing)
     if log is not None and repair is not None and healing.rows_repaired:
         log.info(
             "%s: repaired %s rows from the source (%s)",
@@ -325,6 +333,8 @@ def count_outcome(pair: TablePair, healing: Healing) -> CheckOutcome:
     text = f"source {source:,} rows, target {target:,} rows{pair.scope_text}"
     if pair.scoped:
         metadata["cursor"] = pair.cursor
+    if healing.counts_known:
+        text += " (as last counted: neither side written since)"
     if source == target:
         return CheckOutcome(ROW_COUNT_MATCH, True, text, metadata)
     if healing.rows_at_cursor:

@@ -9,9 +9,10 @@ whose checks all passed, the table's state row keeps its **proof**:
 - `idle_target_written`: the target table's `UPDATE_TIME` after the run's last write to it;
 - `idle_token`: a digest of the table's configuration and both tables' creation times (a
   changed tables.json entry, or a table dropped and created again, voids the proof);
-- `idle_rows`, `idle_verified_at`: the target's rows then, and when that run ended.
+- `idle_rows`, `idle_verified_at`: the target's rows then, and when that run ended;
+- `idle_swept`: rows the rolling verification has compared since neither side was written.
 
-A later run of the table is **idle** when, now:
+The proof **stands** when, now:
 
 - the source's `UPDATE_TIME` is known and at least `lag_seconds` (plus its one-second grain)
   before `idle_read_at`. InnoDB stamps the table when a transaction commits, but with an
@@ -21,9 +22,13 @@ A later run of the table is **idle** when, now:
 - the target's `UPDATE_TIME` is known and still `idle_target_written`;
 - the token matches.
 
-An idle run reads and writes nothing and reports the last verification's figures; anything else
-(a write on either side, a restart, a changed config, a failed or partition run, which clear
-the proof) makes a full run. A proof is stored only when the target's last write is at least a
+While it stands, a run still syncs (finding nothing to change, it writes nothing) and verifies
+its slice, but counts no rows: the counts cannot have changed. It adds its slice to
+`idle_swept`. Once the slice has covered the whole table (`idle_swept` >= `idle_rows`: every
+row compared since the last write on either side), the table is **idle**: a run reads and
+writes nothing and reports the last verification's figures. Anything else (a write on either
+side, repairs included, a restart, a changed config, a failed or partition run, which clear the
+proof) makes a full run and starts the count of swept rows again. A proof is stored only when the target's last write is at least a
 second old: a run with changes usually stores none, and the next one, which finds nothing to
 change and writes nothing (the loader leaves identical rows untouched), stores it. What the
 proof cannot see: a write to the *target* by a transaction left open across the run; it is
@@ -51,6 +56,7 @@ PROOF_COLUMNS = {
     "idle_token": "CHAR(40) NULL",
     "idle_rows": "BIGINT NULL",
     "idle_verified_at": "DATETIME(6) NULL",  # UTC
+    "idle_swept": "BIGINT NULL",  # rows compared by the sweep since the proof's first run
 }
 UPDATE_TIME_GRAIN = 1.0  # UPDATE_TIME is kept in whole seconds
 
@@ -71,6 +77,14 @@ class Proof:
     token: str
     rows: int | None
     verified_at: dt.datetime
+    swept: int = 0
+
+    def covers_table(self, cfg: TableConfig) -> bool:
+        """Every row compared since neither side was written (without the checksum there is
+        no sweep: the counts were the verification)."""
+        if not cfg.checksum:
+            return True
+        return self.rows is not None and self.swept >= self.rows
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,7 @@ def read_proof(conn: sa.Connection, state_table: str, target_table: str) -> Proo
         row = conn.execute(
             sa.text(
                 "SELECT idle_read_at, idle_target_written, idle_token, idle_rows,"
-                f" idle_verified_at FROM `{state_table}` WHERE target_table = :t"
+                f" idle_verified_at, idle_swept FROM `{state_table}` WHERE target_table = :t"
             ),
             {"t": target_table},
         ).one_or_none()
@@ -158,39 +172,48 @@ def read_proof(conn: sa.Connection, state_table: str, target_table: str) -> Proo
         return None
     if row is None or row[0] is None or row[1] is None or row[2] is None:
         return None
-    return Proof(float(row[0]), float(row[1]), row[2], row[3], row[4])
+    return Proof(float(row[0]), float(row[1]), row[2], row[3], row[4], int(row[5] or 0))
 
 
-def idle(
+def standing(
     cfg: TableConfig, proof: Proof | None, source: TableClock | None, target: TableClock | None
-) -> Idle | None:
-    """The proof that neither side changed since `proof`, or None."""
+) -> bool:
+    """Neither side written since `proof` (see the module's docstring)."""
     if proof is None or source is None or target is None:
-        return None
+        return False
     if source.written is None or target.written is None:
-        return None
+        return False
     if proof.token != token(cfg, source, target):
-        return None
+        return False
     if source.written + UPDATE_TIME_GRAIN > proof.read_at - cfg.lag_seconds:
-        return None
-    if target.written != proof.target_written:
-        return None
-    return Idle(proof, source, target)
+        return False
+    return target.written == proof.target_written
 
 
-def probe(
-    cfg: TableConfig, source: sa.Engine, target: sa.Engine, state_table: str
-) -> tuple[Idle | None, TableClock | None]:
-    """Is the table idle? Also the source's clock, read before anything else of the run (the
-    `read_at` of the proof the run records if it is not idle)."""
+@dataclass(frozen=True)
+class Probe:
+    """What a run learns before it starts: whether it is idle, the proof that still stands
+    (its counts hold, its swept rows add up), and the source's clock (the `read_at` of the
+    proof the run will store)."""
+
+    idle: Idle | None = None
+    standing: Proof | None = None
+    source: TableClock | None = None
+
+
+def probe(cfg: TableConfig, source: sa.Engine, target: sa.Engine, state_table: str) -> Probe:
     if cfg.partitions != "none":
-        return None, None
+        return Probe()
     with source.connect() as conn:
         source_clock = read_clock(conn, cfg.table)
     with target.connect() as conn:
         target_clock = read_clock(conn, cfg.target)
         proof = read_proof(conn, state_table, cfg.target) if target_clock else None
-    return idle(cfg, proof, source_clock, target_clock), source_clock
+    if proof is None or not standing(cfg, proof, source_clock, target_clock):
+        return Probe(source=source_clock)
+    assert source_clock is not None and target_clock is not None
+    found = Idle(proof, source_clock, target_clock) if proof.covers_table(cfg) else None
+    return Probe(found, proof, source_clock)
 
 
 def record(
@@ -199,6 +222,7 @@ def record(
     cfg: TableConfig,
     source: TableClock,
     rows: int | None,
+    swept: int,
 ) -> bool:
     """After a run whose checks all passed (its writes committed): store its proof. False when
     the target's write time is unknown, or in the second this is read: a write by someone else
@@ -212,8 +236,8 @@ def record(
     conn.execute(
         sa.text(
             f"UPDATE `{state_table}` SET idle_read_at = :r, idle_target_written = :w,"
-            " idle_token = :k, idle_rows = :n, idle_verified_at = UTC_TIMESTAMP(6)"
-            " WHERE target_table = :t"
+            " idle_token = :k, idle_rows = :n, idle_verified_at = UTC_TIMESTAMP(6),"
+            " idle_swept = :s WHERE target_table = :t"
         ),
         {
             "t": cfg.target,
@@ -221,6 +245,7 @@ def record(
             "w": target.written,
             "k": token(cfg, source, target),
             "n": rows,
+            "s": swept,
         },
     )
     return True
