@@ -321,13 +321,28 @@ def test_automation_syncs_when_the_source_changed_and_on_the_cron(shop):
         assert {"customers", "countries"} <= requested(result).keys()
 
 
-def test_jobs_run_as_many_steps_at_once_as_the_pool_allows():
-    defs = definitions()
+def test_a_tick_starts_runs_of_at_most_25_tables_each_in_its_own_process():
+    """The schedule splits its tables into runs of at most 25 (names.TABLES_PER_RUN); a run
+    syncs its tables one after another in its own process (the in-process executor)."""
+    tables = [{"table": f"t{i:02d}", "primary_key": "id"} for i in range(60)]
+    defs = build_definitions(
+        parse_tables_config(tables, "test"), Settings.from_environ(UNREACHABLE)
+    )
     job = defs.resolve_job_def("sync_every_300s")
-    assert job.executor_def.name == "multiprocess"
-    # the configured executor: 4 steps at once, as dagster.yaml's pool limit (not the CPUs)
-    resolved = job.executor_def.config_schema.resolve_config({}).value
-    assert resolved["config"]["max_concurrent"] == 4
+    assert job.executor_def.name == "in_process"
+    schedule = defs.resolve_schedule_def("sync_every_300s_schedule")
+    tick = dt.datetime(2026, 12, 2, 3, 5, tzinfo=dt.UTC)
+    with dg.build_schedule_context(scheduled_execution_time=tick) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+    chunks = [[key.path[-1] for key in r.asset_selection] for r in requests]
+    assert [len(c) for c in chunks] == [25, 25, 10]
+    assert sorted(sum(chunks, [])) == [f"t{i:02d}" for i in range(60)]
+    assert len({r.run_key for r in requests}) == 3
+    # a group that fits in one run is one run of the whole job
+    schedule = definitions().resolve_schedule_def("sync_every_300s_schedule")
+    with dg.build_schedule_context(scheduled_execution_time=tick) as context:
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert request.asset_selection is None
 
 
 def test_instance_limits_fit_the_connection_pools(tmp_path):
@@ -341,7 +356,7 @@ def test_instance_limits_fit_the_connection_pools(tmp_path):
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
         concurrency = instance.get_concurrency_config()
-        assert concurrency.pool_config.pool_granularity.value == "op"
+        assert concurrency.pool_config.pool_granularity.value == "run"
         slots = concurrency.pool_config.default_pool_limit
         defaults = DatabaseSettings(url=None)  # type: ignore[arg-type]
         assert slots * 3 <= defaults.pool_size + defaults.max_overflow

@@ -34,7 +34,12 @@ from croniter import croniter
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.orchestration.cadence import table_cron
-from mysqlsync_dagster.orchestration.names import CHECKS_JOB, VERIFY_TAG, target_asset_key
+from mysqlsync_dagster.orchestration.names import (
+    CHECKS_JOB,
+    TABLES_PER_RUN,
+    VERIFY_TAG,
+    target_asset_key,
+)
 from mysqlsync_dagster.orchestration.partitions import partitions_definition
 from mysqlsync_dagster.orchestration.sources import build_source_observer
 from mysqlsync_dagster.settings import Settings
@@ -120,38 +125,42 @@ def cadence_groups(
 def build_schedule(
     group: CadenceGroup, job: dg.UnresolvedAssetJobDefinition, timezone: str, running: bool
 ) -> dg.ScheduleDefinition:
+    """The group's schedule: at each tick, runs of at most `TABLES_PER_RUN` tables (and, for
+    partitioned tables, one per latest partition)."""
     status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
-    name = f"{group.job_name}_schedule"
-    if group.partitions_def is None:
-        return dg.ScheduleDefinition(
-            name=name,
-            cron_schedule=group.cron,
-            job=job,
-            execution_timezone=timezone,
-            default_status=status,
-        )
     partitions_def = group.partitions_def
     cron = group.cron
+    chunks = [
+        [target_asset_key(cfg) for cfg in group.tables[i : i + TABLES_PER_RUN]]
+        for i in range(0, len(group.tables), TABLES_PER_RUN)
+    ]
 
-    def latest_partitions(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+    def runs(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         now = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-        previous = croniter(cron, now).get_prev(dt.datetime)
-        since = now - 2 * (now - previous)  # the last two intervals: a missed tick is covered
-        for key in latest_partition_keys(partitions_def, since, now):
-            yield dg.RunRequest(
-                run_key=f"{key}@{now.isoformat()}",  # one run per partition and tick
-                partition_key=key,
-                tags={"mysqlsync/trigger": "schedule"},
-            )
+        keys: list[str | None] = [None]
+        if partitions_def is not None:
+            previous = croniter(cron, now).get_prev(dt.datetime)
+            since = now - 2 * (now - previous)  # the last two intervals: a missed tick too
+            keys = list(latest_partition_keys(partitions_def, since, now))
+        for key in keys:
+            for number, chunk in enumerate(chunks):
+                yield dg.RunRequest(
+                    # one run per partition, chunk and tick
+                    run_key=f"{key or 'all'}/{number}@{now.isoformat()}",
+                    partition_key=key,
+                    asset_selection=chunk if len(chunks) > 1 else None,
+                    tags={"mysqlsync/trigger": "schedule"},
+                )
 
+    what = "the latest partitions of each table" if partitions_def else "each table"
     return dg.ScheduleDefinition(
-        name=name,
+        name=f"{group.job_name}_schedule",
         cron_schedule=cron,
         job=job,
-        execution_fn=latest_partitions,
+        execution_fn=runs,
         execution_timezone=timezone,
         default_status=status,
-        description="Syncs the latest partitions of each table in the job.",
+        description=f"Syncs {what} in the job, in runs of at most {TABLES_PER_RUN} tables.",
     )
 
 

@@ -17,7 +17,6 @@ from mysqlsync_dagster.orchestration.io import TargetTableReader
 from mysqlsync_dagster.orchestration.names import (
     IO_MANAGER_KEY,
     LEGACY_IO_MANAGER_KEY,
-    STEPS_AT_ONCE,
     target_asset_key,
 )
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
@@ -68,5 +67,6 @@ def build_definitions(tables: Sequence[TableConfig], settings: Settings) -> dg.D
         schedules=automation.schedules,
         sensors=automation.sensors,
         resources=build_resources(settings),
-        executor=dg.multiprocess_executor.configured({"max_concurrent": STEPS_AT_ONCE}),
+        # one table after another in the run's own process: see names.TABLES_PER_RUN
+        executor=dg.in_process_executor,
     )

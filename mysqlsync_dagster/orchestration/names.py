@@ -13,9 +13,12 @@ from mysqlsync_dagster.config import TableConfig, dagster_safe_name
 GROUP = "mysqlsync"
 SOURCE_GROUP = "mysql_source"
 TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the target (dagster.yaml)
-# steps a run executes at once: the pool's default limit in dagster.yaml (the multiprocess
-# executor's own default is the CPU count, which left two of the four slots idle on 2 cores)
-STEPS_AT_ONCE = 4
+# Tables per scheduled run. Runs use the in-process executor (one table after another, no
+# process per step: a spawned step process cost ~4 CPU-s a table, 350 s for a 100-table cycle
+# on 2 cores, against 34-36 s for runs of 25 in process; benchmarks/cycle-results.md); several
+# runs at once use the cores, and a run that crashes takes at most this many tables with it
+# (run_retries re-launches it).
+TABLES_PER_RUN = 25
 PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 # a run tag: "full" makes a checks-only run verify whole tables instead of the rolling slice
 VERIFY_TAG = "mysqlsync/verify"
