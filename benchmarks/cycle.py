@@ -16,8 +16,8 @@ What it does:
    workspace, the scheduler, the run queue and the default run launcher); every table is given
    the same `schedule` cron for one minute about a minute ahead (a daily cron, so it ticks once:
    a cron of every minute would start a second cycle while the first still runs), so the
-   product's grouping holds: tables sharing a cron share one job and one schedule, i.e. one
-   run of N steps;
+   product's grouping holds: tables sharing a cron share one job and one schedule, whose tick
+   starts runs of at most 25 tables (names.TABLES_PER_RUN);
 6. measures, from the instance's run records and event log: the tick (the cron's time) to the
    end of the last run (the cycle), and within it the scheduler's latency (tick to run created),
    the queue (created to launched), the run worker's start (launched to RUN_START) and each run's
@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
 
+from mysqlsync_dagster.orchestration.names import TABLES_PER_RUN  # noqa: E402
 from mysqlsync_dagster.tools.demo import SCHEMA, orders_rows_sql  # noqa: E402
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer  # noqa: E402
 
@@ -80,14 +81,22 @@ RUN_POOL = (("granularity: op", "granularity: run"),)
 @dataclass(frozen=True)
 class Variant:
     executor: str | None = None  # None: the product's executor, unchanged
-    tables_per_run: int | None = None  # None: the product's grouping (one run of all tables)
+    tables_per_run: int | None = None  # None: the product's grouping (names.TABLES_PER_RUN)
     note: str = ""
     # replacements in the instance's dagster.yaml (the repository's, by default unchanged)
     instance: tuple[tuple[str, str], ...] = ()
 
 
 VARIANTS: dict[str, Variant] = {
-    "baseline": Variant(note="the product: multiprocess, spawn, max_concurrent 4, one run"),
+    # the product as shipped: in_process executor, its schedule's runs of at most 25 tables,
+    # pool granularity run (until fc70278+: multiprocess, spawn, max_concurrent 4, one run of
+    # all tables, op granularity: the "spawn_one_run" figures of cycle-results.md)
+    "baseline": Variant(note="the product: in_process, runs of 25 tables, pool granularity run"),
+    "spawn": Variant(
+        SPAWN.format(n=4),
+        note="multiprocess, spawn, max_concurrent 4, op granularity (the earlier product)",
+        instance=(("granularity: run", "granularity: op"),),
+    ),
     "spawn2": Variant(SPAWN.format(n=2), note="multiprocess, spawn, max_concurrent 2"),
     "forkserver": Variant(
         FORKSERVER.format(n=4, preload=PRELOAD_DEFS),
@@ -503,7 +512,11 @@ def summarize(
 
 def run_cycle(args: argparse.Namespace) -> dict[str, Any]:
     variant = VARIANTS[args.variant]
-    n, per_run = args.tables, variant.tables_per_run or args.tables
+    n = args.tables
+    # tables per cron: a variant's own groups, else one cron for all (the product splits its
+    # schedule's tick into runs of TABLES_PER_RUN)
+    per_cron = variant.tables_per_run or n
+    per_run = min(per_cron, TABLES_PER_RUN)
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-cycle-"))
     home = base / "home"
     home.mkdir()
@@ -528,10 +541,11 @@ def run_cycle(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         runs = math.ceil(n / per_run)
+        crons_needed = math.ceil(n / per_cron)
         # the tick: far enough ahead for the first sync and the daemon's start-up
-        placeholder = equivalent_crons(0, 0, runs)
+        placeholder = equivalent_crons(0, 0, crons_needed)
         config_path = base / "tables.json"
-        config_path.write_text(json.dumps(tables_json(table_names(n), placeholder, per_run)))
+        config_path.write_text(json.dumps(tables_json(table_names(n), placeholder, per_cron)))
         (home / "dagster.yaml").write_text(instance_yaml(home, variant.instance))
         env = {
             **os.environ,
@@ -563,8 +577,8 @@ def run_cycle(args: argparse.Namespace) -> dict[str, Any]:
         result["rows_changed"] = changed
 
         tick = next_tick(args.lead)
-        crons = equivalent_crons(tick.minute, tick.hour, runs)
-        config_path.write_text(json.dumps(tables_json(table_names(n), crons, per_run)))
+        crons = equivalent_crons(tick.minute, tick.hour, crons_needed)
+        config_path.write_text(json.dumps(tables_json(table_names(n), crons, per_cron)))
         if variant.executor is None:
             module, workdir = "mysqlsync_dagster.definitions", base
         else:
