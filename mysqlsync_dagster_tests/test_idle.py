@@ -212,3 +212,21 @@ def test_a_quiet_table_is_swept_whole_before_it_idles_and_counts_nothing_meanwhi
         assert "as last counted: neither side written since" in (
             checks["row_count_match"].description
         )
+
+
+def test_an_unchanged_full_refresh_table_is_not_copied_again(sync_env):
+    """Without a modifier every run used to copy the whole table aside and swap it in; once
+    neither side has been written since a verified copy, runs verify instead, then idle."""
+    sync_env.source_exec(DDL, FILL)
+    time.sleep(1.1)
+    cfg = {"table": "items", "primary_key": "id", "lag_seconds": 0}
+    assert sync_once(sync_env, cfg)["strategy"] == "swap"
+    time.sleep(1.1)
+    quiet = sync_once(sync_env, cfg)
+    assert quiet["strategy"] == "verify" and quiet["rows_written"] == 0
+    assert quiet["rows_verified"] == 60
+    _, metadata = sync_until_idle(sync_env, cfg)
+    assert metadata["dagster/row_count"] == 60
+    sync_env.source_exec("DELETE FROM items WHERE id = 60")
+    assert sync_once(sync_env, cfg)["strategy"] == "swap"
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")

@@ -174,7 +174,9 @@ class TableRun:
         (`verify/idle.py`). Best effort."""
         if probed.source is None:
             return
-        swept = self.swept + (probed.standing.swept if probed.standing is not None else 0)
+        # rows compared since the proof's last observation; a run the proof did not stand
+        # for starts a new count (its own slice came before its writes were observed)
+        swept = self.swept + probed.standing.swept if probed.standing is not None else 0
         try:
             with self.target_db.engine.begin() as conn:
                 idle.record(conn, STATE_TABLE, self.cfg, probed.source, self.target_rows, swept)
@@ -232,6 +234,27 @@ def idle_results(
     key = target_asset_key(cfg)
     yield dg.MaterializeResult(asset_key=key, metadata=report.to_metadata() | found.metadata())
     yield from selected(context, [check_result(o, key) for o in idle_outcomes(cfg, found)])
+
+
+def quiet_report(sync: TableSync, settings: Settings) -> SyncReport:
+    """A quiet run (`verify/idle.py`: the proof stands, the slices have not yet covered the
+    table): nothing to copy, so nothing is read or written; the run only verifies its slice."""
+    assert sync.loader is not None
+    sync.loader.discard()  # the work table `prepare` made
+    cfg = sync.cfg
+    sync.log.info("%s: neither side written since the last verified run: verifying only", cfg.table)
+    return SyncReport(
+        table=cfg.table,
+        target=cfg.target,
+        target_database=settings.database_name("TARGET") or "",
+        mode=cfg.mode,
+        strategy="verify",
+        rows_extracted=0,
+        rows_written=0,
+        seconds=0.0,
+        cursor_before=sync.cursor_before,
+        cursor_after=sync.cursor_before,
+    )
 
 
 def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
@@ -296,8 +319,11 @@ def run_table(
     yield from selected(context, run.pre_sync_results())
     with run.failures():
         with run.table_sync() as sync:
-            load_id = new_load_id()
-            report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
+            if probed.standing is not None:  # neither side written since a verified run
+                report = quiet_report(sync, settings)
+            else:
+                load_id = new_load_id()
+                report = sync.run(parts_for(sync, staging, context.run.run_id, load_id), load_id)
             outcomes = run.verify(sync, report, probed.standing)
             if all(o.passed for o in outcomes):
                 run.record_idle_proof(probed)

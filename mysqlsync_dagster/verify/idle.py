@@ -22,17 +22,17 @@ The proof **stands** when, now:
 - the target's `UPDATE_TIME` is known and still `idle_target_written`;
 - the token matches.
 
-While it stands, a run still syncs (finding nothing to change, it writes nothing) and verifies
-its slice, but counts no rows: the counts cannot have changed. It adds its slice to
-`idle_swept`. Once the slice has covered the whole table (`idle_swept` >= `idle_rows`: every
-row compared since the last write on either side), the table is **idle**: a run reads and
-writes nothing and reports the last verification's figures. Anything else (a write on either
-side, repairs included, a restart, a changed config, a failed or partition run, which clear the
-proof) makes a full run and starts the count of swept rows again. A proof is stored only when the target's last write is at least a
-second old: a run with changes usually stores none, and the next one, which finds nothing to
-change and writes nothing (the loader leaves identical rows untouched), stores it. What the
-proof cannot see: a write to the *target* by a transaction left open across the run; it is
-found by the next run that has work to do, or by the daily consistency review.
+While it stands, a run is **quiet**: there is nothing to copy (a full-refresh table is not
+copied again), so it only verifies its slice, without counting rows (the counts cannot have
+changed), and adds the slice to `idle_swept`. Once the slices have covered the whole table
+(`idle_swept` >= `idle_rows`: every row compared after the last write on either side), the
+table is **idle**: a run reads and writes nothing and reports the last verification's figures.
+Anything else (a write on either side, repairs included, a restart, a changed config, a failed
+or partition run, which clear the proof) makes a full run, whose proof starts the count of swept
+rows again. What the proof cannot see: a write to the *target* by a transaction left open
+across the run that stored it (its stamp predates the observation); it is found by the next
+run that has work to do, or by the daily consistency review. The loader leaves rows that
+arrive unchanged untouched, so a full run that finds nothing to change writes nothing either.
 
 This module imports only SQLAlchemy: the CLI proves its tables idle before it imports Dagster.
 """
@@ -225,13 +225,11 @@ def record(
     swept: int,
 ) -> bool:
     """After a run whose checks all passed (its writes committed): store its proof. False when
-    the target's write time is unknown, or in the second this is read: a write by someone else
-    later in that second would leave it as it is (the next run, which writes nothing when
-    nothing changed, can store one)."""
+    the target's write time is unknown. (A write by someone else later in the second this is
+    read would leave the write time as it is: the slices that must cover the table before it
+    idles all run later, and compare it.)"""
     target = read_clock(conn, cfg.target)
     if target is None or target.written is None:
-        return False
-    if target.written + UPDATE_TIME_GRAIN > target.now:
         return False
     conn.execute(
         sa.text(
