@@ -179,7 +179,15 @@ class TableRun:
         swept = self.swept + probed.standing.swept if probed.standing is not None else 0
         try:
             with self.target_db.engine.begin() as conn:
-                idle.record(conn, STATE_TABLE, self.cfg, probed.source, self.target_rows, swept)
+                idle.record(
+                    conn,
+                    STATE_TABLE,
+                    self.cfg,
+                    probed.source,
+                    self.target_rows,
+                    swept,
+                    probed.standing,
+                )
         except Exception as error:
             self.context.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)
 

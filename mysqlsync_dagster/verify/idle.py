@@ -223,6 +223,7 @@ def record(
     source: TableClock,
     rows: int | None,
     swept: int,
+    standing: Proof | None = None,
 ) -> bool:
     """After a run whose checks all passed (its writes committed): store its proof. False when
     the target's write time is unknown. (A write by someone else later in the second this is
@@ -231,6 +232,8 @@ def record(
     target = read_clock(conn, cfg.target)
     if target is None or target.written is None:
         return False
+    if standing is not None and target.written != standing.target_written:
+        swept = 0  # written during the run (its repairs, or someone else): count anew
     conn.execute(
         sa.text(
             f"UPDATE `{state_table}` SET idle_read_at = :r, idle_target_written = :w,"
