@@ -345,6 +345,33 @@ def test_a_tick_starts_runs_of_at_most_25_tables_each_in_its_own_process():
     assert request.asset_selection is None
 
 
+def test_sync_on_change_splits_tables_among_sensors_of_25():
+    """An automation sensor starts one run of every table it requests at a tick: with more
+    than 25 tables, each sensor covers at most 25, so a burst of changes starts runs of 25."""
+    tables = [{"table": f"t{i:02d}", "primary_key": "id"} for i in range(60)]
+    defs = build_definitions(
+        parse_tables_config(tables, "test"),
+        Settings.from_environ({**UNREACHABLE, "SYNC_TRIGGER": "sensor"}),
+    )
+    sensors = {
+        s.name: s
+        for s in defs.sensors or []
+        if isinstance(s, dg.AutomationConditionSensorDefinition)
+    }
+    assert sorted(sensors) == [
+        AUTOMATION_SENSOR,
+        f"{AUTOMATION_SENSOR}_2",
+        f"{AUTOMATION_SENSOR}_3",
+    ]
+    graph = defs.resolve_asset_graph()
+    targets = [
+        sorted(k.path[-1] for k in s.asset_selection.resolve(graph)) for s in sensors.values()
+    ]
+    assert sorted(len(t) for t in targets) == [10, 25, 25]
+    assert sorted(name for t in targets for name in t) == [f"t{i:02d}" for i in range(60)]
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
+
+
 def test_instance_limits_fit_the_connection_pools(tmp_path):
     """dagster.yaml: table syncs at once x connections per sync fit POOL_SIZE + MAX_OVERFLOW."""
     from pathlib import Path

@@ -209,14 +209,29 @@ def sync_condition(cfg: TableConfig, settings: Settings) -> dg.AutomationConditi
     )
 
 
-def build_automation_sensor(
+def build_automation_sensors(
     tables: Sequence[TableConfig], settings: Settings
+) -> list[dg.AutomationConditionSensorDefinition]:
+    """Evaluate the tables' `sync_condition`s every `SENSOR_INTERVAL` seconds (in the daemon);
+    running when `SYNC_TRIGGER=sensor`. A sensor starts one run of all the tables it requests
+    at a tick, so tables are split among sensors of at most `TABLES_PER_RUN` tables each:
+    `mysqlsync_automation`, then `mysqlsync_automation_2`, ..."""
+    return [
+        build_automation_sensor(
+            tables[i : i + TABLES_PER_RUN],
+            settings,
+            AUTOMATION_SENSOR if i == 0 else f"{AUTOMATION_SENSOR}_{i // TABLES_PER_RUN + 1}",
+        )
+        for i in range(0, len(tables), TABLES_PER_RUN)
+    ]
+
+
+def build_automation_sensor(
+    tables: Sequence[TableConfig], settings: Settings, name: str = AUTOMATION_SENSOR
 ) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the tables' `sync_condition`s every `SENSOR_INTERVAL` seconds (in the daemon);
-    running when `SYNC_TRIGGER=sensor`."""
     running = settings.sync_trigger == "sensor"
     return dg.AutomationConditionSensorDefinition(
-        AUTOMATION_SENSOR,
+        name,
         target=dg.AssetSelection.assets(*(target_asset_key(cfg) for cfg in tables)),
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
@@ -281,7 +296,6 @@ def build_automation(tables: Sequence[TableConfig], settings: Settings) -> Autom
     )
     sensors: list[dg.SensorDefinition] = [build_source_observer(tables, observer_interval)]
     sensed = [cfg for cfg in tables if not cfg.schedule]
-    if sensed:
-        sensors.append(build_automation_sensor(sensed, settings))
+    sensors.extend(build_automation_sensors(sensed, settings))
     checks_job, checks_schedule = build_checks_job(tables, timezone)
     return Automation([*jobs.values(), checks_job], [*schedules, checks_schedule], sensors)
