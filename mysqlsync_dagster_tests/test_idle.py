@@ -136,6 +136,29 @@ def test_a_write_committed_late_within_lag_seconds_is_not_hidden(sync_env):
         assert conn.execute(sa.text("SELECT note FROM items WHERE id = 7")).scalar() == "late"
 
 
+def cli_sync(config: Path, environ: dict[str, str], cwd: Path) -> tuple[dict, str]:
+    """`mysqlsync-dagster sync --json` of the one table in `config`, in a fresh interpreter:
+    its line, and whether Dagster was imported."""
+    code = (
+        "import sys; from mysqlsync_dagster.tools import cli;"
+        f" code = cli.main(['--config', {str(config)!r}, 'sync', '--json']);"
+        " print('dagster imported' if 'dagster' in sys.modules else 'dagster not imported');"
+        " sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report, _, imported = done.stdout.rpartition("]")
+    [line] = json.loads(report + "]")
+    return line, imported.strip()
+
+
 def test_the_cli_reports_idle_tables_without_importing_dagster(sync_env, tmp_path: Path):
     sync_env.source_exec(DDL, FILL)
     time.sleep(1.1)
@@ -144,46 +167,20 @@ def test_the_cli_reports_idle_tables_without_importing_dagster(sync_env, tmp_pat
     sync_until_idle(sync_env, cfg)
     config = tmp_path / "tables.json"
     config.write_text(json.dumps([cfg]))
-    code = (
-        "import sys; from mysqlsync_dagster.tools import cli;"
-        f" code = cli.main(['--config', {str(config)!r}, 'sync', '--json']);"
-        " print('dagster imported' if 'dagster' in sys.modules else 'dagster not imported');"
-        " sys.exit(code)"
-    )
     environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {
         "SOURCE_DB_URL": sync_env.source_url(),
         "TARGET_DB_URL": sync_env.target_url(),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environ,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report, _, imported = done.stdout.rpartition("]")
-    [line] = json.loads(report + "]")
-    assert imported.strip() == "dagster not imported"
+    line, imported = cli_sync(config, environ, tmp_path)
+    assert imported == "dagster not imported"
     assert line["ok"] and line["strategy"] == "idle" and line["checks"] == "3/3 ok"
     assert line["rows_read"] == 0 and line["rows_written"] == 0
     assert line["metadata"]["dagster/row_count"] == 60
 
     # a source write: the CLI runs the table through Dagster again
     sync_env.source_exec("UPDATE items SET note = 'changed', updated_at = NOW() WHERE id = 9")
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environ,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report, _, imported = done.stdout.rpartition("]")
-    [line] = json.loads(report + "]")
-    assert imported.strip() == "dagster imported"
+    line, imported = cli_sync(config, environ, tmp_path)
+    assert imported == "dagster imported"
     assert line["strategy"] == "upsert" and line["rows_written"] >= 1
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
 

@@ -51,7 +51,6 @@ from mysqlsync_dagster.verify.deletes import delete_missing_rows
 from mysqlsync_dagster.verify.heal import (
     count_outcome,
     heal,
-    idle_outcomes,
     run_all_checks,
     verify_outcome,
 )
@@ -174,9 +173,6 @@ class TableRun:
         (`verify/idle.py`). Best effort."""
         if probed.source is None:
             return
-        # rows compared since the proof's last observation; a run the proof did not stand
-        # for starts a new count (its own slice came before its writes were observed)
-        swept = self.swept + probed.standing.swept if probed.standing is not None else 0
         try:
             with self.target_db.engine.begin() as conn:
                 idle.record(
@@ -185,7 +181,7 @@ class TableRun:
                     self.cfg,
                     probed.source,
                     self.target_rows,
-                    swept,
+                    self.swept,
                     probed.standing,
                 )
         except Exception as error:
@@ -241,7 +237,7 @@ def idle_results(
     report = found.report(cfg, settings.database_name("TARGET") or "", seconds)
     key = target_asset_key(cfg)
     yield dg.MaterializeResult(asset_key=key, metadata=report.to_metadata() | found.metadata())
-    yield from selected(context, [check_result(o, key) for o in idle_outcomes(cfg, found)])
+    yield from selected(context, [check_result(o, key) for o in found.outcomes(cfg)])
 
 
 def quiet_report(sync: TableSync, settings: Settings) -> SyncReport:

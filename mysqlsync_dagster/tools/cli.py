@@ -138,14 +138,15 @@ def idle_tables(tables: list[TableConfig], settings: Settings) -> dict[str, Tabl
                 proven = idle.probe(cfg, source, target, STATE_TABLE).idle
                 if proven is None:
                     continue
-                checks = 3 if cfg.checksum else 2  # the idle run's checks (heal.idle_outcomes)
+                checks = proven.outcomes(cfg)
+                passed = sum(o.passed for o in checks)
                 database = settings.database_name("TARGET") or ""
                 report = proven.report(cfg, database, time.perf_counter() - started)
                 found[cfg.table] = TableOutcome(
                     cfg,
                     ok=True,
                     report=report,
-                    checks=f"{checks}/{checks} ok",
+                    checks=f"{passed}/{len(checks)} ok",
                     metadata={
                         "strategy": "idle",
                         "rows_extracted": 0,

@@ -389,10 +389,7 @@ class TablePair:
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
-        query = sa.select(sa.func.count()).select_from(table)
-        query = query.where(*self.where(table, KeyRange(), strict=strict))
-        with self.engine(side).connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        return self._count(side, table, *self.where(table, KeyRange(), strict=strict))
 
     def count_after_cursor(self, side: Side) -> int:
         """Rows whose modifier is after the cursor (changed since the run read the source):
@@ -401,8 +398,10 @@ class TablePair:
             return 0
         table = self.table(side)
         bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
-        query = sa.select(sa.func.count()).select_from(table)
-        query = query.where(table.c[self.cfg.modifier] > bound)
+        return self._count(side, table, table.c[self.cfg.modifier] > bound)
+
+    def _count(self, side: Side, table: sa.TableClause, *clauses: sa.ColumnElement[bool]) -> int:
+        query = sa.select(sa.func.count()).select_from(table).where(*clauses)
         with self.engine(side).connect() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -508,9 +507,9 @@ def source_row_count(
 ) -> CheckOutcome:
     """The source table answers: its row count and, for incremental tables, its max modifier.
 
-    `count` False skips the COUNT(*), a scan of the whole table: a sync takes the exact count
-    from its verification afterwards (`with_counted_rows`), and reports InnoDB's estimate
-    here."""
+    `count` False skips the COUNT(*), a scan of the whole table: a sync takes the count from
+    its verification afterwards (`with_counted_rows`); the max modifier is read through the
+    modifier's index."""
     started = time.perf_counter()
     database = source_engine.url.database or ""
     try:
@@ -521,7 +520,7 @@ def source_row_count(
                     f"table {cfg.table!r} does not exist in the source database {database!r}"
                 )
             table = sa.table(cfg.table, *(sa.column(c) for c in shape.column_names))
-            figures: list[Any] = [sa.func.count() if count else sa.literal(None)]
+            figures: dict[str, Any] = {"rows": sa.func.count()} if count else {}
             if cfg.modifier:
                 if cfg.modifier not in shape.column_names:
                     raise CheckError(
@@ -529,24 +528,28 @@ def source_row_count(
                         "the source"
                     )
                 data_type = shape.column(cfg.modifier).data_type
-                figures.append(modifier_maximum(table.c[cfg.modifier], data_type))
-            if count:
-                row = conn.execute(sa.select(*figures).select_from(table)).one()
-            elif cfg.modifier:  # MAX alone: through the modifier's index, no scan
-                row = (None, conn.execute(sa.select(*figures[1:]).select_from(table)).scalar())
-            else:
-                row = (None,)  # the table exists (its shape was read): nothing to count
+                figures["max"] = modifier_maximum(table.c[cfg.modifier], data_type)
+            # without a figure the table exists (its shape was read): nothing to query
+            row = (
+                conn.execute(
+                    sa.select(*(f.label(name) for name, f in figures.items())).select_from(table)
+                )
+                .one()
+                ._mapping
+                if figures
+                else {}
+            )
     except Exception as error:
         return check_failure(SOURCE_ROW_COUNT, error, _secrets(source_engine))
     metadata: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 3)}
     if count:
-        metadata["source_rows"] = rows = int(row[0])
+        metadata["source_rows"] = rows = int(row["rows"])
         text = f"{rows:,} rows in source table {cfg.table!r}"
     else:
         text = f"source table {cfg.table!r} answers"
     if cfg.modifier:
-        metadata["max_modifier"] = row[1] or ""
-        text += f", max {cfg.modifier} {cursor_text(data_type, row[1])}"
+        metadata["max_modifier"] = row["max"] or ""
+        text += f", max {cfg.modifier} {cursor_text(data_type, row['max'])}"
     return CheckOutcome(SOURCE_ROW_COUNT, True, text, metadata)
 
 

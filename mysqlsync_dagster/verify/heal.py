@@ -47,7 +47,6 @@ from mysqlsync_dagster.verify.compare import (
     FIRST_CHUNK_ROWS,
     ROW_COUNT_MATCH,
     SAMPLE_KEYS,
-    SOURCE_ROW_COUNT,
     CheckOutcome,
     Digest,
     Key,
@@ -61,7 +60,6 @@ from mysqlsync_dagster.verify.compare import (
     table_checks,
 )
 from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys, key_set_differences
-from mysqlsync_dagster.verify.idle import Idle
 
 REPAIR_ATTEMPTS = 3
 REPAIR_BATCH = 1_000  # keys copied from the source per extraction
@@ -301,26 +299,6 @@ def compare_key_sets(pair: TablePair, resolver: Resolver, healing: Healing) -> N
 
 
 # -- verdicts ----------------------------------------------------------------------------------
-def idle_outcomes(cfg: TableConfig, found: Idle) -> list[CheckOutcome]:
-    """The checks of an idle table's run: they stand as the run that recorded the proof left
-    them (all passed), since neither side has been written since."""
-    rows = found.proof.rows
-    figures = found.metadata()
-    counted = f"{rows:,} rows on both sides when verified; " if rows is not None else ""
-    outcomes = [
-        CheckOutcome(SOURCE_ROW_COUNT, True, f"source table {cfg.table!r}: {found.description}"),
-        CheckOutcome(
-            ROW_COUNT_MATCH,
-            True,
-            counted + found.description,
-            {**figures, **({"source_rows": rows, "target_rows": rows} if rows is not None else {})},
-        ),
-    ]
-    if cfg.checksum:
-        outcomes.append(CheckOutcome(CHECKSUM_MATCH, True, found.description, figures))
-    return outcomes
-
-
 def count_outcome(pair: TablePair, healing: Healing) -> CheckOutcome:
     """`row_count_match` from the counts taken after repair. Rows deleted in the source and
     kept on purpose (`detect_deletes` off) are a warning, never a failure."""

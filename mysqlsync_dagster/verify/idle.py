@@ -48,6 +48,12 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.pipeline.report import SyncReport
+from mysqlsync_dagster.verify.outcome import (
+    CHECKSUM_MATCH,
+    ROW_COUNT_MATCH,
+    SOURCE_ROW_COUNT,
+    CheckOutcome,
+)
 
 # The proof's columns in the state table (`targets/mysql/state.py` adds them to older tables).
 PROOF_COLUMNS = {
@@ -123,6 +129,28 @@ class Idle:
             "source_written_at": _utc(self.source.written),
             "target_written_at": _utc(self.target.written),
         }
+
+    def outcomes(self, cfg: TableConfig) -> list[CheckOutcome]:
+        """The idle run's checks: they stand as the run that stored the proof left them (all
+        passed), since neither side has been written since."""
+        rows = self.proof.rows
+        figures = self.metadata()
+        counted = f"{rows:,} rows on both sides when verified; " if rows is not None else ""
+        outcomes = [
+            CheckOutcome(SOURCE_ROW_COUNT, True, f"source table {cfg.table!r}: {self.description}"),
+            CheckOutcome(
+                ROW_COUNT_MATCH,
+                True,
+                counted + self.description,
+                {
+                    **figures,
+                    **({"source_rows": rows, "target_rows": rows} if rows is not None else {}),
+                },
+            ),
+        ]
+        if cfg.checksum:
+            outcomes.append(CheckOutcome(CHECKSUM_MATCH, True, self.description, figures))
+        return outcomes
 
 
 def _utc(epoch: float | None) -> str:
@@ -222,18 +250,23 @@ def record(
     cfg: TableConfig,
     source: TableClock,
     rows: int | None,
-    swept: int,
-    standing: Proof | None = None,
+    slice_rows: int,
+    previous: Proof | None = None,
 ) -> bool:
     """After a run whose checks all passed (its writes committed): store its proof. False when
-    the target's write time is unknown. (A write by someone else later in the second this is
-    read would leave the write time as it is: the slices that must cover the table before it
-    idles all run later, and compare it.)"""
+    the target's write time is unknown.
+
+    The rows swept since the proof's observation: `previous`'s (the proof that stood when the
+    run began) plus this run's `slice_rows`, as long as the target's write time has not moved;
+    otherwise (a run the proof did not stand for, whose slice came before its own writes were
+    observed, or repairs, or someone else's write during the run) the count starts anew. (A
+    write by someone else later in the second read here would leave the write time as it is:
+    the slices that must cover the table before it idles all run later, and compare it.)"""
     target = read_clock(conn, cfg.target)
     if target is None or target.written is None:
         return False
-    if standing is not None and target.written != standing.target_written:
-        swept = 0  # written during the run (its repairs, or someone else): count anew
+    unmoved = previous is not None and target.written == previous.target_written
+    swept = previous.swept + slice_rows if unmoved and previous is not None else 0
     conn.execute(
         sa.text(
             f"UPDATE `{state_table}` SET idle_read_at = :r, idle_target_written = :w,"
