@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +32,33 @@ from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY, LEGACY_IO_MANA
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
+from mysqlsync_dagster.tools.postgres_server import PostgresServer, pg_bin_dir
 
 SOURCE_TIME_ZONE = "+07:00"
 _counter = itertools.count(1)
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str, what: str = "MariaDB test servers") -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"MariaDB test servers unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"MariaDB test servers unavailable: {reason}")
+        pytest.fail(f"{what} unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server (trust auth, a free port) for the whole test session, in
+    a directory of /tmp (as root it runs as `postgres`, which pytest's 0700 temp dirs shut out)."""
+    if pg_bin_dir() is None:
+        _unavailable("initdb not found (apt-get install postgresql)", "throwaway PostgreSQL")
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="mysqlsync-pg-")))
+    try:
+        server.start()
+    except ServerError as error:
+        _unavailable(str(error), "throwaway PostgreSQL")
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 @dataclass

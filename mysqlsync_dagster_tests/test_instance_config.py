@@ -5,99 +5,22 @@ PostgreSQL server that this module starts from Debian's binaries.
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster.tools.mariadb_server import free_port
+from mysqlsync_dagster.tools.postgres_server import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 PG_USER = "postgres"
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"throwaway PostgreSQL unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"throwaway PostgreSQL unavailable: {reason}")
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
-    )
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="module")
-def postgres_port() -> Iterator[int]:
-    """A PostgreSQL server in a temp dir on a free port (trust auth), stopped afterwards.
-
-    initdb refuses to run as root, so as root the server runs as the `postgres` system user.
-    """
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        _unavailable("initdb not found (apt-get install postgresql)")
-    run_as: dict[str, object] = {}
-    base = Path(tempfile.mkdtemp(prefix="mysqlsync-pg-"))
-    if os.geteuid() == 0:
-        try:
-            account = pwd.getpwnam(PG_USER)
-        except KeyError:
-            _unavailable(f"running as root and there is no {PG_USER!r} user to run initdb as")
-        os.chown(base, account.pw_uid, account.pw_gid)
-        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    port = free_port()
-    data = base / "data"
-    try:
-        subprocess.run(
-            [bin_dir / "initdb", "-D", data, "-U", PG_USER, "--auth=trust", "-E", "UTF8", "-N"],
-            check=True,
-            capture_output=True,
-            **run_as,
-        )
-        subprocess.run(
-            [
-                bin_dir / "pg_ctl",
-                "-D",
-                data,
-                "-l",
-                base / "server.log",
-                "-w",
-                "-o",
-                f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            **run_as,
-        )
-    except (subprocess.CalledProcessError, OSError) as error:
-        log = base / "server.log"
-        detail = log.read_text() if log.exists() else getattr(error, "stderr", b"")
-        shutil.rmtree(base, ignore_errors=True)
-        _unavailable(f"{error}: {detail!r}")
-    try:
-        yield port
-    finally:
-        subprocess.run(
-            [bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-            capture_output=True,
-            check=False,
-            **run_as,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+def postgres_port(postgres_server: PostgresServer) -> int:
+    return postgres_server.port
 
 
 @dg.asset

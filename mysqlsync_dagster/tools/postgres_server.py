@@ -1,0 +1,102 @@
+"""Throwaway PostgreSQL servers from Debian's binaries (`initdb`, `pg_ctl`), in a directory of
+their own, on a free port of 127.0.0.1 with trust authentication.
+
+Used by `mysqlsync-dagster demo --target postgres` and by the test suite. initdb refuses to run
+as root, so as root the server runs as the `postgres` system user (the Debian package makes it).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mysqlsync_dagster.tools.mariadb_server import ServerError, free_port
+
+SUPERUSER = "postgres"
+
+
+def pg_bin_dir() -> Path | None:
+    """The newest installed server's bin directory (Debian keeps them out of PATH)."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@dataclass
+class PostgresServer:
+    base: Path
+    port: int = 0
+    _run_as: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "server.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _bin(self, name: str) -> Path:
+        bin_dir = pg_bin_dir()
+        if bin_dir is None:
+            raise ServerError("initdb not found (apt-get install postgresql)")
+        return bin_dir / name
+
+    def _run(self, *args: Any) -> None:
+        subprocess.run(list(args), check=True, capture_output=True, **self._run_as)
+
+    def start(self) -> PostgresServer:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            try:
+                account = pwd.getpwnam(SUPERUSER)
+            except KeyError as error:
+                raise ServerError(
+                    f"running as root and there is no {SUPERUSER!r} user to run initdb as"
+                ) from error
+            os.chown(self.base, account.pw_uid, account.pw_gid)
+            self._run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        self.port = self.port or free_port()
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c max_connections=200"
+        )
+        try:
+            if not (self.data / "PG_VERSION").exists():
+                self._run(
+                    self._bin("initdb"), "-D", self.data, "-U", SUPERUSER, "--auth=trust",
+                    "-E", "UTF8", "--locale=C.UTF-8", "-N",
+                )  # fmt: skip
+            self._run(
+                self._bin("pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-o", options, "start"
+            )
+        except (subprocess.CalledProcessError, OSError) as error:
+            detail = self.log.read_text() if self.log.exists() else getattr(error, "stderr", b"")
+            raise ServerError(f"PostgreSQL did not start: {error}: {detail!r}") from error
+        return self
+
+    def stop(self, *, immediate: bool = True) -> None:
+        mode = "immediate" if immediate else "fast"
+        subprocess.run(
+            [self._bin("pg_ctl"), "-D", self.data, "-m", mode, "stop"],
+            capture_output=True,
+            check=False,
+            **self._run_as,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
