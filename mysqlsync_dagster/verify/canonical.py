@@ -1,0 +1,146 @@
+"""A row digest that MySQL/MariaDB and PostgreSQL compute identically, for the checks between a
+source table and its PostgreSQL copy (`targets/postgres/types.py` maps the types).
+
+Each column's value becomes a canonical text, built by SQL on each server so that the same
+value gives the same text on both, whatever either prints by default:
+
+| source type (PostgreSQL type)              | canonical text                                      |
+|--------------------------------------------|-----------------------------------------------------|
+| integers, BIGINT UNSIGNED (numeric(20,0))  | the decimal integer: '-128', '18446744073709551615'  |
+| YEAR (smallint)                            | the decimal integer: '0' (not MySQL's '0000'), '2155' |
+| DECIMAL(p,s) (numeric(p,s))                | the decimal with exactly s fraction digits: '0.010' |
+| FLOAT, DOUBLE (real, double precision)     | the IEEE-754 binary64 bits (FLOAT widened) as 16    |
+|                                            | lowercase hex digits: 0.1 -> '3fb999999999999a'     |
+| BIT(n) (bit(n))                            | n binary digits: '00101'                            |
+| DATE (date)                                | 'YYYY-MM-DD'                                        |
+| DATETIME(n) (timestamp(n))                 | 'YYYY-MM-DD hh:mm:ss' and n fraction digits         |
+| TIMESTAMP(n) (timestamptz)                 | the instant: microseconds since 1970-01-01 UTC      |
+| TIME(n) (interval(n))                      | the signed length in microseconds: '-1'             |
+| CHAR, VARCHAR, TEXT, ENUM, SET, JSON       | MD5 of the UTF-8 text (latin1 etc. converted)       |
+| BINARY, VARBINARY, BLOBs, spatial (bytea)  | MD5 of the raw bytes (spatial: SRID + WKB)          |
+| NULL, and zero dates (which the sync nulls)| 'N'                                                 |
+
+The row digest is MD5 of the column texts joined with ',' (no canonical text contains ',' or
+is 'N', so the join is unambiguous), of which the first 16 hex digits are the 64-bit digest:
+unsigned on MySQL, signed on PostgreSQL (`bit(64)::bigint`); `unsigned64` makes them equal.
+
+Doubles are compared by their bits because the two servers print them differently (MariaDB
+'1e15' and '1e-5', PostgreSQL '1e+15' and '1e-05'). PostgreSQL has the bits (`float8send`);
+MySQL has no such function, so they are computed: for a normal |x|, the exponent
+e = FLOOR(LOG2(|x|)) (corrected by one where LOG2 rounds across a power of two, seen from the
+mantissa's range) and the mantissa m = |x| / 2^(e - 52), an integer in [2^52, 2^53): both
+exact in double arithmetic, as is a subnormal's |x| / 2^-1074. A zero's sign is ATAN2(x, -1)'s.
+
+Text is hashed rather than compared so that a digest stays small; text and JSON columns are
+hashed in their UTF-8 form (the PostgreSQL database must be UTF8, as it must be to hold them).
+No SQL here contains '%', so PyMySQL's and psycopg2's %-formatting leave it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mysqlsync_dagster.catalog import Column
+from mysqlsync_dagster.targets.postgres.types import bit_width, fraction_digits, value_kind
+
+Quote = Callable[[str], str]
+
+NULL_TEXT = "N"
+UNSIGNED_64 = 0xFFFF_FFFF_FFFF_FFFF
+_TWO_52 = 2**52
+_TWO_53 = 2**53
+_SMALLEST_NORMAL = "2.2250738585072014e-308"
+
+
+def unsigned64(value: int) -> int:
+    """A 64-bit digest as an unsigned integer (PostgreSQL's bigint digests are signed)."""
+    return int(value) & UNSIGNED_64
+
+
+# -- MySQL/MariaDB ---------------------------------------------------------------------------
+def _mysql_double_bits(x: str) -> str:
+    """SQL for the IEEE-754 bits of the DOUBLE expression `x`, as 16 lowercase hex digits."""
+    magnitude = f"ABS({x})"
+    estimate = f"FLOOR(LOG2({magnitude}))"  # may be one off next to a power of two
+    scaled = f"({magnitude} / POW(2, {estimate} - 52))"
+    exponent = f"({estimate} + ({scaled} >= {_TWO_53}) - ({scaled} < {_TWO_52}))"
+    mantissa = f"CAST({magnitude} / POW(2, {exponent} - 52) AS UNSIGNED)"
+    normal = f"((({exponent} + 1023) << 52) | ({mantissa} - {_TWO_52}))"
+    subnormal = f"CAST({magnitude} / POW(2, -1074) AS UNSIGNED)"
+    # every branch an unsigned BIGINT (shifts, ORs, CAST AS UNSIGNED): a signed 0 beside an
+    # unsigned 1 << 63 would make the result DECIMAL, which HEX() reads through a double
+    bits = (
+        f"CASE WHEN {x} = 0 THEN (ATAN2({x}, -1) < 0) << 63"
+        f" ELSE (({x} < 0) << 63)"
+        f" | IF({magnitude} < {_SMALLEST_NORMAL}, {subnormal}, {normal}) END"
+    )
+    return f"LOWER(LPAD(HEX({bits}), 16, '0'))"
+
+
+def _mysql_not_zero_date(quoted: str, value: str) -> str:
+    """`value`, or NULL where the sync writes NULL: a zero month or day ('0000-00-00' ...)."""
+    return f"IF(MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, {value})"
+
+
+def mysql_canonical_sql(column: Column, quoted: str) -> str:
+    """SQL on MySQL/MariaDB for the column's canonical text (module docstring); NULL for NULL."""
+    kind = value_kind(column)
+    if kind in ("integer", "decimal"):
+        return f"CAST({quoted} AS CHAR)"
+    if kind == "year":
+        return f"CAST({quoted} + 0 AS CHAR)"  # YEAR 0 prints '0000'
+    if kind == "float":
+        return _mysql_double_bits(f"CAST({quoted} AS DOUBLE)")
+    if kind == "double":
+        return _mysql_double_bits(quoted)
+    if kind == "bit":
+        return f"LPAD(BIN({quoted}), {bit_width(column)}, '0')"
+    if kind in ("date", "datetime"):
+        return _mysql_not_zero_date(quoted, f"CAST({quoted} AS CHAR)")
+    if kind == "timestamp":
+        micros = f"CAST(UNIX_TIMESTAMP({quoted}) * 1000000 AS SIGNED)"
+        return _mysql_not_zero_date(quoted, f"CAST({micros} AS CHAR)")
+    if kind == "time":
+        return f"CAST(CAST(TIME_TO_SEC({quoted}) * 1000000 AS SIGNED) AS CHAR)"
+    if kind in ("text", "json"):
+        return f"MD5(CONVERT({quoted} USING utf8mb4))"
+    return f"MD5({quoted})"  # binary and spatial: the raw bytes
+
+
+def mysql_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
+    """SQL on MySQL/MariaDB for a row's 64-bit digest, an unsigned BIGINT."""
+    parts = ", ".join(
+        f"IFNULL({mysql_canonical_sql(c, quote(c.name))}, '{NULL_TEXT}')" for c in columns
+    )
+    return f"CAST(CONV(LEFT(MD5(CONCAT_WS(',', {parts})), 16), 16, 10) AS UNSIGNED)"
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+def postgres_canonical_sql(column: Column, quoted: str) -> str:
+    """SQL on PostgreSQL for the canonical text of a column of type `pg_type(column)`."""
+    kind = value_kind(column)
+    if kind in ("integer", "decimal", "year", "bit"):
+        return f"{quoted}::text"
+    if kind in ("float", "double"):
+        return f"encode(float8send({quoted}::float8), 'hex')"
+    if kind == "date":
+        return f"to_char({quoted}, 'YYYY-MM-DD')"
+    if kind == "datetime":
+        digits = fraction_digits(column)
+        fraction = f".FF{digits}" if digits else ""
+        return f"to_char({quoted}, 'YYYY-MM-DD HH24:MI:SS{fraction}')"
+    if kind in ("timestamp", "time"):
+        # EXTRACT gives an exact numeric (PostgreSQL 14+): seconds since the epoch, or the
+        # interval's length (for an interval of hours, minutes and seconds, as TIME's are)
+        return f"(extract(epoch FROM {quoted}) * 1000000)::bigint::text"
+    if kind in ("text", "json"):
+        return f"md5({quoted}::text)"
+    return f"md5({quoted})"  # bytea
+
+
+def postgres_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
+    """SQL on PostgreSQL for a row's 64-bit digest, a (signed) bigint."""
+    parts = ", ".join(
+        f"coalesce({postgres_canonical_sql(c, quote(c.name))}, '{NULL_TEXT}')" for c in columns
+    )
+    return f"('x' || left(md5(concat_ws(',', {parts})), 16))::bit(64)::bigint"
