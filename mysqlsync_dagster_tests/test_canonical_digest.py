@@ -291,6 +291,29 @@ def point(srid: int, x: float, y: float) -> bytes:
     return struct.pack("<IBIdd", srid, 1, 1, x, y)
 
 
+# more than the fidelity groups: display padding, and text in other character sets
+GROUPS = {
+    **TYPE_GROUPS,
+    "zerofill": (
+        """CREATE TABLE t (id INT PRIMARY KEY, i INT(8) ZEROFILL, bu BIGINT UNSIGNED ZEROFILL,
+            d DECIMAL(12,2) ZEROFILL, f FLOAT(7,3) ZEROFILL, db DOUBLE ZEROFILL,
+            si SMALLINT(3) ZEROFILL)""",
+        [
+            "INSERT INTO t VALUES (1, 42, 18446744073709551615, 0.01, 1.5, 5e-324, 7)",
+            "INSERT INTO t VALUES (2, 0, 0, 9999999999.99, 0, 123456789.12345678, 65535)",
+        ],
+    ),
+    "charsets": (
+        """CREATE TABLE t (id INT PRIMARY KEY, l1 CHAR(5) CHARACTER SET latin1,
+            u3 VARCHAR(10) CHARACTER SET utf8mb3, a TEXT CHARACTER SET ascii,
+            e ENUM('é', 'ü') CHARACTER SET latin1, s SET('ä', 'b') CHARACTER SET latin1)""",
+        [
+            "INSERT INTO t VALUES (1, 'é ', 'ß€', 'plain', 'ü', 'ä,b')",
+            "INSERT INTO t VALUES (2, 'ÿ', '', '', 'é', '')",
+        ],
+    ),
+}
+
 # (id, PostgreSQL expression, the value psycopg2 reads) per group: the exact source values
 EXPECTED: dict[str, list[tuple[int, str, Any]]] = {
     "integers": [
@@ -389,6 +412,23 @@ EXPECTED: dict[str, list[tuple[int, str, Any]]] = {
         (2, "p", point(0, 0, 0)),
         (2, "g", None),
     ],
+    "zerofill": [
+        (1, "i", 42),
+        (1, "bu", Decimal("18446744073709551615")),
+        (1, "d", Decimal("0.01")),
+        (1, "encode(float8send(f::float8), 'hex')", bits64(1.5)),
+        (1, "encode(float8send(db), 'hex')", bits64(5e-324)),
+        (2, "encode(float8send(db), 'hex')", bits64(123456789.12345678)),
+        (1, "si", 7),
+        (2, "si", 65535),
+    ],
+    "charsets": [
+        (1, "l1", "é"),
+        (1, "u3", "ß€"),
+        (1, "e", "ü"),
+        (1, "s", "ä,b"),
+        (2, "l1", "ÿ"),
+    ],
 }
 
 
@@ -417,9 +457,9 @@ def assert_digests_agree(env: Copy) -> dict[int, int]:
     return digests
 
 
-@pytest.mark.parametrize("group", list(TYPE_GROUPS))
+@pytest.mark.parametrize("group", list(GROUPS))
 def test_values_copy_exactly_and_digests_agree(copy_env: Copy, group: str) -> None:
-    ddl, inserts = TYPE_GROUPS[group]
+    ddl, inserts = GROUPS[group]
     copy_env.source_exec(ddl, *inserts)
     copy_env.copy()
     # (a) the exact values
@@ -432,10 +472,10 @@ def test_values_copy_exactly_and_digests_agree(copy_env: Copy, group: str) -> No
     assert_digests_agree(copy_env)
 
 
-@pytest.mark.parametrize("group", list(TYPE_GROUPS))
+@pytest.mark.parametrize("group", list(GROUPS))
 def test_changing_any_one_value_changes_the_row_digest(copy_env: Copy, group: str) -> None:
     """(c): a digest that left a column out, or saw a neighbouring value as the same, fails."""
-    ddl, inserts = TYPE_GROUPS[group]
+    ddl, inserts = GROUPS[group]
     copy_env.source_exec(ddl, *inserts)
     columns = copy_env.copy()
     original = assert_digests_agree(copy_env)

@@ -6,7 +6,7 @@ value gives the same text on both, whatever either prints by default:
 
 | source type (PostgreSQL type)              | canonical text                                      |
 |--------------------------------------------|-----------------------------------------------------|
-| integers, BIGINT UNSIGNED (numeric(20,0))  | the decimal integer: '-128', '18446744073709551615'  |
+| integers, BIGINT UNSIGNED (numeric(20,0))  | the decimal integer, unpadded (ZEROFILL): '-128'    |
 | YEAR (smallint)                            | the decimal integer: '0' (not MySQL's '0000'), '2155' |
 | DECIMAL(p,s) (numeric(p,s))                | the decimal with exactly s fraction digits: '0.010' |
 | FLOAT, DOUBLE (real, double precision)     | the IEEE-754 binary64 bits (FLOAT widened) as 16    |
@@ -85,10 +85,9 @@ def _mysql_not_zero_date(quoted: str, value: str) -> str:
 def mysql_canonical_sql(column: Column, quoted: str) -> str:
     """SQL on MySQL/MariaDB for the column's canonical text (module docstring); NULL for NULL."""
     kind = value_kind(column)
-    if kind in ("integer", "decimal"):
-        return f"CAST({quoted} AS CHAR)"
-    if kind == "year":
-        return f"CAST({quoted} + 0 AS CHAR)"  # YEAR 0 prints '0000'
+    if kind in ("integer", "decimal", "year"):
+        # + 0 drops ZEROFILL's padding ('00000042') and YEAR's ('0000'), keeps a DECIMAL's scale
+        return f"CAST({quoted} + 0 AS CHAR)"
     if kind == "float":
         return _mysql_double_bits(f"CAST({quoted} AS DOUBLE)")
     if kind == "double":

@@ -10,7 +10,7 @@ is selected on the source as text that `COPY ... (FORMAT csv)` parses back to th
 | INT UNSIGNED, BIGINT                     | bigint                          | CAST(col AS CHAR)             |
 | BIGINT UNSIGNED                          | numeric(20,0)                   | CAST(col AS CHAR)             |
 | DECIMAL(p,s) (any)                       | numeric(p,s)                    | CAST(col AS CHAR)             |
-| FLOAT / DOUBLE                           | real / double precision         | the double's shortest text    |
+| FLOAT / DOUBLE                           | real / double precision         | CAST(CAST(col AS DOUBLE) ...) |
 | BIT(n)                                   | bit(n)                          | LPAD(BIN(col), n, '0')        |
 | DATE, DATETIME(n)                        | date, timestamp(n) without t.z. | CAST(col AS CHAR)             |
 | TIMESTAMP(n)                             | timestamp(n) with time zone     | CAST(col AS CHAR) + '+00'     |
@@ -183,8 +183,9 @@ def pg_wire_sql(column: Column, quoted: str) -> str:
         return f"CONCAT(CHAR(92 USING ascii), 'x', HEX({quoted}))"
     if kind == "bit":
         return f"LPAD(BIN({quoted}), {bit_width(column)}, '0')"
-    if kind == "float":
-        # widened to DOUBLE exactly; PostgreSQL rounds its text back to the same float4
+    if kind in ("float", "double"):
+        # FLOAT widened to DOUBLE exactly (PostgreSQL rounds its text back to the same float4);
+        # the CAST also drops ZEROFILL's padding ('00000000000000005e-324')
         return f"CAST(CAST({quoted} AS DOUBLE) AS CHAR)"
     if kind == "timestamp":
         return f"CONCAT(CAST({quoted} AS CHAR), '+00')"
