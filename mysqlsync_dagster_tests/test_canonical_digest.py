@@ -124,15 +124,6 @@ def test_unknown_types_are_refused_by_name(data_type: str) -> None:
         pg_wire_sql(column(data_type, data_type), "`addr`")
 
 
-def test_no_percent_sign_in_generated_sql() -> None:
-    """PyMySQL and psycopg2 %-format statements: a '%' in the SQL would need escaping."""
-    columns = [column(*spec) for spec in _SAMPLE_COLUMNS]
-    sql = [pg_wire_sql(c, "`c`") for c in columns]
-    sql += [mysql_row_digest_sql(columns, quote_identifier)]
-    sql += [postgres_row_digest_sql(columns, pg_quote)]
-    assert not [s for s in sql if "%" in s]
-
-
 _SAMPLE_COLUMNS = [
     ("int", "int(11)"),
     ("year", "year(4)"),
@@ -148,6 +139,15 @@ _SAMPLE_COLUMNS = [
     ("json", "json"),
     ("blob", "blob"),
 ]
+
+
+def test_no_percent_sign_in_generated_sql() -> None:
+    """PyMySQL and psycopg2 %-format statements: a '%' in the SQL would need escaping."""
+    columns = [column(*spec) for spec in _SAMPLE_COLUMNS]
+    sql = [pg_wire_sql(c, "`c`") for c in columns]
+    sql += [mysql_row_digest_sql(columns, quote_identifier)]
+    sql += [postgres_row_digest_sql(columns, pg_quote)]
+    assert not [s for s in sql if "%" in s]
 
 
 # -- a table copied from MariaDB into PostgreSQL ---------------------------------------------
