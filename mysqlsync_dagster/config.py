@@ -76,6 +76,7 @@ class TableConfig(BaseModel):
     detect_deletes: StrictBool = False
     checksum: StrictBool = True
     target_table: Identifier | None = None
+    target_schema: Identifier | None = None  # a PostgreSQL or DuckDB target's schema
     lag_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 24 * 3600)] = DEFAULT_LAG_SECONDS
     verify_budget: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = DEFAULT_VERIFY_BUDGET
 
@@ -102,7 +103,7 @@ class TableConfig(BaseModel):
             raise ValueError(f"primary key lists {duplicates} more than once")
         return value
 
-    @field_validator("table", "target_table", "modifier")
+    @field_validator("table", "target_table", "target_schema", "modifier")
     @classmethod
     def _identifier(cls, value: str | None, info: Any) -> str | None:
         if value is not None:
@@ -215,7 +216,13 @@ def _duplicates(path: str, tables: Sequence[TableConfig]) -> list[str]:
     Names are compared case-folded: MySQL table names are case-insensitive on many platforms.
     """
     problems = []
-    for key, name_of in (("table", lambda c: c.table), ("target_table", lambda c: c.target)):
+    for key, name_of in (
+        ("table", lambda c: c.table),
+        (
+            "target_table",
+            lambda c: f"{c.target_schema}.{c.target}" if c.target_schema else c.target,
+        ),
+    ):
         seen: set[str] = set()
         for cfg in tables:
             folded = name_of(cfg).casefold()

@@ -19,6 +19,8 @@ from mysqlsync_dagster.settings import DatabaseSettings
 
 def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> Engine:
     """A pooled engine whose connections are checked before use (a dead pool heals itself)."""
+    if settings.dialect == "postgresql":
+        return _postgres_engine(settings)
     connect_args: dict[str, object] = {
         "charset": "utf8mb4",
         "init_command": "SET time_zone = '+00:00'",
@@ -32,6 +34,10 @@ def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> 
         connect_args["write_timeout"] = settings.write_timeout
     if settings.ssl:
         connect_args["ssl"] = settings.ssl
+    return _pooled(settings, connect_args)
+
+
+def _pooled(settings: DatabaseSettings, connect_args: dict[str, object]) -> Engine:
     return sa.create_engine(
         settings.url,
         pool_size=settings.pool_size,
@@ -43,6 +49,31 @@ def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> 
     )
 
 
+def _postgres_engine(settings: DatabaseSettings) -> Engine:
+    """psycopg2 sessions in UTC (timestamptz values read and written as instants), with TCP
+    keepalives so that a dead server or network fails a run instead of hanging it; TLS as
+    the settings say (`verify-full` with a CA, `require` without verification)."""
+    connect_args: dict[str, object] = {
+        "connect_timeout": settings.connect_timeout,
+        "options": "-c TimeZone=UTC -c client_encoding=UTF8",
+        "application_name": "mysqlsync-dagster",
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 6,
+        **settings.extra_connect_args,
+    }
+    if settings.ssl_ca or settings.ssl_cert or settings.ssl_key:
+        connect_args["sslmode"] = "verify-full" if settings.ssl_verify else "require"
+        if settings.ssl_ca:
+            connect_args["sslrootcert"] = settings.ssl_ca
+        if settings.ssl_cert:
+            connect_args["sslcert"] = settings.ssl_cert
+        if settings.ssl_key:
+            connect_args["sslkey"] = settings.ssl_key
+    return _pooled(settings, connect_args)
+
+
 # A MySQL dialect with no driver behind it: quotes identifiers and renders SQL as the server will
 # read it. (PyMySQL's dialect doubles `%` while quoting; `run_sql` does that exactly once.)
 PLAIN_MYSQL = mysql.dialect(paramstyle="named")
@@ -51,6 +82,8 @@ PLAIN_MYSQL = mysql.dialect(paramstyle="named")
 def describe_connection_error(side: str, settings: DatabaseSettings, error: BaseException) -> str:
     """One actionable line for a failed connection, naming the side; never the password."""
     url = settings.url
+    if settings.dialect == "postgresql":
+        return redact(_describe_postgres_error(side, settings, error), settings.secrets)
     where = f"{url.host or '127.0.0.1'}:{url.port or 3306}"
     prefix = f"{side.upper()}_DB_"
     code = mysql_error_code(error)
@@ -76,6 +109,29 @@ def describe_connection_error(side: str, settings: DatabaseSettings, error: Base
     else:
         text = f"{side} database at {where}: {type(error).__name__}: {error}"
     return redact(text, settings.secrets)
+
+
+def _describe_postgres_error(side: str, settings: DatabaseSettings, error: BaseException) -> str:
+    url = settings.url
+    where = f"{url.host or '127.0.0.1'}:{url.port or 5432}"
+    prefix = f"{side.upper()}_DB_"
+    detail = " ".join(str(getattr(error, "orig", error)).split())
+    if "password authentication failed" in detail or "no pg_hba.conf entry" in detail:
+        return (
+            f"{side} database at {where}: access denied for user {url.username!r} ({detail}); "
+            f"check {prefix}USER and {prefix}PASS (or the credentials in {prefix}URL)"
+        )
+    if "does not exist" in detail and "database" in detail:
+        return (
+            f"{side} database {url.database!r} does not exist on {where}; check "
+            f"{prefix}NAME (or the database in {prefix}URL)"
+        )
+    if "Connection refused" in detail or "could not connect" in detail or "timeout" in detail:
+        return (
+            f"cannot reach the {side} database server at {where} ({detail}); is it running "
+            f"and reachable? check {prefix}HOST and {prefix}PORT (or {prefix}URL)"
+        )
+    return f"{side} database at {where}: {type(error).__name__}: {detail}"
 
 
 def connect(engine: Engine, side: str, settings: DatabaseSettings) -> sa.Connection:

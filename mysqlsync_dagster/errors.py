@@ -86,6 +86,15 @@ _TRANSIENT_TEXT = re.compile(
     r"read timed out",
     re.IGNORECASE,
 )
+# PostgreSQL SQLSTATEs worth retrying (a PostgreSQL target): connection exceptions (08...),
+# serialization failure, deadlock, lock not available, shutdown or start-up in progress, too
+# many connections
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
+_TRANSIENT_POSTGRES_TEXT = re.compile(
+    r"server closed the connection unexpectedly|could not connect to server|"
+    r"terminating connection|connection to server at .* failed|SSL SYSCALL error",
+    re.IGNORECASE,
+)
 # TLS failures arrive as "can't connect" (2003) but will fail the same way every time.
 _PERMANENT_TEXT = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed")
 # connectorx's reader reports server errors as text: "... ERROR 1927 (70100): ..."
@@ -141,6 +150,12 @@ def is_transient(error: BaseException) -> bool:
     if any(_PERMANENT_TEXT.search(str(e)) for e in error_chain(error)):
         return False
     if _is_pool_timeout(error):
+        return True
+    for cause in error_chain(error):
+        sqlstate = getattr(cause, "pgcode", None)
+        if sqlstate:
+            return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    if any(_TRANSIENT_POSTGRES_TEXT.search(str(e)) for e in error_chain(error)):
         return True
     code = mysql_error_code(error)
     if code == 0 and any(type(e).__name__ == "InterfaceError" for e in error_chain(error)):

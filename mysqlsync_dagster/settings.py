@@ -41,6 +41,7 @@ class Variable:
 
 _SIDE_PARTS = {
     "DB_URL": "SQLAlchemy URL (mysql://user:pass@host:3306/db); wins over the parts",
+    "DB_DIALECT": "mysql (the default; MariaDB too) or postgresql: the server the parts name",
     "DB_HOST": "host name",
     "DB_PORT": "port (3306)",
     "DB_NAME": "database name",
@@ -66,6 +67,7 @@ VARIABLES: tuple[Variable, ...] = (
         Variable(f"{side}_{part}", None, f"{side.lower()} database: {meaning}")
         for side in ("SOURCE", "TARGET")
         for part, meaning in _SIDE_PARTS.items()
+        if side == "TARGET" or part != "DB_DIALECT"  # the source is MySQL/MariaDB
     ),
     Variable("TABLES_CONFIG", "tables.json", "path of tables.json"),
     Variable("INTERVAL", "300", "seconds between scheduled syncs"),
@@ -150,27 +152,53 @@ def redact_url(url: URL | str) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def normalize_url(raw: str | URL, variable: str = "URL") -> URL:
-    """Accept mysql://, mariadb://, mysql+pymysql:// ...; always drive through PyMySQL."""
+Dialect = Literal["mysql", "postgresql"]
+# backend name in a URL -> (dialect, the driver every connection goes through, default port)
+_BACKENDS: dict[str, tuple[Dialect, str, int]] = {
+    "mysql": ("mysql", "mysql+pymysql", 3306),
+    "mariadb": ("mysql", "mysql+pymysql", 3306),
+    "postgresql": ("postgresql", "postgresql+psycopg2", 5432),
+    "postgres": ("postgresql", "postgresql+psycopg2", 5432),
+}
+
+
+def _backend(name: str, what: str, side: str) -> tuple[Dialect, str, int]:
+    found = _BACKENDS.get(name.lower())
+    if found is None or (found[0] != "mysql" and side.lower() != "target"):
+        expected = "mysql:// or mariadb://"
+        if side.lower() == "target":
+            expected = "mysql://, mariadb:// or postgresql://"
+        raise ConfigError(f"{what}: expected a {expected} URL")
+    return found
+
+
+def normalize_url(raw: str | URL, variable: str = "URL", side: str = "source") -> URL:
+    """Accept mysql://, mariadb://, mysql+pymysql:// ... (and, for the target,
+    postgresql://, postgres://); always drive through PyMySQL or psycopg2."""
     try:
         url = sa.make_url(raw) if isinstance(raw, str) else raw
     except sa.exc.ArgumentError:
         raise ConfigError(f"{variable}: not a database URL (e.g. mysql://user@host/db)") from None
-    if url.get_backend_name() not in ("mysql", "mariadb"):
-        raise ConfigError(f"{redact_url(url)}: expected a mysql:// or mariadb:// URL")
-    return url.set(drivername="mysql+pymysql")
+    _, driver, _ = _backend(url.get_backend_name(), redact_url(url), side)
+    return url.set(drivername=driver)
 
 
 def url_from_parts(
-    host: str, port: int | str | None, database: str, user: str | None, password: str | None
+    host: str,
+    port: int | str | None,
+    database: str,
+    user: str | None,
+    password: str | None,
+    dialect: str = "mysql",
 ) -> URL:
     """Build a URL from parts; passwords with @ : / % need no escaping by the user."""
+    _, driver, default_port = _BACKENDS[dialect]
     return URL.create(
-        "mysql+pymysql",
+        driver,
         username=user or None,
         password=password or None,
         host=host,
-        port=int(port) if port not in (None, "") else 3306,
+        port=int(port) if port not in (None, "") else default_port,
         database=database,
     )
 
@@ -195,6 +223,11 @@ class DatabaseSettings:
     read_timeout: int | None = 1800
     write_timeout: int | None = 1800
     extra_connect_args: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def dialect(self) -> Dialect:
+        """The kind of server: "mysql" (MySQL or MariaDB) or "postgresql"."""
+        return _BACKENDS[self.url.get_backend_name()][0]
 
     @property
     def database(self) -> str:
@@ -247,6 +280,8 @@ class DatabaseSettings:
         password = quote(self.url.password or "", safe="")
         auth = f"{user}:{password}@" if password else f"{user}@"
         host = self.url.host or "127.0.0.1"
+        if self.dialect == "postgresql":
+            return self._connectorx_postgres_url(auth, host)
         port = self.url.port or 3306
         url = f"mysql://{auth}{host}:{port}/{quote_plus(self.database)}?prefer_socket=false"
         if self.ssl is None:
@@ -258,6 +293,23 @@ class DatabaseSettings:
         if not self.ssl_verify:
             return url + "&ssl-mode=REQUIRED"
         return url + f"&ssl-mode=VERIFY_IDENTITY&ssl-ca={quote(str(self.ssl_ca), safe='/')}"
+
+    def _connectorx_postgres_url(self, auth: str, host: str) -> str:
+        """connectorx's PostgreSQL URL (binary protocol), TLS as psycopg2 is configured."""
+        url = (
+            f"postgresql://{auth}{host}:{self.url.port or 5432}/{quote_plus(self.database)}"
+            "?cxprotocol=binary"
+        )
+        if self.ssl is not None:
+            url += "&sslmode=" + ("verify-full" if self.ssl_verify else "require")
+            for option, value in (
+                ("sslrootcert", self.ssl_ca),
+                ("sslcert", self.ssl_cert),
+                ("sslkey", self.ssl_key),
+            ):
+                if value:
+                    url += f"&{option}={quote(str(value), safe='/')}"
+        return url
 
 
 def database_settings(side: str, values: Mapping[str, object]) -> DatabaseSettings:
@@ -273,8 +325,10 @@ def database_settings(side: str, values: Mapping[str, object]) -> DatabaseSettin
         return None if value is None or value == "" else value
 
     if get(prefix + "URL"):
-        url = normalize_url(str(get(prefix + "URL")), prefix + "URL")
+        url = normalize_url(str(get(prefix + "URL")), prefix + "URL", side)
     else:
+        dialect = str(get(prefix + "DIALECT") or "mysql").strip()
+        _backend(dialect, f"{prefix}DIALECT {dialect!r}", side)
         missing = [k for k in ("HOST", "NAME") if not get(prefix + k)]
         if missing:
             raise ConfigError(
@@ -288,6 +342,7 @@ def database_settings(side: str, values: Mapping[str, object]) -> DatabaseSettin
             str(get(prefix + "NAME")),
             get(prefix + "USER"),
             get(prefix + "PASS"),
+            _backend(dialect, prefix + "DIALECT", side)[0],
         )
     defaults = DatabaseSettings(url=url)
     pool: dict[str, Any] = {}
@@ -371,6 +426,15 @@ class Settings:
             return self.database(side).database
         except ConfigError:
             return ""
+
+    @property
+    def target_dialect(self) -> Dialect:
+        """The target's kind ("mysql" when its settings are missing or invalid: definitions
+        load without connection settings)."""
+        try:
+            return self.database("target").dialect
+        except ConfigError:
+            return "mysql"
 
     def is_set(self, name: str) -> bool:
         return bool(self.values.get(name))

@@ -198,10 +198,16 @@ def _execute(engine: sa.Engine, statements: Sequence[str]) -> None:
 
 
 def fetch_comparable(
-    engine: sa.Engine, table: str, order_by: str = "1", *, skip_dlt: bool = False
+    engine: sa.Engine,
+    table: str,
+    order_by: str = "1",
+    *,
+    skip_dlt: bool = False,
+    raw_spatial: bool = False,
 ) -> list[tuple[Any, ...]]:
     """All rows with every column in an exact, comparable form (independent of the sync's
-    own wire format): FLOAT as DOUBLE, TIMESTAMP as epoch, spatial as SRID + WKB text."""
+    own wire format): FLOAT as DOUBLE, TIMESTAMP as epoch, spatial as SRID + WKB text
+    (`raw_spatial`: the stored bytes, as a PostgreSQL copy holds them)."""
     with engine.connect() as conn:
         columns = conn.execute(
             sa.text(
@@ -220,12 +226,56 @@ def fetch_comparable(
                 expressions.append(f"CAST({col} AS DOUBLE)")
             elif data_type == "timestamp":
                 expressions.append(f"UNIX_TIMESTAMP({col})")
-            elif data_type in SPATIAL_TYPES:
+            elif data_type in SPATIAL_TYPES and not raw_spatial:
                 expressions.append(f"CONCAT(ST_SRID({col}), ':', ST_AsText({col}))")
             else:
                 expressions.append(col)
         sql = f"SELECT {', '.join(expressions)} FROM {q(table)} ORDER BY {order_by}"
         return [tuple(row) for row in run_sql(conn, sql)]
+
+
+def fetch_pg_comparable(
+    engine: sa.Engine, schema: str, table: str, order_by: str = "1"
+) -> list[tuple[Any, ...]]:
+    """All rows of a PostgreSQL copy in the form `fetch_comparable(..., raw_spatial=True)`
+    gives the MySQL source's (read independently of the product's digests): real as double,
+    timestamptz as epoch seconds, json as its text, bit(n) as the bytes PyMySQL gives for
+    BIT(n), bytea as bytes."""
+    with engine.connect() as conn:
+        columns = conn.execute(
+            sa.text(
+                "SELECT column_name, data_type, character_maximum_length"
+                " FROM information_schema.columns WHERE table_schema = :s AND table_name = :t"
+                " AND column_name NOT IN ('_dlt_load_id', '_dlt_id') ORDER BY ordinal_position"
+            ),
+            {"s": schema, "t": table},
+        ).all()
+        expressions, bits = [], {}
+        for i, (name, data_type, length) in enumerate(columns):
+            col = '"' + name.replace('"', '""') + '"'
+            if data_type == "real":
+                expressions.append(f"{col}::float8")
+            elif data_type == "timestamp with time zone":
+                expressions.append(f"extract(epoch from {col})")
+            elif data_type == "json":
+                expressions.append(f"{col}::text")
+            elif data_type == "bit":
+                expressions.append(f"{col}::text")
+                bits[i] = length
+            else:
+                expressions.append(col)
+        qualified = f'"{schema}"."{table}"'
+        sql = f"SELECT {', '.join(expressions)} FROM {qualified} ORDER BY {order_by}"
+        rows = []
+        for row in conn.exec_driver_sql(sql):
+            values = list(row)
+            for i, value in enumerate(values):
+                if isinstance(value, memoryview):
+                    values[i] = value.tobytes()
+                elif i in bits and value is not None:
+                    values[i] = int(value, 2).to_bytes((bits[i] + 7) // 8, "big")
+            rows.append(tuple(values))
+        return rows
 
 
 def failure_message(result: dg.ExecuteInProcessResult, node: str) -> str:
@@ -270,6 +320,69 @@ def column_types(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
                 {"t": table},
             )
         ]
+
+
+@dataclass
+class PgSyncEnv(SyncEnv):
+    """A MariaDB source database and a PostgreSQL target database for one test."""
+
+    pg_server: PostgresServer | None = None
+    schema: str = "public"
+
+    def target_url(self) -> str:
+        assert self.pg_server is not None
+        return self.pg_server.url(self.target_db)
+
+    def target_exec(self, *statements: str) -> None:
+        with self.target.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+
+    def target_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_pg_comparable(self.target, self.schema, table, order_by)
+
+    def source_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_comparable(self.source, table, order_by, raw_spatial=True)
+
+
+@pytest.fixture
+def pg_sync_env(
+    mariadb_servers: ServerPair, postgres_server: PostgresServer, tmp_path: Path
+) -> Iterator[PgSyncEnv]:
+    n = next(_counter)
+    source_db, target_db = f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
+    admin_source = mariadb_servers.source.engine()
+    admin_target = sa.create_engine(
+        postgres_server.url("postgres").replace("postgresql://", "postgresql+psycopg2://"),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin_source.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
+    with admin_target.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{target_db}"')
+    env = PgSyncEnv(
+        mariadb_servers,
+        source_db,
+        target_db,
+        mariadb_servers.source.engine(source_db),
+        sa.create_engine(
+            postgres_server.url(target_db).replace("postgresql://", "postgresql+psycopg2://"),
+            connect_args={"options": "-c TimeZone=UTC"},
+        ),
+        staging_dir=str(tmp_path / "staging"),
+        pg_server=postgres_server,
+    )
+    try:
+        yield env
+    finally:
+        env.source.dispose()
+        env.target.dispose()
+        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_source.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{source_db}`")
+        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_target.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target_db}" WITH (FORCE)')
+        admin_source.dispose()
+        admin_target.dispose()
 
 
 @pytest.fixture

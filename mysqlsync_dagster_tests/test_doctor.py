@@ -334,3 +334,34 @@ def test_doctor_is_fast_for_100_tables(sync_env, monkeypatch, tmp_path):
     assert report.exit_code == 0, [f for f in report.findings if f.status != "ok"]
     assert len(report.tables) == 100
     assert seconds < 10
+
+
+def test_doctor_checks_a_postgres_target(pg_sync_env, monkeypatch, tmp_path, capsys):
+    env = pg_sync_env
+    env.source_exec("CREATE TABLE t (id INT PRIMARY KEY)")
+    user = f"doc{os.getpid()}"
+    env.target_exec(
+        f'DROP ROLE IF EXISTS "{user}"',
+        f'CREATE ROLE "{user}" LOGIN',  # the server trusts local connections: any password
+    )
+    password = quote(PASSWORD, safe="")
+    target = env.pg_server.url(env.target_db).replace("postgres@", f"{user}:{password}@")
+    variables = {"SOURCE_DB_URL": env.source_url(), "TARGET_DB_URL": target}
+    tables = [{"table": "t", "primary_key": "id", "target_schema": "raw"}]
+    try:
+        # a schema that does not exist, which this user may not create
+        assert _doctor(monkeypatch, tmp_path, variables, tables, "--json") == 2
+        out = capsys.readouterr().out
+        _assert_no_password(out)
+        report = json.loads(out)
+        assert report["target"]["connected"] and report["target"]["version"][:2].isdigit()
+        [privileges] = [f for f in report["findings"] if f["check"] == "privileges"]
+        assert privileges["status"] == "fail" and "CREATE SCHEMA raw" in privileges["message"]
+
+        env.target_exec("CREATE SCHEMA raw", f'GRANT USAGE, CREATE ON SCHEMA raw TO "{user}"')
+        assert _doctor(monkeypatch, tmp_path, variables, tables) == 0
+        out = capsys.readouterr().out
+        _assert_no_password(out)
+        assert "healthy" in out and "may create tables" in out
+    finally:
+        env.target_exec(f'DROP OWNED BY "{user}"', f'DROP ROLE "{user}"')

@@ -29,6 +29,9 @@ from mysqlsync_dagster.settings import Settings
 
 def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     database = settings.database_name("TARGET")
+    dialect = settings.target_dialect
+    if dialect == "postgresql" and database:
+        database = f"{database}.{cfg.target_schema or 'public'}"
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -43,7 +46,7 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
         deps=[source_asset_key(cfg)],
         description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
         group_name=GROUP,
-        kinds={"dlt", "mysql"},
+        kinds={"dlt", "mysql"} | ({"postgres"} if dialect == "postgresql" else set()),
         partitions_def=partitions_definition(cfg, settings.source_timezone),
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=dt.timedelta(minutes=freshness_minutes(cfg, settings.interval))
@@ -51,6 +54,7 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
         metadata={
             "source_table": cfg.table,
             "target_table": cfg.target,
+            "target_schema": cfg.target_schema or "",
             "primary_key": ", ".join(cfg.primary_key),
             "modifier": cfg.modifier or "",
             "mode": cfg.mode,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS
 from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
@@ -61,30 +62,26 @@ class TargetTableReader(dg.ConfigurableIOManager):
                 f"{IO_MANAGER_KEY} can only read tables synced by mysqlsync assets "
                 f"(asset {context.asset_key.to_user_string()} has no 'target_table' metadata)"
             )
-        engine = self.target_db.engine
-        with engine.connect() as conn:
-            types = {
-                name: data_type
-                for name, data_type in run_sql(
-                    conn,
-                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE"
-                    " TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(t)s ORDER BY ORDINAL_POSITION",
-                    {"t": str(table)},
-                )
-            }
+        schema = getattr(metadata.get("target_schema"), "value", metadata.get("target_schema"))
+        settings = self.target_db.settings()
+        if settings.dialect == "postgresql":
+            types, source = self._postgres_columns(str(table), str(schema or "") or None)
+            dialect: sa.Dialect = postgresql.dialect()
+        else:
+            types, source = self._mysql_columns(str(table)), quote(str(table))
+            dialect = PLAIN_MYSQL
         columns = [name for name in types if name not in DLT_COLUMNS]
         if not columns:
             raise dg.Failure(f"target table {table!r} does not exist yet: materialize it first")
-        query = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(str(table))}"
+        column_list = ", ".join(dialect.identifier_preparer.quote_identifier(c) for c in columns)
+        query = f"SELECT {column_list} FROM {source}"
         window = partition_window(context)
         if window is not None and modifier in types:
             condition = window_condition(sa.column(str(modifier)), types[str(modifier)], window)
-            compiled = condition.compile(
-                dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}
-            )
+            compiled = condition.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
             query += f" WHERE {compiled}"
             context.log.info("reading %s rows with %s in %s", table, modifier, window.describe())
-        url = self.target_db.settings().connectorx_url()
+        url = settings.connectorx_url()
         wanted = context.dagster_type.typing_type if context.dagster_type else None
         import pyarrow as pa
 
@@ -96,6 +93,34 @@ class TargetTableReader(dg.ConfigurableIOManager):
         if getattr(wanted, "__name__", "") == "DataFrame":
             return data.to_pandas()
         return data
+
+    def _mysql_columns(self, table: str) -> dict[str, str]:
+        with self.target_db.engine.connect() as conn:
+            return {
+                name: data_type
+                for name, data_type in run_sql(
+                    conn,
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE"
+                    " TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %(t)s ORDER BY ORDINAL_POSITION",
+                    {"t": table},
+                )
+            }
+
+    def _postgres_columns(self, table: str, schema: str | None) -> tuple[dict[str, str], str]:
+        """The copy's columns, by the MySQL type names the windows know (timestamptz is a
+        TIMESTAMP's instant, timestamp a DATETIME), and the qualified table."""
+        names = {"timestamp with time zone": "timestamp", "timestamp without time zone": "datetime"}
+        with self.target_db.engine.connect() as conn:
+            schema = schema or str(conn.execute(sa.text("SELECT current_schema()")).scalar())
+            rows = conn.execute(
+                sa.text(
+                    "SELECT column_name, data_type FROM information_schema.columns"
+                    " WHERE table_schema = :s AND table_name = :t ORDER BY ordinal_position"
+                ),
+                {"s": schema, "t": table},
+            ).all()
+        quoted = postgresql.dialect().identifier_preparer.quote_identifier
+        return {n: names.get(t, t) for n, t in rows}, f"{quoted(schema)}.{quoted(table)}"
 
 
 def partition_window(context: dg.InputContext) -> ModifierWindow | None:

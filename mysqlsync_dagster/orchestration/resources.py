@@ -18,11 +18,12 @@ from mysqlsync_dagster.settings import (
 
 if TYPE_CHECKING:  # imported where used: loading the definitions needs neither (nor pyarrow)
     from mysqlsync_dagster.pipeline.staging import StagingSettings
-    from mysqlsync_dagster.targets.mysql.target import MySQLTarget
+    from mysqlsync_dagster.targets.base import Target
 
 # resource field -> environment variable suffix (after SOURCE_/TARGET_)
 SIDE_FIELDS = {
     "url": "DB_URL",
+    "dialect": "DB_DIALECT",
     "host": "DB_HOST",
     "port": "DB_PORT",
     "name": "DB_NAME",
@@ -37,7 +38,8 @@ _INT_FIELDS = frozenset({"port", *POOL_VARIABLES} - {"pool_timeout"})
 
 
 class MySQLResource(dg.ConfigurableResource):
-    """One MySQL/MariaDB database (the source or the target) behind a pooled SQLAlchemy engine.
+    """One database (the MySQL/MariaDB source, or the target: MySQL/MariaDB or PostgreSQL)
+    behind a pooled SQLAlchemy engine.
 
     Each field can be fed by a `dg.EnvVar` (`dg.EnvVar.int` for whole numbers), resolved at run
     time and shown by name only in the UI. The engine is created per execution and disposed
@@ -47,6 +49,7 @@ class MySQLResource(dg.ConfigurableResource):
 
     side: str
     url: str | None = None
+    dialect: str | None = None
     host: str | None = None
     port: int | None = None
     name: str | None = None
@@ -92,11 +95,12 @@ class MySQLResource(dg.ConfigurableResource):
             self._engine = create_engine(self.settings(), local_infile=self.side == "TARGET")
         return self._engine
 
-    def target(self) -> MySQLTarget:
-        """This database as the target of table runs."""
-        from mysqlsync_dagster.targets.mysql.target import MySQLTarget
+    def target(self, schema: str | None = None) -> Target:
+        """This database as the target of table runs (`schema`: a PostgreSQL table's
+        `target_schema`; None: the connection's default schema)."""
+        from mysqlsync_dagster.targets import target_for
 
-        return MySQLTarget(self.engine, self.settings())
+        return target_for(self.engine, self.settings(), schema)
 
     def dispose(self) -> None:
         if self._engine is not None:

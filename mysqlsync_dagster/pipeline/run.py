@@ -57,7 +57,7 @@ from mysqlsync_dagster.pipeline.windows import (
     earliest_cursor,
     window_condition,
 )
-from mysqlsync_dagster.pipeline.wire import WireColumn, wire_columns
+from mysqlsync_dagster.pipeline.wire import WireColumn
 from mysqlsync_dagster.settings import DatabaseSettings
 from mysqlsync_dagster.targets.base import Loader, Lock, SchemaReport, Strategy, Target
 
@@ -146,7 +146,7 @@ class TableSync:
                     f"{cfg.batch_size:,}",
                 )
         self.shape = shape
-        self.wire = wire_columns(shape.copied_columns)
+        self.wire = self.target.wire(self.target.copied_columns(shape))
         self._lock = self.target.lock(cfg.target, self.lock_wait_seconds)
         if self._lock is None:
             raise TableBusy(

@@ -16,8 +16,29 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from mysqlsync_dagster.catalog import NUMERIC_TYPES, WINDOW_TYPES
+
+
+class epoch_instant(FunctionElement[Any]):
+    """The instant `epoch` seconds after 1970-01-01 UTC: FROM_UNIXTIME in MySQL sessions (which
+    run in UTC, see db.py), to_timestamp in PostgreSQL (a target's copy of a TIMESTAMP column
+    is a timestamptz)."""
+
+    inherit_cache = True
+    name = "epoch_instant"
+
+
+@compiles(epoch_instant)
+def _mysql_epoch_instant(element: epoch_instant, compiler: Any, **kw: Any) -> str:
+    return f"FROM_UNIXTIME({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(epoch_instant, "postgresql")
+def _postgres_epoch_instant(element: epoch_instant, compiler: Any, **kw: Any) -> str:
+    return f"to_timestamp({compiler.process(element.clauses, **kw)})"
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,7 @@ ALL_PARTITIONS = ModifierWindow(start=None, end=None, include_null=True)
 def _bound(value: dt.datetime, data_type: str) -> sa.ColumnElement[Any]:
     if data_type == "timestamp":  # an instant; the session time zone is UTC (see db.py)
         epoch = Decimal(str(value.timestamp()))
-        return sa.func.FROM_UNIXTIME(sa.literal(epoch, sa.Numeric(30, 6)))
+        return epoch_instant(sa.literal(epoch, sa.Numeric(30, 6)))
     # naive DATETIME/DATE values are wall-clock time in SOURCE_TIMEZONE: compare as text
     return sa.literal(value.replace(tzinfo=None).isoformat(sep=" "), sa.String)
 
@@ -70,7 +91,7 @@ def window_condition(
 def cursor_literal(data_type: str, cursor: str) -> sa.ColumnElement[Any]:
     """The stored cursor text as a value comparable with a modifier column of `data_type`."""
     if data_type == "timestamp":
-        return sa.func.FROM_UNIXTIME(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
+        return epoch_instant(sa.literal(Decimal(cursor), sa.Numeric(30, 6)))
     if data_type == "decimal":
         return sa.literal(Decimal(cursor), sa.Numeric(65, 30))
     if data_type in NUMERIC_TYPES:

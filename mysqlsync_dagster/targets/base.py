@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:  # annotations only: the state module (and the CLI) need no pyarrow
     import sqlalchemy as sa
 
-    from mysqlsync_dagster.catalog import TableShape
+    from mysqlsync_dagster.catalog import Column, TableShape
     from mysqlsync_dagster.pipeline.parts import Part
     from mysqlsync_dagster.pipeline.wire import WireColumn
 
@@ -36,6 +36,24 @@ class SweepState:
     last_started_at: dt.datetime | None = None  # when the last complete sweep began
     last_runs: int | None = None
     kept: int = 0  # target rows whose key the source no longer has, kept (detect_deletes off)
+
+
+def log_schema_changes(log: logging.Logger, table: str, changes: SchemaReport) -> None:
+    """What `Target.mirror` changed, or the columns the source dropped (kept)."""
+    if changes.added or changes.modified:
+        log.info(
+            "%s: schema evolved: added %s, changed %s, dropped in source (kept) %s",
+            table,
+            list(changes.added),
+            list(changes.modified),
+            list(changes.dropped_in_source),
+        )
+    elif changes.dropped_in_source:
+        log.warning(
+            "%s: columns %s no longer exist in the source; kept in the target",
+            table,
+            list(changes.dropped_in_source),
+        )
 
 
 class SyncState(Protocol):
@@ -83,11 +101,28 @@ class Lock(Protocol):
 
 class Target(Protocol):
     engine: sa.Engine
-    database: str
+    kind: str  # "mysql" or "postgresql"
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def schema(self) -> str:
+        """The schema the tables are in (MySQL: the database)."""
 
     def quote(self, name: str) -> str: ...
 
-    def read_shape(self, conn: sa.Connection, table: str) -> TableShape | None: ...
+    def qualified(self, table: str) -> str:
+        """`table` quoted and qualified by its schema."""
+
+    def copied_columns(self, shape: TableShape) -> list[Column]:
+        """The source columns whose values are copied."""
+
+    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
+        """How each column is selected on the source for this target (`pipeline/wire.py`)."""
+
+    def column_names(self, table: str) -> list[str] | None:
+        """The target table's columns; None when it does not exist."""
 
     def mirror(
         self, source: TableShape, table: str, primary_key: Sequence[str], log: logging.Logger
@@ -98,6 +133,9 @@ class Target(Protocol):
         """The table's run lock, or None when another run holds it."""
 
     def read_state(self, table: str) -> SyncState | None: ...
+
+    def stored_state(self, table: str) -> SyncState | None:
+        """`read_state` without creating or upgrading the state table (the read-only checks)."""
 
     def loader(
         self,

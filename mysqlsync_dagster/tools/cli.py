@@ -133,7 +133,7 @@ def idle_tables(tables: list[TableConfig], settings: Settings) -> dict[str, Tabl
         source = create_engine(settings.database("source"))
         target = create_engine(settings.database("target"))
         try:
-            for cfg in candidates:
+            for cfg in candidates if target.dialect.name == "mysql" else ():
                 started = time.perf_counter()
                 proven = idle.probe(cfg, source, target, STATE_TABLE).idle
                 if proven is None:
@@ -358,10 +358,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stop_demo(root)
         print(f"demo servers under {root} stopped")
         return EXIT_OK
-    demo = start_demo(root, reset=args.reset)
+    demo = start_demo(root, reset=args.reset, target_kind=args.target)
     written = write_env_files(demo, Path(".env"))
     print(f"source: MariaDB on 127.0.0.1:{demo.source.port}, database shop (sample data)")
-    print(f"target: MariaDB on 127.0.0.1:{demo.target.port}, database shop_replica")
+    print(f"target: {demo.describe_target()}")
     print("environment (written to " + ", ".join(str(p) for p in written) + "):")
     for key, value in demo.environment().items():
         print(f"  export {key}={value}")
@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=".demo", help="where the servers live (default .demo)")
     demo.add_argument("--reset", action="store_true", help="drop and reload the sample data")
     demo.add_argument("--stop", action="store_true", help="stop the demo servers")
+    demo.add_argument(
+        "--target",
+        choices=("mariadb", "postgres"),
+        default="mariadb",
+        help="the target: a MariaDB replica (default) or a PostgreSQL analytics copy",
+    )
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="time a sync against mariadb-dump | mariadb")

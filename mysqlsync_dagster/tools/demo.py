@@ -11,6 +11,7 @@ from pathlib import Path
 import pymysql
 
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, mariadbd_binary
+from mysqlsync_dagster.tools.postgres_server import PostgresServer, pg_bin_dir
 
 SOURCE_DATABASE = "shop"
 TARGET_DATABASE = "shop_replica"
@@ -88,11 +89,14 @@ SAMPLE_DATA = [
 ]
 
 
+ANALYTICS_DATABASE = "shop_analytics"  # the demo's PostgreSQL target
+
+
 @dataclass
 class Demo:
     root: Path
     source: MariaDBServer
-    target: MariaDBServer
+    target: MariaDBServer | PostgresServer
 
     @property
     def source_url(self) -> str:
@@ -100,7 +104,14 @@ class Demo:
 
     @property
     def target_url(self) -> str:
+        if isinstance(self.target, PostgresServer):
+            return self.target.url(ANALYTICS_DATABASE)
         return self.target.url(TARGET_DATABASE)
+
+    def describe_target(self) -> str:
+        if isinstance(self.target, PostgresServer):
+            return f"PostgreSQL on 127.0.0.1:{self.target.port}, database {ANALYTICS_DATABASE}"
+        return f"MariaDB on 127.0.0.1:{self.target.port}, database {TARGET_DATABASE}"
 
     def environment(self) -> dict[str, str]:
         return {"SOURCE_DB_URL": self.source_url, "TARGET_DB_URL": self.target_url}
@@ -140,17 +151,43 @@ def load_sample_data(server: MariaDBServer, reset: bool = False) -> bool:
     return True
 
 
-def start_demo(root: Path, reset: bool = False) -> Demo:
+def start_demo(root: Path, reset: bool = False, target_kind: str = "mariadb") -> Demo:
     ensure_mariadb_installed()
     root = root.resolve()
     source = MariaDBServer(root / "source").start()
-    target = MariaDBServer(root / "target").start()
     load_sample_data(source, reset=reset)
+    if target_kind == "postgres":
+        return Demo(root, source, start_postgres_target(root, reset))
+    target = MariaDBServer(root / "target").start()
     with contextlib.closing(_connect(target)) as conn, conn.cursor() as cur:
         if reset:
             cur.execute(f"DROP DATABASE IF EXISTS `{TARGET_DATABASE}`")
         cur.execute(f"CREATE DATABASE IF NOT EXISTS `{TARGET_DATABASE}` CHARACTER SET utf8mb4")
     return Demo(root, source, target)
+
+
+def start_postgres_target(root: Path, reset: bool) -> PostgresServer:
+    """A throwaway PostgreSQL server under `root/postgres` with an empty analytics database."""
+    if pg_bin_dir() is None:
+        raise SystemExit(
+            "PostgreSQL's initdb not found: run ./scripts/bootstrap.sh (it installs Debian's"
+            " postgresql), or apt-get install postgresql"
+        )
+    import psycopg2
+
+    server = PostgresServer(root / "postgres").start()
+    conn = psycopg2.connect(server.url("postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            if reset:
+                cur.execute(f'DROP DATABASE IF EXISTS "{ANALYTICS_DATABASE}" WITH (FORCE)')
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ANALYTICS_DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE DATABASE \"{ANALYTICS_DATABASE}\" ENCODING 'UTF8'")
+    finally:
+        conn.close()
+    return server
 
 
 def write_env_files(demo: Demo, dotenv: Path) -> list[Path]:
@@ -169,3 +206,4 @@ def stop_demo(root: Path) -> None:
     for side in ("source", "target"):
         if (root / side).exists():
             MariaDBServer(root / side).stop()
+    PostgresServer(root / "postgres").stop(immediate=False)

@@ -352,6 +352,12 @@ def _check_side(
         settings, connect_timeout=CONNECT_TIMEOUT_SECONDS, pool_size=1, max_overflow=0
     )
     engine = create_engine(probe, local_infile=side == "target")
+    if settings.dialect == "postgresql":
+        try:
+            _check_postgres_target(engine, settings, info, tables, report)
+        finally:
+            engine.dispose()
+        return {}
     try:
         with engine.connect() as conn:
             facts = read_server_facts(conn)
@@ -396,11 +402,100 @@ def _check_side(
         engine.dispose()
 
 
+POSTGRES_MIN_VERSION = 14  # bit_xor() over bigint, which the checks' digests need
+POSTGRES_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def _check_postgres_target(
+    engine: sa.Engine,
+    settings: DatabaseSettings,
+    info: SideReport,
+    tables: Sequence[TableConfig],
+    report: Report,
+) -> None:
+    """A PostgreSQL target: reachable, recent enough, UTF8, and allowed to create and write
+    the tables in each schema tables.json names (or the connection's current schema)."""
+    add = report.findings.append
+    try:
+        with engine.connect() as conn:
+            version_num = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+            version = str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+            encoding = str(conn.exec_driver_sql("SHOW server_encoding").scalar_one())
+            tls = conn.exec_driver_sql(
+                "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl"
+            ).one_or_none()
+            info.connected, info.version = True, version
+            info.tls = f"{tls[0]} {tls[1]}" if tls else "off"
+            add(Finding("target", "connection", "ok", f"{info.url} (PostgreSQL {version})"))
+            if version_num < POSTGRES_MIN_VERSION * 10000:
+                add(Finding("target", "version", "fail",
+                            f"PostgreSQL {version}: the checks need {POSTGRES_MIN_VERSION} or"
+                            " newer (bit_xor)"))  # fmt: skip
+            if encoding.upper() != "UTF8":
+                add(Finding("target", "encoding", "fail",
+                            f"database encoding {encoding}: utf8mb4 text (4-byte characters)"
+                            " needs a UTF8 database (CREATE DATABASE ... ENCODING 'UTF8')"))  # fmt: skip
+            if settings.ssl is not None and tls is None:
+                add(Finding("target", "tls", "fail", "TLS is configured but not in use"))
+            current = str(conn.exec_driver_sql("SELECT current_schema()").scalar_one() or "")
+            schemas = sorted({cfg.target_schema or current for cfg in tables} or {current})
+            for schema in schemas:
+                add(_postgres_schema_finding(conn, schema, tables, current))
+    except sa.exc.SQLAlchemyError as error:
+        message = error_message(error, settings.secrets)
+        add(Finding("target", "connection", "fail", f"{info.url}: {message}"))
+
+
+def _postgres_schema_finding(
+    conn: sa.Connection, schema: str, tables: Sequence[TableConfig], current: str
+) -> Finding:
+    exists = conn.execute(
+        sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
+    ).scalar_one()
+    if not exists:
+        can_create = conn.execute(
+            sa.text("SELECT has_database_privilege(current_database(), 'CREATE')")
+        ).scalar_one()
+        if can_create:
+            return Finding("target", "privileges", "ok",
+                           f"schema {schema!r} does not exist yet; the first sync creates it")  # fmt: skip
+        return Finding("target", "privileges", "fail",
+                       f"schema {schema!r} does not exist and this user may not create it:"
+                       f" CREATE SCHEMA {schema} (or GRANT CREATE ON DATABASE to the user)")  # fmt: skip
+    allowed = conn.execute(
+        sa.text("SELECT has_schema_privilege(:s, 'USAGE'), has_schema_privilege(:s, 'CREATE')"),
+        {"s": schema},
+    ).one()
+    if not all(allowed):
+        return Finding("target", "privileges", "fail",
+                       f"schema {schema!r}: this user needs USAGE and CREATE on it:"
+                       f" GRANT USAGE, CREATE ON SCHEMA {schema} TO <user>")  # fmt: skip
+    lacking = []
+    for cfg in tables:
+        if (cfg.target_schema or current) != schema:
+            continue
+        name = f'"{schema}"."{cfg.target}"'
+        if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar() is None:
+            continue
+        for privilege in POSTGRES_TABLE_PRIVILEGES:
+            if not conn.execute(
+                sa.text("SELECT has_table_privilege(:n, :p)"), {"n": name, "p": privilege}
+            ).scalar_one():
+                lacking.append(f"{privilege} on {cfg.target}")
+    if lacking:
+        return Finding("target", "privileges", "fail",
+                       f"schema {schema!r}: missing {', '.join(lacking)}")  # fmt: skip
+    return Finding("target", "privileges", "ok",
+                   f"schema {schema!r}: may create tables and write the synced ones")  # fmt: skip
+
+
 def _same_database(report: Report) -> Finding | None:
     source, target = (report.sides.get(s) for s in ("source", "target"))
     if not (source and target and source.settings and target.settings):
         return None
     a, b = source.settings.url, target.settings.url
+    if source.settings.dialect != target.settings.dialect:
+        return None
     if (a.host, a.port or 3306, a.database) == (b.host, b.port or 3306, b.database):
         return Finding(
             "config",

@@ -55,20 +55,42 @@ class PostgresServer:
             raise ServerError("initdb not found (apt-get install postgresql)")
         return bin_dir / name
 
+    @property
+    def port_file(self) -> Path:
+        return self.base / "port"
+
     def _run(self, *args: Any) -> None:
         subprocess.run(list(args), check=True, capture_output=True, **self._run_as)
 
+    def _account(self) -> None:
+        """As root, the server's files and processes belong to the `postgres` user."""
+        if os.geteuid() != 0 or self._run_as:
+            return
+        try:
+            account = pwd.getpwnam(SUPERUSER)
+        except KeyError as error:
+            raise ServerError(
+                f"running as root and there is no {SUPERUSER!r} user to run initdb as"
+            ) from error
+        os.chown(self.base, account.pw_uid, account.pw_gid)
+        self._run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def running(self) -> bool:
+        if not (self.data / "postmaster.pid").exists():
+            return False
+        status = subprocess.run(
+            [self._bin("pg_ctl"), "-D", self.data, "status"], capture_output=True, check=False
+        )
+        return status.returncode == 0
+
     def start(self) -> PostgresServer:
+        """Start the server (initialising its directory the first time); a server of this
+        directory that is already running is reused, on its port."""
         self.base.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            try:
-                account = pwd.getpwnam(SUPERUSER)
-            except KeyError as error:
-                raise ServerError(
-                    f"running as root and there is no {SUPERUSER!r} user to run initdb as"
-                ) from error
-            os.chown(self.base, account.pw_uid, account.pw_gid)
-            self._run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        self._account()
+        if self.running() and self.port_file.exists():
+            self.port = int(self.port_file.read_text())
+            return self
         self.port = self.port or free_port()
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -86,9 +108,13 @@ class PostgresServer:
         except (subprocess.CalledProcessError, OSError) as error:
             detail = self.log.read_text() if self.log.exists() else getattr(error, "stderr", b"")
             raise ServerError(f"PostgreSQL did not start: {error}: {detail!r}") from error
+        self.port_file.write_text(str(self.port))
         return self
 
     def stop(self, *, immediate: bool = True) -> None:
+        if not self.data.exists():
+            return
+        self._account()
         mode = "immediate" if immediate else "fast"
         subprocess.run(
             [self._bin("pg_ctl"), "-D", self.data, "-m", mode, "stop"],

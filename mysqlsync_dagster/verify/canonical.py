@@ -78,8 +78,11 @@ def _mysql_double_bits(x: str) -> str:
 
 
 def _mysql_not_zero_date(quoted: str, value: str) -> str:
-    """`value`, or NULL where the sync writes NULL: a zero month or day ('0000-00-00' ...)."""
-    return f"IF(MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, {value})"
+    """`value`, or NULL where the sync writes NULL: a zero year, month or day ('0000-00-00',
+    '0000-01-01', which PostgreSQL has no day for ...)."""
+    return (
+        f"IF(YEAR({quoted}) = 0 OR MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, {value})"
+    )
 
 
 def mysql_canonical_sql(column: Column, quoted: str) -> str:

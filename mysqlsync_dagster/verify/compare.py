@@ -42,7 +42,10 @@ from mysqlsync_dagster.pipeline.windows import (
     window_condition,
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
-from mysqlsync_dagster.targets.mysql.state import read_state
+from mysqlsync_dagster.targets import target_for
+from mysqlsync_dagster.targets.base import Target
+from mysqlsync_dagster.verify import canonical
+from mysqlsync_dagster.verify.canonical import unsigned64
 from mysqlsync_dagster.verify.outcome import (  # noqa: F401 (the checks' names, from here too)
     BLOCKING_CHECKS,
     CHECKSUM_MATCH,
@@ -68,6 +71,15 @@ SAMPLE_KEYS = 20
 KEY_BATCH = 500  # keys per `IN (...)` list
 
 Key = tuple[Any, ...]
+TEXT_TYPES = frozenset(
+    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+)
+
+
+def pg_quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 Side = Literal["source", "target"]
 Difference = Literal["missing_in_target", "extra_in_target", "changed"]
 T = TypeVar("T")
@@ -206,6 +218,15 @@ def key_in(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key]) -> sa.
     return sa.tuple_(*columns).in_(keys)
 
 
+def _plain(value: Any) -> Any:
+    """A value read from a PostgreSQL target as the MySQL driver gives it."""
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
 def jsonable(value: Any) -> Any:
     """A key value as JSON metadata shows it exactly."""
     if isinstance(value, bytes):
@@ -245,6 +266,8 @@ class TablePair:
     window: ModifierWindow | None = None
     # An incremental run's read window: only rows changed since this cursor text (or NULL).
     since: str | None = None
+    # the target (MySQL or PostgreSQL): None means a MySQL target of `target_engine`
+    target: Target | None = None
 
     @classmethod
     def open(
@@ -255,27 +278,26 @@ class TablePair:
         window: ModifierWindow | None = None,
     ) -> TablePair:
         source_db = source_engine.url.database or ""
-        target_db = target_engine.url.database or ""
+        target = target_for(target_engine, schema=cfg.target_schema)
         with source_engine.connect() as conn:
             shape = read_table_shape(conn, source_db, cfg.table)
         if shape is None:
             raise CheckError(
                 f"table {cfg.table!r} does not exist in the source database {source_db!r}"
             )
-        with target_engine.connect() as conn:
-            target = read_table_shape(conn, target_db, cfg.target)
-            state = read_state(conn, cfg.target)
-        if target is None:
+        target_columns = target.column_names(cfg.target)
+        if target_columns is None:
             raise CheckError(
-                f"table {cfg.target!r} does not exist in the target database {target_db!r} "
+                f"table {cfg.target!r} does not exist in the target database {target.schema!r} "
                 "(not synced yet?)"
             )
-        needed = {c.name for c in shape.copied_columns} | set(cfg.primary_key)
+        state = target.stored_state(cfg.target)
+        needed = {c.name for c in target.copied_columns(shape)} | set(cfg.primary_key)
         if cfg.modifier:
             needed.add(cfg.modifier)
         missing = (
             sorted(needed - set(shape.column_names)),
-            sorted(needed - set(target.column_names)),
+            sorted(needed - set(target_columns)),
         )
         for side, names in zip(("source", "target"), missing, strict=True):
             if names:
@@ -289,27 +311,64 @@ class TablePair:
             key_columns=shape.primary_key or cfg.primary_key,
             cursor=state.cursor if state and cfg.incremental and window is None else None,
             window=window,
+            target=target,
         )
 
     # -- SQL pieces ------------------------------------------------------------------
     def engine(self, side: Side) -> sa.Engine:
         return self.source_engine if side == "source" else self.target_engine
 
+    @property
+    def cross_engine(self) -> bool:
+        """The target is not MySQL: each side computes the canonical digest
+        (`verify/canonical.py`) instead of MySQL's CRC32 of its own text."""
+        return self.target is not None and self.target.kind != "mysql"
+
     def table(self, side: Side) -> sa.TableClause:
         name = self.cfg.table if side == "source" else self.cfg.target
-        engine = self.engine(side)
-        return sa.table(
-            name, *(sa.column(c) for c in self.shape.column_names), schema=engine.url.database
-        )
+        schema = self.engine(side).url.database
+        if side == "target" and self.target is not None:
+            schema = self.target.schema
+        return sa.table(name, *(sa.column(c) for c in self.shape.column_names), schema=schema)
 
     def columns(self, keys_only: bool = False) -> list[Column]:
-        """The columns hashed: the source's copied columns, or its primary key alone."""
+        """The columns hashed: the copied columns, or the primary key alone."""
         if keys_only:
             return [self.shape.column(c) for c in self.key_columns]
+        if self.target is not None:
+            return self.target.copied_columns(self.shape)
         return self.shape.copied_columns
 
-    def keys(self, table: sa.TableClause) -> list[sa.ColumnElement[Any]]:
-        return [table.c[c] for c in self.key_columns]
+    def keys(self, table: sa.TableClause, side: Side) -> list[sa.ColumnElement[Any]]:
+        """The key columns of `side`'s table. Against another engine, the source's text keys
+        compare in binary (code point) order, as the target's "C" collation does, so that a
+        key range holds the same rows on both sides."""
+        if side == "target" or not self.cross_engine:
+            return [table.c[c] for c in self.key_columns]
+        return [self._binary_key(table, c) for c in self.key_columns]
+
+    def _binary_key(self, table: sa.TableClause, name: str) -> sa.ColumnElement[Any]:
+        if self.shape.column(name).data_type not in TEXT_TYPES:
+            return table.c[name]
+        # utf8mb4 first: a latin1 or ascii column takes no utf8mb4 collation
+        return sa.cast(table.c[name], sa.CHAR).collate("utf8mb4_bin")
+
+    def row_digest(self, side: Side, keys_only: bool = False) -> sa.ColumnElement[Any]:
+        """The per-row digest expression of `side` (a 64-bit integer)."""
+        columns = self.columns(keys_only)
+        if not self.cross_engine:
+            return sa.literal_column(row_digest_sql(columns, self.dialect))
+        if side == "source":
+            quote = PLAIN_MYSQL.identifier_preparer.quote_identifier
+            return sa.literal_column(canonical.mysql_row_digest_sql(columns, quote))
+        return sa.literal_column(canonical.postgres_row_digest_sql(columns, pg_quote))
+
+    def plain_key(self, side: Side, row: Sequence[Any]) -> Key:
+        """A key as read from `side`, in the form the source's driver gives (so that keys
+        from both sides compare equal): bytes, and instants as naive UTC."""
+        if side == "source" or not self.cross_engine:
+            return tuple(row)
+        return tuple(_plain(v) for v in row)
 
     def where(
         self,
@@ -318,10 +377,11 @@ class TablePair:
         *,
         scoped: bool = True,
         strict: bool = False,
+        side: Side = "source",
     ) -> list[sa.ColumnElement[bool]]:
         """The key range and, when `scoped` and the table is incremental, the synced rows:
         modifier up to the cursor (`strict`: before it) or NULL."""
-        keys = self.keys(table)
+        keys = self.keys(table, side)
         clauses = []
         if key_range.lower is not None:
             clauses.append(keys_after(keys, key_range.lower))
@@ -347,7 +407,7 @@ class TablePair:
         deleted or changed after the run read the source, or sits at the cursor, which the
         next run re-reads anyway."""
         table = self.table("source")
-        columns = self.keys(table)
+        columns = self.keys(table, "source")
         found: set[Key] = set()
         for i in range(0, len(keys), KEY_BATCH):
             batch = keys[i : i + KEY_BATCH]
@@ -360,13 +420,16 @@ class TablePair:
     def key_digests(self, side: Side, keys: Sequence[Key]) -> dict[Key, int]:
         """{key: row digest} of these keys on one side, whatever their modifier."""
         table = self.table(side)
-        columns = self.keys(table)
-        row_digest = sa.literal_column(row_digest_sql(self.columns(), self.dialect))
+        columns = self.keys(table, side)
+        row_digest = self.row_digest(side)
         out: dict[Key, int] = {}
         for i in range(0, len(keys), KEY_BATCH):
             query = sa.select(*columns, row_digest).where(key_in(columns, keys[i : i + KEY_BATCH]))
             with self.engine(side).connect() as conn:
-                out |= {tuple(row[:-1]): int(row[-1]) for row in conn.execute(query)}
+                out |= {
+                    self.plain_key(side, row[:-1]): unsigned64(row[-1])
+                    for row in conn.execute(query)
+                }
         return out
 
     @property
@@ -389,7 +452,7 @@ class TablePair:
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
-        return self._count(side, table, *self.where(table, KeyRange(), strict=strict))
+        return self._count(side, table, *self.where(table, KeyRange(), strict=strict, side=side))
 
     def count_after_cursor(self, side: Side) -> int:
         """Rows whose modifier is after the cursor (changed since the run read the source):
@@ -411,15 +474,15 @@ class TablePair:
         """COUNT(*) and BIT_XOR of row digests over the range (`keys_only`: digests of the
         primary key alone, over every row: the key sets compared, for deletes)."""
         table = self.table(side)
-        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
+        row_digest = self.row_digest(side, keys_only)
         query = (
             sa.select(sa.func.count(), sa.func.bit_xor(row_digest))
             .select_from(table)
-            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict, side=side))
         )
         with self.engine(side).connect() as conn:
             rows, xor = conn.execute(query).one()
-        return Digest(int(rows), int(xor or 0))
+        return Digest(int(rows), unsigned64(xor or 0))
 
     def parallel(self, query: Callable[[Side], T]) -> tuple[T, T, float]:
         """The same query on both sides at once; both results and the wall time."""
@@ -437,16 +500,18 @@ class TablePair:
         self, side: Side, key_range: KeyRange, *, strict: bool, keys_only: bool = False
     ) -> dict[Key, int]:
         table = self.table(side)
-        keys = self.keys(table)
-        row_digest = sa.literal_column(row_digest_sql(self.columns(keys_only), self.dialect))
+        keys = self.keys(table, side)
+        row_digest = self.row_digest(side, keys_only)
         query = (
             sa.select(*keys, row_digest)
             .select_from(table)
-            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict))
+            .where(*self.where(table, key_range, scoped=not keys_only, strict=strict, side=side))
             .order_by(*keys)
         )
         with self.engine(side).connect() as conn:
-            return {tuple(row[:-1]): int(row[-1]) for row in conn.execute(query)}
+            return {
+                self.plain_key(side, row[:-1]): unsigned64(row[-1]) for row in conn.execute(query)
+            }
 
     def key_at(
         self,
@@ -459,23 +524,23 @@ class TablePair:
     ) -> Key | None:
         """The key `offset` rows into the range (0 = its first), or None past its end."""
         table = self.table(side)
-        keys = self.keys(table)
-        clauses = self.where(table, key_range, scoped=scoped, strict=strict)
+        keys = self.keys(table, side)
+        clauses = self.where(table, key_range, scoped=scoped, strict=strict, side=side)
         query = sa.select(*keys).where(*clauses).order_by(*keys).limit(1).offset(offset)
         with self.engine(side).connect() as conn:
             row = conn.execute(query).first()
-        return tuple(row) if row else None
+        return self.plain_key(side, row) if row else None
 
     def key_list(self, side: Side, key_range: KeyRange, limit: int | None = None) -> list[Key]:
         table = self.table(side)
-        keys = self.keys(table)
+        keys = self.keys(table, side)
         # deletes concern every row, whatever its modifier
-        clauses = self.where(table, key_range, scoped=False)
+        clauses = self.where(table, key_range, scoped=False, side=side)
         query = sa.select(*keys).where(*clauses).order_by(*keys)
         if limit is not None:
             query = query.limit(limit)
         with self.engine(side).connect() as conn:
-            return [tuple(row) for row in conn.execute(query)]
+            return [self.plain_key(side, row) for row in conn.execute(query)]
 
     @property
     def dialect(self) -> sa.Dialect:

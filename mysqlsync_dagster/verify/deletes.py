@@ -99,7 +99,7 @@ def key_set_differences(pair: TablePair) -> Iterator[tuple[RowDiff, ChecksumScan
 def absent_in_source(pair: TablePair, candidates: Sequence[Key]) -> list[Key]:
     """The candidates for which the source has no row with an equal key."""
     table = pair.table("source")
-    keys = pair.keys(table)
+    keys = pair.keys(table, "source")
     absent: list[Key] = []
     for i in range(0, len(candidates), EXISTS_BATCH):
         batch = candidates[i : i + EXISTS_BATCH]
@@ -121,4 +121,6 @@ def delete_keys(pair: TablePair, keys: Sequence[Key]) -> int:
         return 0
     table = pair.table("target")
     with pair.target_engine.begin() as conn:
-        return int(conn.execute(sa.delete(table).where(key_in(pair.keys(table), keys))).rowcount)
+        return int(
+            conn.execute(sa.delete(table).where(key_in(pair.keys(table, "target"), keys))).rowcount
+        )

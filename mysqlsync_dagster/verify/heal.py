@@ -40,7 +40,6 @@ import sqlalchemy as sa
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.targets.base import SweepState
-from mysqlsync_dagster.targets.mysql.state import read_sweep
 from mysqlsync_dagster.verify.compare import (
     CHECKSUM_MATCH,
     DELETES_HINT,
@@ -412,11 +411,11 @@ def run_all_checks(
     names = [ROW_COUNT_MATCH, CHECKSUM_MATCH]
     try:
         pair = TablePair.open(cfg, source_engine, target_engine)
-        with target_engine.connect() as conn:
-            try:
-                sweep = read_sweep(conn, cfg.target)
-            except sa.exc.DBAPIError:  # a state table of an earlier version: from the start
-                sweep = SweepState()
+        assert pair.target is not None
+        try:
+            sweep = pair.target.read_sweep(cfg.target)
+        except sa.exc.DBAPIError:  # a state table of an earlier version: from the start
+            sweep = SweepState()
         healing = heal(pair, None, sweep, budget=cfg.verify_budget, window_since=None)
     except Exception as error:
         secrets = [e.url.password for e in (source_engine, target_engine) if e.url.password]

@@ -35,14 +35,13 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import WireColumn, to_wire_text
+from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
 
 
 def use_jemalloc(explicit_pool: str | None) -> None:
@@ -207,16 +206,7 @@ class TableLoader:
 
     def load_parquet(self, path: str | Path, load_id: str) -> None:
         """Load one Parquet file of wire columns, stamped `load_id`."""
-        # pre_buffer keeps every row group read so far cached until the reader is closed:
-        # peak memory would grow with the file (measured: +170 MB at 3M rows, none without)
-        parquet = pq.ParquetFile(path, pre_buffer=False)
-        names = parquet.schema_arrow.names
-        if len(names) != len(self.wire):
-            raise LoadError(
-                f"{path}: expected the {len(self.wire)} source columns "
-                f"{[w.column.name for w in self.wire]}, found columns {names}"
-            )
-        self._load_batches(parquet.iter_batches(batch_size=self.batch_size), load_id)
+        self._load_batches(parquet_batches(path, self.wire, self.batch_size), load_id)
         self.stats.files += 1
 
     def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:

@@ -117,12 +117,25 @@ def decode_key(text: str | None) -> tuple[Any, ...] | None:
 
 def read_sweep(conn: Connection, target_table: str) -> SweepState:
     row = conn.execute(
-        sa.text(
-            "SELECT sweep_position, sweep_started_at, sweep_runs, last_sweep_started_at,"
-            f" last_sweep_runs, kept_deleted FROM {_state_table(conn)} WHERE target_table = :t"
-        ),
+        sa.text(f"SELECT {SWEEP_SELECT} FROM {_state_table(conn)} WHERE target_table = :t"),
         {"t": target_table},
     ).one_or_none()
+    return sweep_from_row(row)
+
+
+# the sweep's columns, as `read_sweep` selects them and `write_sweep` sets them
+SWEEP_SELECT = (
+    "sweep_position, sweep_started_at, sweep_runs, last_sweep_started_at, last_sweep_runs,"
+    " kept_deleted"
+)
+SWEEP_SET = (
+    "sweep_position = :p, sweep_started_at = :s, sweep_runs = :r, last_sweep_started_at = :ls,"
+    " last_sweep_runs = :lr, kept_deleted = :k"
+)
+
+
+def sweep_from_row(row: Any) -> SweepState:
+    """The sweep of a state row (`SWEEP_SELECT`'s columns); none stored: from the start."""
     if row is None:
         return SweepState()
     return SweepState(
@@ -130,23 +143,24 @@ def read_sweep(conn: Connection, target_table: str) -> SweepState:
     )
 
 
+def sweep_parameters(target_table: str, sweep: SweepState) -> dict[str, Any]:
+    """The parameters of `SWEEP_SET` (and `:t`, the table) for `sweep`."""
+    return {
+        "t": target_table,
+        "p": encode_key(sweep.position),
+        "s": sweep.started_at,
+        "r": sweep.runs,
+        "ls": sweep.last_started_at,
+        "lr": sweep.last_runs,
+        "k": sweep.kept,
+    }
+
+
 def write_sweep(conn: Connection, target_table: str, sweep: SweepState) -> None:
     """Store the sweep's place (the table's state row exists: a sync wrote it)."""
     conn.execute(
-        sa.text(
-            f"UPDATE {_state_table(conn)} SET sweep_position = :p, sweep_started_at = :s,"
-            " sweep_runs = :r, last_sweep_started_at = :ls, last_sweep_runs = :lr,"
-            " kept_deleted = :k WHERE target_table = :t"
-        ),
-        {
-            "t": target_table,
-            "p": encode_key(sweep.position),
-            "s": sweep.started_at,
-            "r": sweep.runs,
-            "ls": sweep.last_started_at,
-            "lr": sweep.last_runs,
-            "k": sweep.kept,
-        },
+        sa.text(f"UPDATE {_state_table(conn)} SET {SWEEP_SET} WHERE target_table = :t"),
+        sweep_parameters(target_table, sweep),
     )
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import TableShape, read_table_shape
+from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
 from mysqlsync_dagster.db import connect, quote_identifier, run_sql
-from mysqlsync_dagster.pipeline.wire import WireColumn
+from mysqlsync_dagster.pipeline.wire import WireColumn, wire_columns
 from mysqlsync_dagster.settings import DatabaseSettings
+from mysqlsync_dagster.targets.base import log_schema_changes
 from mysqlsync_dagster.targets.mysql import state
 from mysqlsync_dagster.targets.mysql.ddl import SchemaChanges, diff_schema, mirror_ddl
 from mysqlsync_dagster.targets.mysql.loader import Strategy, TableLoader
@@ -48,14 +49,35 @@ class NamedLock:
 @dataclass
 class MySQLTarget:
     engine: sa.Engine
-    settings: DatabaseSettings
+    settings: DatabaseSettings | None = None
+    kind = "mysql"
 
     @property
     def database(self) -> str:
         return self.engine.url.database or ""
 
+    @property
+    def schema(self) -> str:
+        """Where the tables are: MySQL's schema is the database."""
+        return self.database
+
     def quote(self, name: str) -> str:
         return quote_identifier(name)
+
+    def qualified(self, table: str) -> str:
+        return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
+
+    def copied_columns(self, shape: TableShape) -> list[Column]:
+        """The columns whose values are copied: generated columns the target computes."""
+        return shape.copied_columns
+
+    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
+        return wire_columns(list(columns))
+
+    def column_names(self, table: str) -> list[str] | None:
+        with self.engine.connect() as conn:
+            shape = self.read_shape(conn, table)
+        return None if shape is None else shape.column_names
 
     def read_shape(self, conn: sa.Connection, table: str) -> TableShape | None:
         return read_table_shape(conn, self.database, table)
@@ -74,23 +96,15 @@ class MySQLTarget:
             changes = diff_schema(source, existing)
             if not changes.empty:
                 run_sql(conn, f"ALTER TABLE {self.quote(table)} " + ", ".join(changes.clauses))
-                log.info(
-                    "%s: schema evolved: added %s, changed %s, dropped in source (kept) %s",
-                    source.name,
-                    list(changes.added),
-                    list(changes.modified),
-                    list(changes.dropped_in_source),
-                )
-            elif changes.dropped_in_source:
-                log.warning(
-                    "%s: columns %s no longer exist in the source; kept in the target",
-                    source.name,
-                    list(changes.dropped_in_source),
-                )
+            log_schema_changes(log, source.name, changes)
             return changes
 
     def lock(self, table: str, wait_seconds: int) -> NamedLock | None:
-        conn = connect(self.engine, "target", self.settings)
+        conn = (
+            connect(self.engine, "target", self.settings)
+            if self.settings is not None
+            else self.engine.connect()
+        )
         name = lock_name(self.database, table)
         got = conn.execute(
             sa.text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": wait_seconds}
@@ -135,6 +149,11 @@ class MySQLTarget:
             loader.finish(conn)
             if record_state:
                 state.write_state(conn, table, cursor, loader.stats.rows, loader.stats.load_id)
+
+    def stored_state(self, table: str) -> state.SyncState | None:
+        """The table's sync state, read only (None: no state table, or no row)."""
+        with self.engine.connect() as conn:
+            return state.read_state(conn, table)
 
     def read_sweep(self, table: str) -> state.SweepState:
         """(After `read_state`, which made sure the state table has the sweep's columns.)"""

@@ -13,7 +13,7 @@ is selected on the source as text that `COPY ... (FORMAT csv)` parses back to th
 | FLOAT / DOUBLE                           | real / double precision         | CAST(CAST(col AS DOUBLE) ...) |
 | BIT(n)                                   | bit(n)                          | LPAD(BIN(col), n, '0')        |
 | DATE, DATETIME(n)                        | date, timestamp(n) without t.z. | CAST(col AS CHAR)             |
-| TIMESTAMP(n)                             | timestamp(n) with time zone     | CAST(col AS CHAR) + '+00'     |
+| TIMESTAMP(n)                             | timestamp(n) with time zone     | its UTC text + '+00'          |
 | TIME(n)                                  | interval(n)                     | CAST(col AS CHAR)             |
 | CHAR(n), VARCHAR(n)                      | varchar(n)                      | CAST(col AS CHAR) (utf8mb4)   |
 | TEXT types, ENUM, SET                    | text                            | CAST(col AS CHAR) (utf8mb4)   |
@@ -23,8 +23,9 @@ is selected on the source as text that `COPY ... (FORMAT csv)` parses back to th
 CHAR becomes varchar, not char(n): MySQL strips CHAR's trailing pad, and the value is kept as
 MySQL returns it. TIME becomes interval, which holds MySQL's whole range ('-838:59:59' to
 '838:59:59') to the microsecond; `interval(n)` keeps n fractional digits like TIME(n) (an
-`interval second(n)` would do the same but print as seconds). The source session runs with
-time_zone '+00:00', so a TIMESTAMP's text is UTC and '+00' makes it the same instant.
+`interval second(n)` would do the same but print as seconds). A TIMESTAMP's UTC text is made
+from its epoch seconds by date arithmetic, whatever the reading session's time zone (the
+extraction's connectorx sessions keep the server's): '+00' makes it the same instant.
 
 Zero dates ('0000-00-00', a zero month or day) are selected as they are: the pipeline turns them
 into NULL afterwards. A NUL character in a text value is the loader's concern (PostgreSQL text
@@ -174,7 +175,7 @@ def pg_wire_sql(column: Column, quoted: str) -> str:
     """SQL run on the source that selects the column (identifier `quoted`) as the text COPY
     (FORMAT csv) parses to the same value in `pg_type(column)`; NULL stays NULL.
 
-    Needs a source session with time_zone '+00:00' (TIMESTAMP) and utf8mb4 (text).
+    Needs a source session in utf8mb4 (text); any time zone.
     """
     kind = value_kind(column)
     if kind == "binary":
@@ -188,5 +189,8 @@ def pg_wire_sql(column: Column, quoted: str) -> str:
         # the CAST also drops ZEROFILL's padding ('00000000000000005e-324')
         return f"CAST(CAST({quoted} AS DOUBLE) AS CHAR)"
     if kind == "timestamp":
-        return f"CONCAT(CAST({quoted} AS CHAR), '+00')"
+        # the zero TIMESTAMP (epoch 0, which no real one has) stays the zero date's text
+        epoch = f"UNIX_TIMESTAMP({quoted})"
+        utc = f"TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ROUND({epoch} * 1000000) MICROSECOND"
+        return f"IF({epoch} = 0, '0000-00-00 00:00:00', CONCAT(CAST({utc} AS CHAR), '+00'))"
     return f"CAST({quoted} AS CHAR)"
