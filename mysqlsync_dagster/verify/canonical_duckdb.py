@@ -2,37 +2,40 @@
 
 The checks compare a source range with its DuckDB copy by `COUNT(*)` and the XOR of row digests
 on each side (`BIT_XOR` in MySQL, `bit_xor` in DuckDB), then compare per-key digests to narrow
-a difference down. Both sides build the digest from the same canonical text per column:
+a difference down. The MySQL side is the one the PostgreSQL checks use (`verify/canonical.py`
+on branch pg-types computes the same text and digest), so a source is hashed one way whatever
+the target; this module adds DuckDB's side. Each value becomes a canonical text:
 
-    digest(row) = first 16 hex digits of MD5(CONCAT_WS(',', md5(canon(col)) or 'N', ...))
+| source type (DuckDB type)               | canonical text                                      |
+|-----------------------------------------|-----------------------------------------------------|
+| integers (TINYINT ... UBIGINT)          | the decimal integer: '-128', '18446744073709551615' |
+| YEAR (USMALLINT)                        | the decimal integer: '0' (not MySQL's '0000')       |
+| DECIMAL(p,s) (DECIMAL(p,s) or VARCHAR)  | the decimal with exactly s fraction digits          |
+| FLOAT, DOUBLE (FLOAT, DOUBLE)           | the IEEE-754 binary64 bits (FLOAT widened) as 16    |
+|                                         | lowercase hex digits: 0.1 -> '3fb999999999999a'     |
+| BIT(n) (UBIGINT)                        | n binary digits: '00101'                            |
+| DATE (DATE)                             | 'YYYY-MM-DD'                                        |
+| DATETIME(n) (TIMESTAMP)                 | 'YYYY-MM-DD hh:mm:ss' and n fraction digits         |
+| TIMESTAMP(n) (TIMESTAMPTZ)              | the instant: microseconds since 1970-01-01 UTC      |
+| TIME(n) (INTERVAL)                      | the signed length in microseconds: '-1'             |
+| character types, JSON, UUID, INET       | MD5 of the UTF-8 text (latin1 etc. converted)       |
+| binary and spatial (BLOB)               | MD5 of the raw bytes (spatial: SRID + WKB)          |
+| NULL, and zero dates (copied as NULL)   | 'N'                                                 |
 
-read as an unsigned 64-bit integer (MySQL: CONV(..., 16, 10) as UNSIGNED; DuckDB: '0x...' cast
-to UBIGINT). Each column contributes 32 hex digits or 'N' (NULL), so the joined text is never
-ambiguous and NULL differs from ''.
+The row digest is MD5 of the column texts joined with ',' (no canonical text contains ',' or is
+'N', so the join is unambiguous); its first 16 hex digits, read as an unsigned 64-bit integer
+(MySQL: CONV(..., 16, 10) AS UNSIGNED; DuckDB: '0x...' cast to UBIGINT), are the digest.
 
-Canonical text of one value, by kind (the same on both sides):
+Doubles are hashed by their bits, never their text: MariaDB prints '1e15' where DuckDB prints
+'1000000000000000.0'. Neither engine exposes the bits, so both compute them the same way in
+double arithmetic: for a normal |x|, the exponent e = FLOOR(LOG2(|x|)), corrected by one where
+LOG2 rounds across a power of two (seen from the mantissa's range), and the mantissa
+m = |x| / 2^(e - 52), an integer in [2^52, 2^53); a subnormal's mantissa is |x| / 2^-1074.
+Dividing by a power of two is exact in IEEE arithmetic and 2^(e - 52) never exceeds 2^972, so
+the bits are exact and nothing overflows; a zero's sign is ATAN2(x, -1)'s. DuckDB's side clamps
+|x| to 2^-1022 inside the normal branch so that no row can reach LOG2(0) or an infinite cast.
 
-- integers, YEAR, BIT: the decimal number (YEAR 0 is '0', BIT(64) up to 18446744073709551615);
-- DECIMAL: its text with all `s` decimals (MySQL's CAST AS CHAR, DuckDB's DECIMAL as VARCHAR;
-  p > 38 is stored as MySQL's text in DuckDB and hashed as is);
-- FLOAT, DOUBLE: never the printed number (MariaDB prints '1e15', DuckDB '1000000000000000.0'):
-  an exact decomposition of the IEEE value computed in each engine's double arithmetic, see
-  `_double_canonical`; a FLOAT is decomposed as its (exact) DOUBLE value;
-- DATE: 'YYYY-MM-DD'; DATETIME: microseconds since 1970-01-01 00:00:00 (wall clock, no zone);
-  TIMESTAMP: microseconds since the epoch of the instant; TIME: signed microseconds;
-  zero dates are NULL, the one conversion the copy makes;
-- character types: the utf8mb4 bytes (a latin1 column is converted, as the copy is); JSON text
-  verbatim; MySQL strips CHAR's trailing pad, VARCHAR keeps its spaces, DuckDB keeps all;
-- binary and spatial: the raw bytes (spatial: MySQL's SRID + WKB), never hex.
-
-DOUBLE values: zero (either sign) is '0'. Otherwise, with a = |x|, the binary exponent
-e = FLOOR(LOG2(a)), corrected by one when LOG2 rounds across a power of two (so that the
-integer mantissa m = a / 2^(e-52) lies in [2^52, 2^53)), gives '<sign><e>p<m>'. A subnormal
-(a < 2^-1022) is '<sign>-1022p<m>' with m = a * 2^1074 (< 2^52), computed as a * 2^1000 *
-2^74 to stay in range. Division and multiplication by a power of two are exact in IEEE
-arithmetic, so m is exact; LOG2 only picks the exponent, and the correction makes its last-bit
-error harmless. 2^(e-52) never exceeds 2^972, so MySQL's POW never overflows. The value is
-clamped to 2^-1022 inside the normal branch so that no engine evaluates LOG2(0).
+No MySQL SQL here contains '%', so PyMySQL's %-formatting leaves it alone.
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ from mysqlsync_dagster.targets.duckdb.types import CHARACTER_TYPES, duckdb_type
 
 Quote = Callable[[str], str]
 CanonicalKind = Literal[
-    "integer", "bit", "year", "decimal", "double", "date", "datetime", "timestamp", "time",
-    "text", "bytes", "uuid",
+    "integer", "year", "decimal", "float", "double", "bit", "date", "datetime", "timestamp",
+    "time", "text", "binary",
 ]  # fmt: skip
 
+NULL_TEXT = "N"
 _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
-_TWO_52 = "4503599627370496"
-_TWO_53 = "9007199254740992"
+_TWO_52 = 2**52
+_TWO_53 = 2**53
+_SMALLEST_NORMAL = "2.2250738585072014e-308"
 
 
 def canonical_kind(column: Column) -> CanonicalKind:
@@ -60,110 +65,134 @@ def canonical_kind(column: Column) -> CanonicalKind:
     data_type = column.data_type.lower()
     if data_type in _INTEGER_TYPES:
         return "integer"
-    if data_type in ("bit", "year", "date", "datetime", "timestamp", "time", "uuid"):
-        return data_type  # type: ignore[return-value]
-    if data_type in ("decimal", "numeric"):
+    if data_type in ("numeric", "decimal"):
         return "decimal"
-    if data_type in ("float", "double", "real"):
+    if data_type == "real":
         return "double"
     if data_type in BINARY_TYPES or data_type in SPATIAL_TYPES:
-        return "bytes"
-    if data_type in CHARACTER_TYPES or data_type in ("inet4", "inet6"):
+        return "binary"
+    if data_type in CHARACTER_TYPES or data_type in ("uuid", "inet4", "inet6"):
         return "text"
-    raise AssertionError(f"unclassified type {data_type}")  # duckdb_type knows no more types
+    return data_type  # type: ignore[return-value]  # year, float, double, bit, dates, times
 
 
-def _double_canonical(x: str, *, mysql: bool) -> str:
-    """SQL for the exact decomposition of the DOUBLE expression `x` (module docstring)."""
-    pow2 = "POW" if mysql else "pow"
-    text = "CHAR" if mysql else "VARCHAR"
-    signed, unsigned = ("SIGNED", "UNSIGNED") if mysql else ("BIGINT", "UBIGINT")
+def _column_arguments(column: Column) -> int:
+    """n of BIT(n) or DATETIME(n) (0 or 1 when the type has no argument)."""
+    _, _, rest = column.column_type.partition("(")
+    digits = rest.split(")")[0].split(",")[0].strip()
+    return int(digits) if digits.isdigit() else 0
 
-    def concat(
-        *parts: str,
-    ) -> str:  # NULL in, NULL out on both engines (DuckDB's concat() skips NULL)
-        return f"CONCAT({', '.join(parts)})" if mysql else f"({' || '.join(parts)})"
 
-    a = f"ABS({x})"
-    normal = f"GREATEST({a}, {pow2}(2, -1022))"
-    e0 = f"FLOOR(LOG2({normal}))"
-    m0 = f"({normal} / {pow2}(2, {e0} - 52))"
-    e = f"({e0} + CASE WHEN {m0} >= {_TWO_53} THEN 1 WHEN {m0} < {_TWO_52} THEN -1 ELSE 0 END)"
-    m = f"({normal} / {pow2}(2, {e} - 52))"
-    sign = f"CASE WHEN {x} < 0 THEN '-' ELSE '' END"
-    subnormal_m = f"({a} * {pow2}(2, 1000) * {pow2}(2, 74))"
-    subnormal = concat(sign, "'-1022p'", f"CAST(CAST({subnormal_m} AS {unsigned}) AS {text})")
-    normal_text = concat(
-        sign,
-        f"CAST(CAST({e} AS {signed}) AS {text})",
-        "'p'",
-        f"CAST(CAST({m} AS {unsigned}) AS {text})",
+# -- MySQL/MariaDB ---------------------------------------------------------------------------
+def _mysql_double_bits(x: str) -> str:
+    """SQL for the IEEE-754 bits of the DOUBLE expression `x`, as 16 lowercase hex digits."""
+    magnitude = f"ABS({x})"
+    estimate = f"FLOOR(LOG2({magnitude}))"  # may be one off next to a power of two
+    scaled = f"({magnitude} / POW(2, {estimate} - 52))"
+    exponent = f"({estimate} + ({scaled} >= {_TWO_53}) - ({scaled} < {_TWO_52}))"
+    mantissa = f"CAST({magnitude} / POW(2, {exponent} - 52) AS UNSIGNED)"
+    normal = f"((({exponent} + 1023) << 52) | ({mantissa} - {_TWO_52}))"
+    subnormal = f"CAST({magnitude} / POW(2, -1074) AS UNSIGNED)"
+    # every branch an unsigned BIGINT (shifts, ORs, CAST AS UNSIGNED): a signed 0 beside an
+    # unsigned 1 << 63 would make the result DECIMAL, which HEX() reads through a double
+    bits = (
+        f"CASE WHEN {x} = 0 THEN (ATAN2({x}, -1) < 0) << 63"
+        f" ELSE (({x} < 0) << 63)"
+        f" | IF({magnitude} < {_SMALLEST_NORMAL}, {subnormal}, {normal}) END"
     )
-    return (
-        f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN '0'"
-        f" WHEN {a} < {pow2}(2, -1022) THEN {subnormal} ELSE {normal_text} END"
-    )
+    return f"LOWER(LPAD(HEX({bits}), 16, '0'))"
 
 
-def _mysql_zero_date_null(quoted: str, value: str) -> str:
+def _mysql_not_zero_date(quoted: str, value: str) -> str:
+    """`value`, or NULL where the copy holds NULL: a zero month or day ('0000-00-00' ...)."""
     return f"IF(MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, {value})"
 
 
 def mysql_canonical_sql(column: Column, quoted: str) -> str:
-    """MySQL SQL for the canonical text (or binary string) of one value; NULL stays NULL."""
+    """SQL on MySQL/MariaDB for the column's canonical text (module docstring); NULL for NULL."""
     kind = canonical_kind(column)
-    if kind == "integer":
+    if kind in ("integer", "decimal"):
         return f"CAST({quoted} AS CHAR)"
-    if kind in ("bit", "year"):
-        return f"CAST(CAST({quoted} AS UNSIGNED) AS CHAR)"
-    if kind == "decimal":
-        return f"CAST({quoted} AS CHAR)"  # all s decimals; ASCII in any connection charset
+    if kind == "year":
+        return f"CAST({quoted} + 0 AS CHAR)"  # YEAR 0 prints '0000'
+    if kind == "float":
+        return _mysql_double_bits(f"CAST({quoted} AS DOUBLE)")
     if kind == "double":
-        return _double_canonical(f"CAST({quoted} AS DOUBLE)", mysql=True)
-    if kind == "date":
-        return _mysql_zero_date_null(quoted, f"CAST({quoted} AS CHAR)")
-    if kind == "datetime":
-        micros = f"TIMESTAMPDIFF(MICROSECOND, TIMESTAMP'1970-01-01 00:00:00', {quoted})"
-        return _mysql_zero_date_null(quoted, f"CAST({micros} AS CHAR)")
+        return _mysql_double_bits(quoted)
+    if kind == "bit":
+        return f"LPAD(BIN({quoted}), {max(_column_arguments(column), 1)}, '0')"
+    if kind in ("date", "datetime"):
+        return _mysql_not_zero_date(quoted, f"CAST({quoted} AS CHAR)")
     if kind == "timestamp":
-        # UNIX_TIMESTAMP reads the stored instant (no time zone); 0 is the zero TIMESTAMP
-        return f"CAST(CAST(NULLIF(UNIX_TIMESTAMP({quoted}), 0) * 1000000 AS SIGNED) AS CHAR)"
+        micros = f"CAST(UNIX_TIMESTAMP({quoted}) * 1000000 AS SIGNED)"
+        return _mysql_not_zero_date(quoted, f"CAST({micros} AS CHAR)")
     if kind == "time":
         return f"CAST(CAST(TIME_TO_SEC({quoted}) * 1000000 AS SIGNED) AS CHAR)"
     if kind == "text":
-        return f"CONVERT({quoted} USING utf8mb4)"
-    if kind == "uuid":
-        return f"CAST({quoted} AS CHAR)"
-    return quoted  # bytes: hashed raw
-
-
-def duckdb_canonical_sql(column: Column, quoted: str) -> str:
-    """DuckDB SQL for the canonical text (or BLOB) of one value of a column typed by
-    `duckdb_type`; NULL stays NULL."""
-    kind = canonical_kind(column)
-    if kind in ("integer", "bit", "year", "date", "uuid"):
-        return f"CAST({quoted} AS VARCHAR)"
-    if kind == "decimal":
-        return f"CAST({quoted} AS VARCHAR)"  # DECIMAL prints all s decimals; VARCHAR as is
-    if kind == "double":
-        return _double_canonical(f"CAST({quoted} AS DOUBLE)", mysql=False)
-    if kind in ("datetime", "timestamp", "time"):
-        return f"CAST(epoch_us({quoted}) AS VARCHAR)"
-    if kind == "text":
-        return f"CAST({quoted} AS VARCHAR)"  # JSON keeps its text verbatim
-    return quoted  # bytes: md5 of the BLOB's bytes
+        return f"MD5(CONVERT({quoted} USING utf8mb4))"
+    return f"MD5({quoted})"  # binary and spatial: the raw bytes
 
 
 def mysql_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
-    """MySQL SQL for the row digest: an unsigned 64-bit integer, for BIT_XOR and per key."""
-    parts = ", ".join(f"IFNULL(MD5({mysql_canonical_sql(c, quote(c.name))}), 'N')" for c in columns)
+    """SQL on MySQL/MariaDB for a row's 64-bit digest, an unsigned BIGINT."""
+    parts = ", ".join(
+        f"IFNULL({mysql_canonical_sql(c, quote(c.name))}, '{NULL_TEXT}')" for c in columns
+    )
     return f"CAST(CONV(LEFT(MD5(CONCAT_WS(',', {parts})), 16), 16, 10) AS UNSIGNED)"
+
+
+# -- DuckDB ----------------------------------------------------------------------------------
+def _duckdb_double_bits(x: str) -> str:
+    """DuckDB SQL for the same 16 hex digits as `_mysql_double_bits`, computed the same way."""
+    magnitude = f"abs({x})"
+    # LOG2 never sees 0 (greatest() skips NULL: hence the explicit NULL branch below)
+    normal_magnitude = f"greatest({magnitude}, {_SMALLEST_NORMAL})"
+    estimate = f"floor(log2({normal_magnitude}))"
+    scaled = f"({normal_magnitude} / pow(2, {estimate} - 52))"
+    correction = (
+        f"CASE WHEN {scaled} >= {_TWO_53} THEN 1 WHEN {scaled} < {_TWO_52} THEN -1 ELSE 0 END"
+    )
+    exponent = f"({estimate} + {correction})"
+    mantissa = f"CAST({normal_magnitude} / pow(2, {exponent} - 52) AS UBIGINT)"
+    normal = (
+        f"((CAST({exponent} + 1023 AS UBIGINT) << 52) | ({mantissa} - CAST({_TWO_52} AS UBIGINT)))"
+    )
+    subnormal = f"CAST({magnitude} / pow(2, -1074) AS UBIGINT)"
+    sign = f"(CAST(CASE WHEN {x} < 0 THEN 1 ELSE 0 END AS UBIGINT) << 63)"
+    zero_sign = f"(CAST(CASE WHEN atan2({x}, -1) < 0 THEN 1 ELSE 0 END AS UBIGINT) << 63)"
+    bits = (
+        f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = 0 THEN {zero_sign}"
+        f" WHEN {magnitude} < {_SMALLEST_NORMAL} THEN {sign} | {subnormal}"
+        f" ELSE {sign} | {normal} END"
+    )
+    return f"lower(lpad(hex({bits}), 16, '0'))"
+
+
+def duckdb_canonical_sql(column: Column, quoted: str) -> str:
+    """DuckDB SQL for the canonical text of a column typed by `duckdb_type(column)`."""
+    kind = canonical_kind(column)
+    if kind in ("integer", "year", "decimal", "date"):
+        # DECIMAL prints all s decimals; DECIMAL(p > 38) is MySQL's text already
+        return f"CAST({quoted} AS VARCHAR)"
+    if kind in ("float", "double"):
+        return _duckdb_double_bits(f"CAST({quoted} AS DOUBLE)")
+    if kind == "bit":
+        return f"lpad(bin({quoted}), {max(_column_arguments(column), 1)}, '0')"
+    if kind == "datetime":
+        digits = _column_arguments(column)
+        length = 19 + (digits + 1 if digits else 0)
+        return f"left(strftime({quoted}, '%Y-%m-%d %H:%M:%S.%f'), {length})"
+    if kind in ("timestamp", "time"):
+        return f"CAST(epoch_us({quoted}) AS VARCHAR)"
+    if kind == "text":
+        return f"md5(CAST({quoted} AS VARCHAR))"  # JSON and UUID print their text verbatim
+    return f"md5({quoted})"  # BLOB: the raw bytes
 
 
 def duckdb_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
     """DuckDB SQL for the same row digest as `mysql_row_digest_sql`, a UBIGINT."""
     parts = ", ".join(
-        f"coalesce(md5({duckdb_canonical_sql(c, quote(c.name))}), 'N')" for c in columns
+        f"coalesce({duckdb_canonical_sql(c, quote(c.name))}, '{NULL_TEXT}')" for c in columns
     )
     return f"CAST('0x' || left(md5(concat_ws(',', {parts})), 16) AS UBIGINT)"
 
