@@ -7,6 +7,7 @@ read and written as the same instant on both sides whatever the servers' own tim
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,8 @@ def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> 
     """A pooled engine whose connections are checked before use (a dead pool heals itself)."""
     if settings.dialect == "postgresql":
         return _postgres_engine(settings)
+    if settings.dialect == "duckdb":
+        return _duckdb_engine(settings)
     connect_args: dict[str, object] = {
         "charset": "utf8mb4",
         "init_command": "SET time_zone = '+00:00'",
@@ -46,6 +49,23 @@ def _pooled(settings: DatabaseSettings, connect_args: dict[str, object]) -> Engi
         pool_recycle=settings.pool_recycle,
         pool_pre_ping=True,
         connect_args=connect_args,
+    )
+
+
+def _duckdb_engine(settings: DatabaseSettings) -> Engine:
+    """A DuckDB file, opened by this process (DuckDB lets one process write a file at a time:
+    another one waits for it as for a lock, see errors.py). A TIMESTAMP's copy is a TIMESTAMPTZ,
+    written from UTC text and read as the UTC instant (without DuckDB's ICU extension, which
+    is not loaded, every TIMESTAMPTZ is shown in UTC)."""
+    path = Path(settings.database).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(
+        settings.url.set(database=str(path)),
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_pre_ping=True,
+        connect_args=dict(settings.extra_connect_args),
     )
 
 

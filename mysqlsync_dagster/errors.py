@@ -92,7 +92,9 @@ _TRANSIENT_TEXT = re.compile(
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
 _TRANSIENT_POSTGRES_TEXT = re.compile(
     r"server closed the connection unexpectedly|could not connect to server|"
-    r"terminating connection|connection to server at .* failed|SSL SYSCALL error",
+    r"terminating connection|connection to server at .* failed|SSL SYSCALL error|"
+    # a DuckDB file another process has open for writing (another run's)
+    r"Could not set lock on file",
     re.IGNORECASE,
 )
 # TLS failures arrive as "can't connect" (2003) but will fail the same way every time.

@@ -152,13 +152,14 @@ def redact_url(url: URL | str) -> str:
     return url.render_as_string(hide_password=True)
 
 
-Dialect = Literal["mysql", "postgresql"]
+Dialect = Literal["mysql", "postgresql", "duckdb"]
 # backend name in a URL -> (dialect, the driver every connection goes through, default port)
 _BACKENDS: dict[str, tuple[Dialect, str, int]] = {
     "mysql": ("mysql", "mysql+pymysql", 3306),
     "mariadb": ("mysql", "mysql+pymysql", 3306),
     "postgresql": ("postgresql", "postgresql+psycopg2", 5432),
     "postgres": ("postgresql", "postgresql+psycopg2", 5432),
+    "duckdb": ("duckdb", "duckdb", 0),
 }
 
 
@@ -167,7 +168,7 @@ def _backend(name: str, what: str, side: str) -> tuple[Dialect, str, int]:
     if found is None or (found[0] != "mysql" and side.lower() != "target"):
         expected = "mysql:// or mariadb://"
         if side.lower() == "target":
-            expected = "mysql://, mariadb:// or postgresql://"
+            expected = "mysql://, mariadb://, postgresql:// or duckdb:///path/file.duckdb"
         raise ConfigError(f"{what}: expected a {expected} URL")
     return found
 
@@ -179,7 +180,9 @@ def normalize_url(raw: str | URL, variable: str = "URL", side: str = "source") -
         url = sa.make_url(raw) if isinstance(raw, str) else raw
     except sa.exc.ArgumentError:
         raise ConfigError(f"{variable}: not a database URL (e.g. mysql://user@host/db)") from None
-    _, driver, _ = _backend(url.get_backend_name(), redact_url(url), side)
+    dialect, driver, _ = _backend(url.get_backend_name(), redact_url(url), side)
+    if dialect == "duckdb" and not url.database:
+        raise ConfigError(f"{variable}: name the DuckDB file, e.g. duckdb:///data/copy.duckdb")
     return url.set(drivername=driver)
 
 
@@ -226,7 +229,7 @@ class DatabaseSettings:
 
     @property
     def dialect(self) -> Dialect:
-        """The kind of server: "mysql" (MySQL or MariaDB) or "postgresql"."""
+        """The kind of server: "mysql" (MySQL or MariaDB), "postgresql" or "duckdb"."""
         return _BACKENDS[self.url.get_backend_name()][0]
 
     @property
@@ -328,7 +331,8 @@ def database_settings(side: str, values: Mapping[str, object]) -> DatabaseSettin
         url = normalize_url(str(get(prefix + "URL")), prefix + "URL", side)
     else:
         dialect = str(get(prefix + "DIALECT") or "mysql").strip()
-        _backend(dialect, f"{prefix}DIALECT {dialect!r}", side)
+        if _backend(dialect, f"{prefix}DIALECT {dialect!r}", side)[0] == "duckdb":
+            raise ConfigError(f"{prefix}URL: a DuckDB target is named by its URL (duckdb:///path)")
         missing = [k for k in ("HOST", "NAME") if not get(prefix + k)]
         if missing:
             raise ConfigError(

@@ -278,6 +278,62 @@ def fetch_pg_comparable(
         return rows
 
 
+def fetch_duck_comparable(
+    engine: sa.Engine, schema: str, table: str, source: sa.Engine, order_by: str = "1"
+) -> list[tuple[Any, ...]]:
+    """All rows of a DuckDB copy in the form `fetch_comparable(..., raw_spatial=True)` gives
+    the MySQL source's (the source's column types say how: FLOAT as double, TIMESTAMP as epoch
+    seconds, BIT as PyMySQL's bytes, DECIMAL(p > 38), held as text, as a Decimal)."""
+    from decimal import Decimal
+
+    with source.connect() as conn:
+        source_types = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                ),
+                {"t": table},
+            ).all()
+        )
+    with engine.connect() as conn:
+        names = (
+            conn.execute(
+                sa.text(
+                    "SELECT column_name FROM duckdb_columns() WHERE schema_name = :s"
+                    " AND table_name = :t AND column_name NOT IN ('_dlt_load_id', '_dlt_id')"
+                    " ORDER BY column_index"
+                ),
+                {"s": schema, "t": table},
+            )
+            .scalars()
+            .all()
+        )
+        expressions, convert = [], {}
+        for i, name in enumerate(names):
+            col = '"' + name.replace('"', '""') + '"'
+            column_type = str(source_types.get(name, "")).lower()
+            if column_type.startswith("float"):
+                expressions.append(f"CAST({col} AS DOUBLE)")
+            elif column_type.startswith("timestamp"):
+                expressions.append(f"epoch_us({col})")
+                convert[i] = lambda v: Decimal(v) / 1000000
+            elif column_type.startswith("bit"):
+                width = int(column_type[4:-1]) if "(" in column_type else 1
+                expressions.append(col)
+                convert[i] = lambda v, n=(width + 7) // 8: v.to_bytes(n, "big")
+            elif column_type.startswith("decimal"):
+                expressions.append(col)
+                convert[i] = lambda v: Decimal(v) if isinstance(v, str) else v
+            else:
+                expressions.append(col)
+        sql = f'SELECT {", ".join(expressions)} FROM "{schema}"."{table}" ORDER BY {order_by}'
+        return [
+            tuple(convert[i](v) if i in convert and v is not None else v for i, v in enumerate(row))
+            for row in conn.exec_driver_sql(sql)
+        ]
+
+
 def failure_message(result: dg.ExecuteInProcessResult, node: str) -> str:
     """The innermost error message of step `node`'s one failure."""
     [failure] = [e for e in result.get_step_failure_events() if e.step_key == node]
@@ -343,6 +399,55 @@ class PgSyncEnv(SyncEnv):
 
     def source_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
         return fetch_comparable(self.source, table, order_by, raw_spatial=True)
+
+
+@dataclass
+class DuckSyncEnv(SyncEnv):
+    """A MariaDB source database and a DuckDB file target for one test."""
+
+    path: str = ""
+    schema: str = "main"
+
+    def target_url(self) -> str:
+        return f"duckdb:///{self.path}"
+
+    def target_exec(self, *statements: str) -> None:
+        with self.target.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+
+    def target_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_duck_comparable(self.target, self.schema, table, self.source, order_by)
+
+    def source_rows(self, table: str, order_by: str = "1") -> list[tuple[Any, ...]]:
+        return fetch_comparable(self.source, table, order_by, raw_spatial=True)
+
+
+@pytest.fixture
+def duck_sync_env(mariadb_servers: ServerPair, tmp_path: Path) -> Iterator[DuckSyncEnv]:
+    n = next(_counter)
+    source_db = f"src_{os.getpid()}_{n}"
+    admin_source = mariadb_servers.source.engine()
+    with admin_source.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
+    path = str(tmp_path / "copy.duckdb")
+    env = DuckSyncEnv(
+        mariadb_servers,
+        source_db,
+        path,
+        mariadb_servers.source.engine(source_db),
+        sa.create_engine(f"duckdb:///{path}"),
+        staging_dir=str(tmp_path / "staging"),
+        path=path,
+    )
+    try:
+        yield env
+    finally:
+        env.source.dispose()
+        env.target.dispose()
+        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_source.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{source_db}`")
+        admin_source.dispose()
 
 
 @pytest.fixture

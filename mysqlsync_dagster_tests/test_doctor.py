@@ -365,3 +365,19 @@ def test_doctor_checks_a_postgres_target(pg_sync_env, monkeypatch, tmp_path, cap
         assert "healthy" in out and "may create tables" in out
     finally:
         env.target_exec(f'DROP OWNED BY "{user}"', f'DROP ROLE "{user}"')
+
+
+def test_doctor_checks_a_duckdb_target(duck_sync_env, monkeypatch, tmp_path, capsys):
+    env = duck_sync_env
+    env.source_exec("CREATE TABLE t (id INT PRIMARY KEY)")
+    tables = [{"table": "t", "primary_key": "id"}]
+    missing = {
+        "SOURCE_DB_URL": env.source_url(),
+        "TARGET_DB_URL": "duckdb:////nonexistent/x.duckdb",
+    }
+    assert _doctor(monkeypatch, tmp_path, missing, tables) == 2
+    assert "/nonexistent: no such directory, or not writable" in capsys.readouterr().out
+    variables = {"SOURCE_DB_URL": env.source_url(), "TARGET_DB_URL": env.target_url()}
+    assert _doctor(monkeypatch, tmp_path, variables, tables, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["target"]["version"].startswith("DuckDB v1.")

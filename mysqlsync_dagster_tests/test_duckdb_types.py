@@ -33,12 +33,11 @@ from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.errors import SchemaError
 from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type, duckdb_wire_sql
+from mysqlsync_dagster.verify.canonical import mysql_canonical_sql, mysql_row_digest_sql
 from mysqlsync_dagster.verify.canonical_duckdb import (
     duckdb_canonical_sql,
     duckdb_quote,
     duckdb_row_digest_sql,
-    mysql_canonical_sql,
-    mysql_row_digest_sql,
 )
 from mysqlsync_dagster_tests.harness import ServerPair
 from mysqlsync_dagster_tests.test_fidelity import TYPE_GROUPS

@@ -7,6 +7,7 @@ only when a table's step runs, so that loading the code location stays cheap.
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -26,12 +27,16 @@ from mysqlsync_dagster.orchestration.partitions import backfill_policy, partitio
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
 
+TARGET_KINDS = {"postgresql": {"postgres"}, "duckdb": {"duckdb"}}  # Dagster's kind icons
+
 
 def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     database = settings.database_name("TARGET")
     dialect = settings.target_dialect
     if dialect == "postgresql" and database:
         database = f"{database}.{cfg.target_schema or 'public'}"
+    elif dialect == "duckdb" and database:
+        database = f"{Path(database).name}.{cfg.target_schema or 'main'}"
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
@@ -46,7 +51,7 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
         deps=[source_asset_key(cfg)],
         description=f"`{cfg.table}` copied to `{cfg.target}` in the target database: {strategy}.",
         group_name=GROUP,
-        kinds={"dlt", "mysql"} | ({"postgres"} if dialect == "postgresql" else set()),
+        kinds={"dlt", "mysql"} | TARGET_KINDS.get(dialect, set()),
         partitions_def=partitions_definition(cfg, settings.source_timezone),
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=dt.timedelta(minutes=freshness_minutes(cfg, settings.interval))

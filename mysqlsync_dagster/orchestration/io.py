@@ -49,8 +49,6 @@ class TargetTableReader(dg.ConfigurableIOManager):
         rules the sync uses (the first partition also holds earlier and NULL modifiers, the
         last one later ones); otherwise the whole table.
         """
-        import connectorx as cx
-
         upstream = context.upstream_output
         metadata = (upstream.definition_metadata if upstream else None) or {}
         table, modifier = (
@@ -67,6 +65,9 @@ class TargetTableReader(dg.ConfigurableIOManager):
         if settings.dialect == "postgresql":
             types, source = self._postgres_columns(str(table), str(schema or "") or None)
             dialect: sa.Dialect = postgresql.dialect()
+        elif settings.dialect == "duckdb":
+            types, source = self._postgres_columns(str(table), str(schema or "main"))
+            dialect = self.target_db.engine.dialect
         else:
             types, source = self._mysql_columns(str(table)), quote(str(table))
             dialect = PLAIN_MYSQL
@@ -81,10 +82,14 @@ class TargetTableReader(dg.ConfigurableIOManager):
             compiled = condition.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
             query += f" WHERE {compiled}"
             context.log.info("reading %s rows with %s in %s", table, modifier, window.describe())
-        url = settings.connectorx_url()
         wanted = context.dagster_type.typing_type if context.dagster_type else None
         import pyarrow as pa
 
+        if settings.dialect == "duckdb":  # read in this process, by DuckDB itself
+            return self._read_duckdb(query, wanted)
+        import connectorx as cx
+
+        url = settings.connectorx_url()
         if wanted is pa.RecordBatchReader:
             return cx.read_sql(
                 url, query, return_type="arrow_stream", batch_size=self.read_batch_size
@@ -93,6 +98,19 @@ class TargetTableReader(dg.ConfigurableIOManager):
         if getattr(wanted, "__name__", "") == "DataFrame":
             return data.to_pandas()
         return data
+
+    def _read_duckdb(self, query: str, wanted: Any) -> Any:
+        import pyarrow as pa
+
+        with self.target_db.engine.connect() as conn:
+            result = conn.connection.dbapi_connection.execute(query)  # type: ignore[union-attr]
+            if wanted is pa.RecordBatchReader:  # read whole first: the connection goes back
+                table = result.fetch_arrow_table()
+                return pa.RecordBatchReader.from_batches(
+                    table.schema, table.to_batches(max_chunksize=self.read_batch_size)
+                )
+            data = result.fetch_arrow_table()
+        return data.to_pandas() if getattr(wanted, "__name__", "") == "DataFrame" else data
 
     def _mysql_columns(self, table: str) -> dict[str, str]:
         with self.target_db.engine.connect() as conn:
@@ -107,9 +125,13 @@ class TargetTableReader(dg.ConfigurableIOManager):
             }
 
     def _postgres_columns(self, table: str, schema: str | None) -> tuple[dict[str, str], str]:
-        """The copy's columns, by the MySQL type names the windows know (timestamptz is a
-        TIMESTAMP's instant, timestamp a DATETIME), and the qualified table."""
-        names = {"timestamp with time zone": "timestamp", "timestamp without time zone": "datetime"}
+        """A PostgreSQL or DuckDB copy's columns, by the MySQL type names the windows know
+        (timestamptz is a TIMESTAMP's instant, timestamp a DATETIME), and the qualified table."""
+        names = {
+            "timestamp with time zone": "timestamp",
+            "timestamp without time zone": "datetime",
+            "timestamp": "datetime",  # DuckDB's
+        }
         with self.target_db.engine.connect() as conn:
             schema = schema or str(conn.execute(sa.text("SELECT current_schema()")).scalar())
             rows = conn.execute(
@@ -120,7 +142,8 @@ class TargetTableReader(dg.ConfigurableIOManager):
                 {"s": schema, "t": table},
             ).all()
         quoted = postgresql.dialect().identifier_preparer.quote_identifier
-        return {n: names.get(t, t) for n, t in rows}, f"{quoted(schema)}.{quoted(table)}"
+        types = {n: names.get(t.lower(), t.lower()) for n, t in rows}
+        return types, f"{quoted(schema)}.{quoted(table)}"
 
 
 def partition_window(context: dg.InputContext) -> ModifierWindow | None:

@@ -37,6 +37,7 @@ def _mysql_epoch_instant(element: epoch_instant, compiler: Any, **kw: Any) -> st
 
 
 @compiles(epoch_instant, "postgresql")
+@compiles(epoch_instant, "duckdb")
 def _postgres_epoch_instant(element: epoch_instant, compiler: Any, **kw: Any) -> str:
     return f"to_timestamp({compiler.process(element.clauses, **kw)})"
 

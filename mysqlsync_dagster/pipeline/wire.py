@@ -58,8 +58,8 @@ def wire_kind(column: Column) -> WireKind:
 class WireColumn:
     column: Column
     kind: WireKind
-    # the target's kind: a PostgreSQL target reads each column as the text its COPY parses
-    # (`targets/postgres/types.py`); its date-times are text, their zero dates found as such
+    # the target's kind: a PostgreSQL or DuckDB target reads each column as the text it parses
+    # (`targets/*/types.py`); its date-times are text, their zero dates found as such
     target: str = "mysql"
 
     @classmethod
@@ -75,6 +75,10 @@ class WireColumn:
             from mysqlsync_dagster.targets.postgres.types import pg_wire_sql
 
             return pg_wire_sql(self.column, quoted)
+        if self.target == "duckdb":
+            from mysqlsync_dagster.targets.duckdb.types import duckdb_wire_sql
+
+            return duckdb_wire_sql(self.column, quoted)
         return {
             "hex": f"HEX({quoted})",
             "bit": f"CAST({quoted} AS UNSIGNED)",

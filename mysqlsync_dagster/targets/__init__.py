@@ -1,5 +1,5 @@
-"""The databases a table can be copied into: MySQL/MariaDB (`mysql/`) and PostgreSQL
-(`postgres/`), each behind the `Target` interface (`base.py`)."""
+"""The databases a table can be copied into: MySQL/MariaDB (`mysql/`), PostgreSQL (`postgres/`)
+and DuckDB (`duckdb/`), each behind the `Target` interface (`base.py`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def target_for(
         from mysqlsync_dagster.targets.postgres.target import PostgresTarget
 
         return PostgresTarget(engine, settings, schema)
+    if engine.dialect.name == "duckdb":
+        from mysqlsync_dagster.targets.duckdb.target import DuckDBTarget
+
+        return DuckDBTarget(engine, settings, schema)
     from mysqlsync_dagster.targets.mysql.target import MySQLTarget
 
     return MySQLTarget(engine, settings)

@@ -422,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stop", action="store_true", help="stop the demo servers")
     demo.add_argument(
         "--target",
-        choices=("mariadb", "postgres"),
+        choices=("mariadb", "postgres", "duckdb"),
         default="mariadb",
-        help="the target: a MariaDB replica (default) or a PostgreSQL analytics copy",
+        help="the target: a MariaDB replica (default), a PostgreSQL or a DuckDB analytics copy",
     )
     demo.set_defaults(func=cmd_demo)
 

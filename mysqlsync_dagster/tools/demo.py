@@ -96,7 +96,7 @@ ANALYTICS_DATABASE = "shop_analytics"  # the demo's PostgreSQL target
 class Demo:
     root: Path
     source: MariaDBServer
-    target: MariaDBServer | PostgresServer
+    target: MariaDBServer | PostgresServer | Path  # a DuckDB target is a file
 
     @property
     def source_url(self) -> str:
@@ -104,11 +104,15 @@ class Demo:
 
     @property
     def target_url(self) -> str:
+        if isinstance(self.target, Path):
+            return f"duckdb:///{self.target}"
         if isinstance(self.target, PostgresServer):
             return self.target.url(ANALYTICS_DATABASE)
         return self.target.url(TARGET_DATABASE)
 
     def describe_target(self) -> str:
+        if isinstance(self.target, Path):
+            return f"DuckDB file {self.target}"
         if isinstance(self.target, PostgresServer):
             return f"PostgreSQL on 127.0.0.1:{self.target.port}, database {ANALYTICS_DATABASE}"
         return f"MariaDB on 127.0.0.1:{self.target.port}, database {TARGET_DATABASE}"
@@ -158,6 +162,11 @@ def start_demo(root: Path, reset: bool = False, target_kind: str = "mariadb") ->
     load_sample_data(source, reset=reset)
     if target_kind == "postgres":
         return Demo(root, source, start_postgres_target(root, reset))
+    if target_kind == "duckdb":
+        copy = root / "shop.duckdb"
+        if reset:
+            copy.unlink(missing_ok=True)
+        return Demo(root, source, copy)
     target = MariaDBServer(root / "target").start()
     with contextlib.closing(_connect(target)) as conn, conn.cursor() as cur:
         if reset:

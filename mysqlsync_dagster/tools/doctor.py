@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -351,6 +352,9 @@ def _check_side(
     probe = dataclasses.replace(
         settings, connect_timeout=CONNECT_TIMEOUT_SECONDS, pool_size=1, max_overflow=0
     )
+    if settings.dialect == "duckdb":
+        _check_duckdb_target(settings, info, report)
+        return {}
     engine = create_engine(probe, local_infile=side == "target")
     if settings.dialect == "postgresql":
         try:
@@ -400,6 +404,28 @@ def _check_side(
         return {}
     finally:
         engine.dispose()
+
+
+def _check_duckdb_target(settings: DatabaseSettings, info: SideReport, report: Report) -> None:
+    """A DuckDB target: its directory writable, the file openable for writing now (no other
+    process holds it), and DuckDB's version."""
+    import duckdb
+
+    path = Path(settings.database).expanduser()
+    add = report.findings.append
+    directory = path.parent if path.parent != Path("") else Path(".")
+    if not directory.exists() or not os.access(directory, os.W_OK):
+        add(Finding("target", "file", "fail",
+                    f"{directory}: no such directory, or not writable (the copy goes in {path})"))  # fmt: skip
+        return
+    try:
+        with duckdb.connect(str(path)) as conn:
+            version = str(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
+    except duckdb.Error as error:
+        add(Finding("target", "connection", "fail", f"{path}: {error}"))
+        return
+    info.connected, info.version, info.tls = True, f"DuckDB {version}", "n/a (a local file)"
+    add(Finding("target", "connection", "ok", f"{path} (DuckDB {version}), writable"))
 
 
 POSTGRES_MIN_VERSION = 14  # bit_xor() over bigint, which the checks' digests need

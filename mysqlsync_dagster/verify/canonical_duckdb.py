@@ -2,9 +2,9 @@
 
 The checks compare a source range with its DuckDB copy by `COUNT(*)` and the XOR of row digests
 on each side (`BIT_XOR` in MySQL, `bit_xor` in DuckDB), then compare per-key digests to narrow
-a difference down. The MySQL side is the one the PostgreSQL checks use (`verify/canonical.py`
-on branch pg-types computes the same text and digest), so a source is hashed one way whatever
-the target; this module adds DuckDB's side. Each value becomes a canonical text:
+a difference down. The MySQL side is the one the PostgreSQL checks use
+(`verify/canonical.mysql_row_digest_sql`), so a source is hashed one way whatever the target;
+this module is DuckDB's side. Each value becomes a canonical text:
 
 | source type (DuckDB type)               | canonical text                                      |
 |-----------------------------------------|-----------------------------------------------------|
@@ -20,7 +20,7 @@ the target; this module adds DuckDB's side. Each value becomes a canonical text:
 | TIME(n) (INTERVAL)                      | the signed length in microseconds: '-1'             |
 | character types, JSON, UUID, INET       | MD5 of the UTF-8 text (latin1 etc. converted)       |
 | binary and spatial (BLOB)               | MD5 of the raw bytes (spatial: SRID + WKB)          |
-| NULL, and zero dates (copied as NULL)   | 'N'                                                 |
+| NULL, zero dates and the year 0 (NULL)  | 'N'                                                 |
 
 The row digest is MD5 of the column texts joined with ',' (no canonical text contains ',' or is
 'N', so the join is unambiguous); its first 16 hex digits, read as an unsigned 64-bit integer
@@ -35,7 +35,6 @@ Dividing by a power of two is exact in IEEE arithmetic and 2^(e - 52) never exce
 the bits are exact and nothing overflows; a zero's sign is ATAN2(x, -1)'s. DuckDB's side clamps
 |x| to 2^-1022 inside the normal branch so that no row can reach LOG2(0) or an infinite cast.
 
-No MySQL SQL here contains '%', so PyMySQL's %-formatting leaves it alone.
 """
 
 from __future__ import annotations
@@ -81,64 +80,6 @@ def _column_arguments(column: Column) -> int:
     _, _, rest = column.column_type.partition("(")
     digits = rest.split(")")[0].split(",")[0].strip()
     return int(digits) if digits.isdigit() else 0
-
-
-# -- MySQL/MariaDB ---------------------------------------------------------------------------
-def _mysql_double_bits(x: str) -> str:
-    """SQL for the IEEE-754 bits of the DOUBLE expression `x`, as 16 lowercase hex digits."""
-    magnitude = f"ABS({x})"
-    estimate = f"FLOOR(LOG2({magnitude}))"  # may be one off next to a power of two
-    scaled = f"({magnitude} / POW(2, {estimate} - 52))"
-    exponent = f"({estimate} + ({scaled} >= {_TWO_53}) - ({scaled} < {_TWO_52}))"
-    mantissa = f"CAST({magnitude} / POW(2, {exponent} - 52) AS UNSIGNED)"
-    normal = f"((({exponent} + 1023) << 52) | ({mantissa} - {_TWO_52}))"
-    subnormal = f"CAST({magnitude} / POW(2, -1074) AS UNSIGNED)"
-    # every branch an unsigned BIGINT (shifts, ORs, CAST AS UNSIGNED): a signed 0 beside an
-    # unsigned 1 << 63 would make the result DECIMAL, which HEX() reads through a double
-    bits = (
-        f"CASE WHEN {x} = 0 THEN (ATAN2({x}, -1) < 0) << 63"
-        f" ELSE (({x} < 0) << 63)"
-        f" | IF({magnitude} < {_SMALLEST_NORMAL}, {subnormal}, {normal}) END"
-    )
-    return f"LOWER(LPAD(HEX({bits}), 16, '0'))"
-
-
-def _mysql_not_zero_date(quoted: str, value: str) -> str:
-    """`value`, or NULL where the copy holds NULL: a zero month or day ('0000-00-00' ...)."""
-    return f"IF(MONTH({quoted}) = 0 OR DAYOFMONTH({quoted}) = 0, NULL, {value})"
-
-
-def mysql_canonical_sql(column: Column, quoted: str) -> str:
-    """SQL on MySQL/MariaDB for the column's canonical text (module docstring); NULL for NULL."""
-    kind = canonical_kind(column)
-    if kind in ("integer", "decimal"):
-        return f"CAST({quoted} AS CHAR)"
-    if kind == "year":
-        return f"CAST({quoted} + 0 AS CHAR)"  # YEAR 0 prints '0000'
-    if kind == "float":
-        return _mysql_double_bits(f"CAST({quoted} AS DOUBLE)")
-    if kind == "double":
-        return _mysql_double_bits(quoted)
-    if kind == "bit":
-        return f"LPAD(BIN({quoted}), {max(_column_arguments(column), 1)}, '0')"
-    if kind in ("date", "datetime"):
-        return _mysql_not_zero_date(quoted, f"CAST({quoted} AS CHAR)")
-    if kind == "timestamp":
-        micros = f"CAST(UNIX_TIMESTAMP({quoted}) * 1000000 AS SIGNED)"
-        return _mysql_not_zero_date(quoted, f"CAST({micros} AS CHAR)")
-    if kind == "time":
-        return f"CAST(CAST(TIME_TO_SEC({quoted}) * 1000000 AS SIGNED) AS CHAR)"
-    if kind == "text":
-        return f"MD5(CONVERT({quoted} USING utf8mb4))"
-    return f"MD5({quoted})"  # binary and spatial: the raw bytes
-
-
-def mysql_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
-    """SQL on MySQL/MariaDB for a row's 64-bit digest, an unsigned BIGINT."""
-    parts = ", ".join(
-        f"IFNULL({mysql_canonical_sql(c, quote(c.name))}, '{NULL_TEXT}')" for c in columns
-    )
-    return f"CAST(CONV(LEFT(MD5(CONCAT_WS(',', {parts})), 16), 16, 10) AS UNSIGNED)"
 
 
 # -- DuckDB ----------------------------------------------------------------------------------

@@ -361,6 +361,10 @@ class TablePair:
         if side == "source":
             quote = PLAIN_MYSQL.identifier_preparer.quote_identifier
             return sa.literal_column(canonical.mysql_row_digest_sql(columns, quote))
+        if self.target is not None and self.target.kind == "duckdb":
+            from mysqlsync_dagster.verify.canonical_duckdb import duckdb_row_digest_sql
+
+            return sa.literal_column(duckdb_row_digest_sql(columns, pg_quote))
         return sa.literal_column(canonical.postgres_row_digest_sql(columns, pg_quote))
 
     def plain_key(self, side: Side, row: Sequence[Any]) -> Key:

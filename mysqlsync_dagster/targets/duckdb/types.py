@@ -37,7 +37,7 @@ text by `duckdb_wire_sql` and turned into the typed value in DuckDB by `duckdb_l
 | binary and spatial   | HEX(col)                                     | unhex(x)                |
 | BIT(n)               | CAST(CAST(col AS UNSIGNED) AS CHAR)          | CAST(x AS UBIGINT)      |
 | FLOAT                | CAST(CAST(col AS DOUBLE) AS CHAR)            | CAST(x AS FLOAT)        |
-| TIMESTAMP            | CONCAT(CAST(col AS CHAR), '+00')             | CAST(x AS TIMESTAMPTZ)  |
+| TIMESTAMP            | its UTC text + '+00' (any session time zone) | CAST(x AS TIMESTAMPTZ)  |
 | character types      | CONVERT(col USING utf8mb4)                   | x (JSON: CAST(x AS JSON)) |
 | everything else      | CAST(col AS CHAR)                            | CAST(x AS <type>)       |
 
@@ -53,6 +53,7 @@ import re
 
 from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, Column
 from mysqlsync_dagster.errors import SchemaError
+from mysqlsync_dagster.targets.postgres.types import utc_timestamp_sql
 
 # DuckDB's DECIMAL holds at most 38 digits.
 MAX_DECIMAL_PRECISION = 38
@@ -134,17 +135,17 @@ def duckdb_type(column: Column) -> str:
 def duckdb_wire_sql(column: Column, quoted: str) -> str:
     """The MySQL SELECT expression reading `column` (identifier `quoted`) as the text that
     `duckdb_load_sql` turns into exactly its value. Zero dates still need the wire's rule
-    (their text becomes NULL); the session must run with time_zone '+00:00'."""
+    (their text becomes NULL); any session time zone."""
     target = duckdb_type(column)  # raises on an unknown type, before any data moves
     data_type = column.data_type.lower()
     if target == "BLOB":
         return f"HEX({quoted})"
     if data_type == "bit":
         return f"CAST(CAST({quoted} AS UNSIGNED) AS CHAR)"
-    if data_type == "float":
+    if data_type in ("float", "double"):  # (DOUBLE too: ZEROFILL's padding dropped)
         return f"CAST(CAST({quoted} AS DOUBLE) AS CHAR)"
     if data_type == "timestamp":
-        return f"CONCAT(CAST({quoted} AS CHAR), '+00')"
+        return utc_timestamp_sql(quoted)
     if data_type in CHARACTER_TYPES:
         return f"CONVERT({quoted} USING utf8mb4)"
     return f"CAST({quoted} AS CHAR)"

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -200,13 +201,33 @@ def format_type_spelling(mapped: str) -> str:
     return spelled
 
 
+class TargetColumn(Protocol):
+    name: str
+    type: str
+    nullable: bool
+
+
+def _pg_retype(column: Column, key: bool, current: str) -> str | None:
+    """The ALTER clause giving `column` its mapped type, or None when it has it already."""
+    mapped = column_type(column, key)
+    if current == format_type_spelling(mapped):
+        return None
+    name = quote(column.name)
+    return f"ALTER COLUMN {name} TYPE {mapped} USING {name}::{mapped.split(' COLLATE ')[0]}"
+
+
 def diff_columns(
-    source: TableShape, existing: Sequence[PgColumn], schema: str, table: str
+    source: TableShape,
+    existing: Sequence[TargetColumn],
+    key: Sequence[str],
+    column_sql: Callable[[Column, bool], str] = column_sql,
+    retype: Callable[[Column, bool, str], str | None] = _pg_retype,
 ) -> SchemaChanges:
     """New source columns are added; a column whose mapped type changed (widened) takes the
-    new type; columns the source dropped stay, made nullable so that new rows can leave them
-    empty. Returns ALTER TABLE clauses."""
-    key = set(source.primary_key)
+    new type (`retype`); columns the source dropped stay, made nullable so that new rows can
+    leave them empty. Returns ALTER TABLE clauses (one column each: DuckDB alters one at a
+    time). Shared by the PostgreSQL and DuckDB targets, which differ by `column_sql` and
+    `retype`."""
     have = {c.name: c for c in existing}
     added, modified, clauses = [], [], []
     for col in source.columns:
@@ -214,25 +235,16 @@ def diff_columns(
             continue
         current = have.get(col.name)
         if current is None:
-            definition = column_sql(col, col.name in key)
-            clauses.append(f"ADD COLUMN {definition}")
+            clauses.append(f"ADD COLUMN {column_sql(col, col.name in key)}")
             added.append(col.name)
             continue
-        wanted = format_type_spelling(column_type(col, col.name in key))
-        changed = False
-        if current.type != wanted:
-            mapped = column_type(col, col.name in key)
-            clauses.append(
-                f"ALTER COLUMN {quote(col.name)} TYPE {mapped}"
-                f" USING {quote(col.name)}::{mapped.split(' COLLATE ')[0]}"
-            )
-            changed = True
+        changes = [retype(col, col.name in key, current.type)]
         nullable = col.nullable and col.name not in key
         if current.nullable != nullable:
             action = "DROP NOT NULL" if nullable else "SET NOT NULL"
-            clauses.append(f"ALTER COLUMN {quote(col.name)} {action}")
-            changed = True
-        if changed:
+            changes.append(f"ALTER COLUMN {quote(col.name)} {action}")
+        if any(changes):
+            clauses += [c for c in changes if c]
             modified.append(col.name)
     names = set(source.column_names)
     dropped = []

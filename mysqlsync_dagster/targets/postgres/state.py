@@ -1,8 +1,11 @@
-"""Per-table sync state in a PostgreSQL target: `_mysqlsync_state` in the table's schema, written
-in the same transaction as the data it describes (as in a MySQL target, `targets/mysql/state.py`,
-whose key encoding it shares)."""
+"""Per-table sync state in a PostgreSQL (or DuckDB) target: `_mysqlsync_state` in the table's
+schema, written in the same transaction as the data it describes (as in a MySQL target,
+`targets/mysql/state.py`, whose key encoding it shares). Plain SQL both engines speak."""
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -23,10 +26,26 @@ def _table(schema: str) -> str:
     return qualified(schema, STATE_TABLE)
 
 
+def _exists(conn: Connection, schema: str) -> bool:
+    return (
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM information_schema.tables"
+                " WHERE table_schema = :s AND table_name = :t"
+            ),
+            {"s": schema, "t": STATE_TABLE},
+        ).scalar_one()
+        > 0
+    )
+
+
 def ensure_state_table(conn: Connection, schema: str) -> None:
+    if _exists(conn, schema):
+        return
+    collate = ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
     conn.exec_driver_sql(
         f"CREATE TABLE IF NOT EXISTS {_table(schema)} ("
-        ' target_table text COLLATE "C" PRIMARY KEY,'
+        f" target_table text{collate} PRIMARY KEY,"
         " cursor_value text,"
         " synced_at timestamp(6) NOT NULL,"
         " rows_written bigint,"
@@ -41,10 +60,7 @@ def ensure_state_table(conn: Connection, schema: str) -> None:
 
 
 def read_state(conn: Connection, schema: str, target_table: str) -> SyncState | None:
-    exists = conn.execute(
-        sa.text("SELECT to_regclass(:name)"), {"name": _table(schema)}
-    ).scalar_one()
-    if exists is None:  # no state table yet: nothing was synced
+    if not _exists(conn, schema):  # no state table yet: nothing was synced
         return None
     row = conn.execute(
         sa.text(
@@ -68,17 +84,23 @@ def write_state(
         sa.text(
             f"INSERT INTO {_table(schema)}"
             " (target_table, cursor_value, synced_at, rows_written, load_id)"
-            " VALUES (:t, :c, (now() AT TIME ZONE 'UTC'), :r, :l)"
+            " VALUES (:t, :c, :now, :r, :l)"
             " ON CONFLICT (target_table) DO UPDATE SET cursor_value = EXCLUDED.cursor_value,"
             " synced_at = EXCLUDED.synced_at, rows_written = EXCLUDED.rows_written,"
             " load_id = EXCLUDED.load_id"
         ),
-        {"t": target_table, "c": cursor, "r": rows_written, "l": load_id},
+        {
+            "t": target_table,
+            "c": cursor,
+            "now": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            "r": rows_written,
+            "l": load_id,
+        },
     )
 
 
 def read_sweep(conn: Connection, schema: str, target_table: str) -> SweepState:
-    if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": _table(schema)}).scalar() is None:
+    if not _exists(conn, schema):
         return SweepState()
     row = conn.execute(
         sa.text(f"SELECT {SWEEP_SELECT} FROM {_table(schema)} WHERE target_table = :t"),
@@ -92,3 +114,50 @@ def write_sweep(conn: Connection, schema: str, target_table: str, sweep: SweepSt
         sa.text(f"UPDATE {_table(schema)} SET {SWEEP_SET} WHERE target_table = :t"),
         sweep_parameters(target_table, sweep),
     )
+
+
+class StateInSchema:
+    """The `Target` methods around the state table, for a target whose tables live in a
+    schema and whose SQL is PostgreSQL's (PostgreSQL and DuckDB targets)."""
+
+    engine: sa.Engine
+
+    @property
+    def schema(self) -> str:
+        raise NotImplementedError
+
+    def qualified(self, table: str) -> str:
+        raise NotImplementedError
+
+    def read_state(self, table: str) -> SyncState | None:
+        with self.engine.begin() as conn:
+            ensure_state_table(conn, self.schema)
+            return read_state(conn, self.schema, table)
+
+    def stored_state(self, table: str) -> SyncState | None:
+        """The table's sync state, read only (None: no state table, or no row)."""
+        with self.engine.connect() as conn:
+            return read_state(conn, self.schema, table)
+
+    def commit(self, loader: Any, table: str, cursor: str | None, record_state: bool) -> None:
+        """Finish the load (swap or drop the work table) and store the state, together."""
+        with self.engine.begin() as conn:
+            loader.finish(conn)
+            if record_state:
+                ensure_state_table(conn, self.schema)
+                write_state(
+                    conn, self.schema, table, cursor, loader.stats.rows, loader.stats.load_id
+                )
+
+    def read_sweep(self, table: str) -> SweepState:
+        with self.engine.connect() as conn:
+            return read_sweep(conn, self.schema, table)
+
+    def write_sweep(self, table: str, sweep: SweepState) -> None:
+        with self.engine.begin() as conn:
+            write_sweep(conn, self.schema, table, sweep)
+
+    def row_count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            count = conn.exec_driver_sql(f"SELECT count(*) FROM {self.qualified(table)}")
+            return int(count.scalar_one())

@@ -18,9 +18,8 @@ from mysqlsync_dagster.catalog import Column, TableShape
 from mysqlsync_dagster.db import connect
 from mysqlsync_dagster.pipeline.wire import WireColumn
 from mysqlsync_dagster.settings import DatabaseSettings
-from mysqlsync_dagster.targets.base import Strategy, SweepState, log_schema_changes
+from mysqlsync_dagster.targets.base import Strategy, log_schema_changes
 from mysqlsync_dagster.targets.mysql.ddl import SchemaChanges
-from mysqlsync_dagster.targets.mysql.state import SyncState
 from mysqlsync_dagster.targets.postgres import ddl, state
 from mysqlsync_dagster.targets.postgres.loader import PostgresLoader
 
@@ -48,7 +47,7 @@ class AdvisoryLock:
 
 
 @dataclass
-class PostgresTarget:
+class PostgresTarget(state.StateInSchema):
     engine: sa.Engine
     settings: DatabaseSettings | None = None
     schema_name: str | None = None
@@ -97,7 +96,8 @@ class PostgresTarget:
                     conn.exec_driver_sql(statement)
                 log.info("%s: created target table %s", source.name, self.qualified(table))
                 return None
-            changes = ddl.diff_columns(source, existing, self.schema, table)
+            key = source.primary_key or tuple(primary_key)
+            changes = ddl.diff_columns(source, existing, key)
             if not changes.empty:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {self.qualified(table)} " + ", ".join(changes.clauses)
@@ -123,16 +123,6 @@ class PostgresTarget:
                 return None
             time.sleep(0.25)
 
-    def read_state(self, table: str) -> SyncState | None:
-        with self.engine.begin() as conn:
-            state.ensure_state_table(conn, self.schema)
-            return state.read_state(conn, self.schema, table)
-
-    def stored_state(self, table: str) -> SyncState | None:
-        """The table's sync state, read only (None: no state table, or no row)."""
-        with self.engine.connect() as conn:
-            return state.read_state(conn, self.schema, table)
-
     def loader(
         self,
         table: str,
@@ -154,28 +144,3 @@ class PostgresTarget:
             work_dir=work_dir,
             merge_each_batch=merge_each_part,
         )
-
-    def commit(
-        self, loader: PostgresLoader, table: str, cursor: str | None, record_state: bool
-    ) -> None:
-        with self.engine.begin() as conn:
-            loader.finish(conn)
-            if record_state:
-                state.ensure_state_table(conn, self.schema)
-                state.write_state(
-                    conn, self.schema, table, cursor, loader.stats.rows, loader.stats.load_id
-                )
-
-    def read_sweep(self, table: str) -> SweepState:
-        with self.engine.connect() as conn:
-            return state.read_sweep(conn, self.schema, table)
-
-    def write_sweep(self, table: str, sweep: SweepState) -> None:
-        with self.engine.begin() as conn:
-            state.write_sweep(conn, self.schema, table, sweep)
-
-    def row_count(self, table: str) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.exec_driver_sql(f"SELECT count(*) FROM {self.qualified(table)}").scalar_one()
-            )

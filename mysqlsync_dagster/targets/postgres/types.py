@@ -88,6 +88,9 @@ _INTEGERS = {
     ("bigint", True): "numeric(20,0)",
 }
 _TEXTS = {"tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+# MariaDB's own types, copied as their text form (UUID into PostgreSQL's uuid, whose text is
+# the same lowercase hyphenated form)
+_MARIADB_TEXTS = {"uuid": "uuid", "inet4": "varchar(15)", "inet6": "varchar(39)"}
 _ARGUMENTS = re.compile(r"^\w+\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
 
@@ -96,7 +99,7 @@ def value_kind(column: Column) -> ValueKind:
     data_type = column.data_type.lower()
     if data_type in _INTEGER_TYPES:
         return "integer"
-    if data_type in TEXT_TYPES:
+    if data_type in TEXT_TYPES or data_type in _MARIADB_TEXTS:
         return "text"
     if data_type in BINARY_TYPES or data_type in _SPATIAL_TYPES:
         return "binary"
@@ -150,6 +153,8 @@ def pg_type(column: Column) -> str:
     if kind == "text":
         if data_type in _TEXTS:
             return "text"
+        if data_type in _MARIADB_TEXTS:
+            return _MARIADB_TEXTS[data_type]
         length, _ = type_arguments(column)
         # CHAR(0) holds '' or NULL; PostgreSQL's varchar needs a length of at least 1
         return f"varchar({max(length or 1, 1)})"
@@ -169,6 +174,15 @@ def pg_type(column: Column) -> str:
         "json": "json",
         "binary": "bytea",
     }[kind]
+
+
+def utc_timestamp_sql(quoted: str) -> str:
+    """A TIMESTAMP column's instant as UTC text with '+00', made from its epoch seconds by date
+    arithmetic whatever the session's time zone (the extraction's connectorx sessions keep the
+    server's); the zero TIMESTAMP (epoch 0, which no real one has) stays the zero date's text."""
+    epoch = f"UNIX_TIMESTAMP({quoted})"
+    utc = f"TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ROUND({epoch} * 1000000) MICROSECOND"
+    return f"IF({epoch} = 0, '0000-00-00 00:00:00', CONCAT(CAST({utc} AS CHAR), '+00'))"
 
 
 def pg_wire_sql(column: Column, quoted: str) -> str:

@@ -1,0 +1,296 @@
+"""DuckDB as a target: an OLAP copy in a file (`TARGET_DB_URL=duckdb:///path/copy.duckdb`).
+
+- **Schema**: each column takes `types.duckdb_type` (the README's table), with the source's
+  NOT NULL and literal default, and the primary key; `_dlt_load_id` and `_dlt_id` are added.
+  Secondary indexes are left out (DuckDB scans columns; an ART index only slows writes).
+  Generated columns are copied as values. New source columns are added, changed ones altered
+  (`ALTER COLUMN ... TYPE`), dropped ones kept and made nullable.
+- **Loading**: each batch of wire text is handed to DuckDB as an Arrow table and cast in SQL
+  (`types.duckdb_load_sql`): an incremental run inserts it straight into the live table with
+  `ON CONFLICT (key) DO UPDATE ... WHERE` the row differs; a full refresh fills a table built
+  aside without its key, adds the key once filled, and replaces the live table in the commit's
+  transaction (DuckDB's DDL is transactional: readers see the old rows or the new ones; views
+  are bound by name and keep working).
+- **State** `_mysqlsync_state` in the table's schema (`targets/postgres/state.py`: the same SQL),
+  and a lock per table within this process. DuckDB lets one process at a time open a file for
+  writing: a run of another process waits for it as for a lock (retried, see errors.py), so keep
+  DuckDB targets' runs one at a time (README).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mysqlsync_dagster.catalog import DLT_COLUMNS, Column, TableShape
+from mysqlsync_dagster.errors import LoadError
+from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
+from mysqlsync_dagster.settings import DatabaseSettings
+from mysqlsync_dagster.targets.base import Strategy, log_schema_changes
+from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type
+from mysqlsync_dagster.targets.mysql.ddl import SchemaChanges
+from mysqlsync_dagster.targets.mysql.loader import LoadStats
+from mysqlsync_dagster.targets.postgres import state
+from mysqlsync_dagster.targets.postgres.ddl import (
+    default_sql,
+    diff_columns,
+    qualified,
+    quote,
+    short_name,
+)
+
+# DuckDB's spelling in information_schema of the types `duckdb_type` names
+_SPELLINGS = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "INT": "INTEGER"}
+_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def column_sql(column: Column, key: bool) -> str:
+    sql = f"{quote(column.name)} {duckdb_type(column)}"
+    if not column.nullable or key:
+        sql += " NOT NULL"
+    default = default_sql(column)
+    if default is not None and duckdb_type(column) not in ("JSON", "BLOB", "UBIGINT"):
+        sql += f" DEFAULT {default}"
+    return sql
+
+
+@dataclass(frozen=True)
+class DuckColumn:
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+
+
+def read_columns(conn: Connection, schema: str, table: str) -> list[DuckColumn] | None:
+    rows = conn.execute(
+        sa.text(
+            "SELECT column_name, data_type, is_nullable, column_default"
+            " FROM duckdb_columns() WHERE schema_name = :s AND table_name = :t"
+            " ORDER BY column_index"
+        ),
+        {"s": schema, "t": table},
+    ).all()
+    return [DuckColumn(r[0], r[1], bool(r[2]), r[3]) for r in rows] or None
+
+
+def primary_key_columns(conn: Connection, schema: str, table: str) -> list[str]:
+    row = conn.execute(
+        sa.text(
+            "SELECT constraint_column_names FROM duckdb_constraints()"
+            " WHERE schema_name = :s AND table_name = :t AND constraint_type = 'PRIMARY KEY'"
+        ),
+        {"s": schema, "t": table},
+    ).first()
+    return list(row[0]) if row else []
+
+
+@dataclass
+class InProcessLock:
+    lock: threading.Lock
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+@dataclass
+class DuckDBLoader:
+    """Loads the parts of one run into one DuckDB table (see the module doc)."""
+
+    engine: Engine
+    schema: str
+    target: str
+    wire: list[WireColumn]
+    strategy: Strategy
+    batch_size: int
+    stats: LoadStats = field(default_factory=LoadStats)
+    _key: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def aside(self) -> str:
+        return short_name(f"_mss_new_{self.target}")
+
+    def prepare(self) -> None:
+        with self.engine.begin() as conn:
+            self._key = primary_key_columns(conn, self.schema, self.target)
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(self.schema, self.aside)}")
+            if self.strategy == "swap":  # the live table's columns, without the key (yet)
+                columns = read_columns(conn, self.schema, self.target) or []
+                body = ", ".join(
+                    f"{quote(c.name)} {c.type}"
+                    + ("" if c.nullable else " NOT NULL")
+                    + (f" DEFAULT {c.default}" if c.default is not None else "")
+                    for c in columns
+                )
+                conn.exec_driver_sql(f"CREATE TABLE {qualified(self.schema, self.aside)} ({body})")
+
+    def load_part(self, part: pa.Table | Path, load_id: str) -> None:
+        batches = (
+            part.to_batches(max_chunksize=self.batch_size)
+            if isinstance(part, pa.Table)
+            else parquet_batches(part, self.wire, self.batch_size)
+        )
+        if not isinstance(part, pa.Table):
+            self.stats.files += 1
+        self.stats.load_id = load_id
+        for batch in batches:
+            arrays = []
+            for position, wire in enumerate(self.wire):
+                text, zeros = to_wire_text(batch.column(position), wire)
+                self.stats.zero_dates += zeros
+                arrays.append(text)
+            table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+            with self.engine.begin() as conn:
+                self._insert(conn, table, load_id)
+            self.stats.csv_bytes += table.nbytes
+            self.stats.rows += batch.num_rows
+            self.stats.batches += 1
+
+    def _insert(self, conn: Connection, table: pa.Table, load_id: str) -> None:
+        raw: Any = conn.connection.dbapi_connection
+        view = "_mss_batch"
+        raw.register(view, table)
+        try:
+            values = [duckdb_load_sql(w.column, f"c{i}") for i, w in enumerate(self.wire)]
+            columns = [w.column.name for w in self.wire] + list(DLT_COLUMNS)
+            into = self.target if self.strategy == "upsert" else self.aside
+            sql = (
+                f"INSERT INTO {qualified(self.schema, into)}"
+                f" ({', '.join(quote(c) for c in columns)})"
+                f" SELECT {', '.join(values)}, $load_id, CAST(uuid() AS VARCHAR) FROM {view}"
+            )
+            if self.strategy == "upsert":
+                sql += self._on_conflict()
+            conn.execute(sa.text(sql.replace("$load_id", ":load_id")), {"load_id": load_id})
+        except sa.exc.DBAPIError as error:
+            raise LoadError(f"{self.target}: DuckDB refused a batch: {error.orig}") from error
+        finally:
+            raw.unregister(view)
+
+    def _on_conflict(self) -> str:
+        data = [w for w in self.wire if w.column.name not in self._key]
+        if not data:
+            return " ON CONFLICT DO NOTHING"
+        names = [w.column.name for w in self.wire] + list(DLT_COLUMNS)
+        assignments = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names)
+
+        def differs(wire: WireColumn) -> str:
+            name = quote(wire.column.name)
+            if duckdb_type(wire.column) == "JSON":
+                return f"CAST({name} AS VARCHAR) IS DISTINCT FROM CAST(EXCLUDED.{name} AS VARCHAR)"
+            return f"{name} IS DISTINCT FROM EXCLUDED.{name}"
+
+        key = ", ".join(quote(c) for c in self._key)
+        where = " OR ".join(differs(w) for w in data)
+        return f" ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {where}"
+
+    def merge(self) -> int:
+        if self.strategy == "swap" and self._key:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {qualified(self.schema, self.aside)} ADD PRIMARY KEY"
+                    f" ({', '.join(quote(c) for c in self._key)})"
+                )
+        return 0
+
+    def finish(self, conn: Connection) -> None:
+        if self.strategy != "swap":
+            return
+        conn.exec_driver_sql(f"DROP TABLE {qualified(self.schema, self.target)}")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {qualified(self.schema, self.aside)} RENAME TO {quote(self.target)}"
+        )
+
+    def discard(self) -> None:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(self.schema, self.aside)}")
+
+
+@dataclass
+class DuckDBTarget(state.StateInSchema):
+    engine: sa.Engine
+    settings: DatabaseSettings | None = None
+    schema_name: str | None = None
+    kind = "duckdb"
+
+    @property
+    def schema(self) -> str:
+        return self.schema_name or "main"
+
+    @property
+    def database(self) -> str:
+        return f"{Path(self.engine.url.database or '').name}.{self.schema}"
+
+    def quote(self, name: str) -> str:
+        return quote(name)
+
+    def qualified(self, table: str) -> str:
+        return qualified(self.schema, table)
+
+    def copied_columns(self, shape: TableShape) -> list[Column]:
+        """Every source column: generated ones are copied as values."""
+        return [c for c in shape.columns if c.name not in DLT_COLUMNS]
+
+    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
+        return [WireColumn.of(c, "duckdb") for c in columns]
+
+    def column_names(self, table: str) -> list[str] | None:
+        with self.engine.connect() as conn:
+            columns = read_columns(conn, self.schema, table)
+        return None if columns is None else [c.name for c in columns]
+
+    def mirror(
+        self, source: TableShape, table: str, primary_key: Sequence[str], log: logging.Logger
+    ) -> SchemaChanges | None:
+        key = list(source.primary_key or primary_key)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+            existing = read_columns(conn, self.schema, table)
+            if existing is None:
+                body = [column_sql(c, c.name in key) for c in self.copied_columns(source)]
+                body += [f"{quote(name)} VARCHAR" for name in DLT_COLUMNS]
+                body.append(f"PRIMARY KEY ({', '.join(quote(c) for c in key)})")
+                conn.exec_driver_sql(f"CREATE TABLE {self.qualified(table)} ({', '.join(body)})")
+                log.info("%s: created target table %s", source.name, self.qualified(table))
+                return None
+            changes = diff_columns(source, existing, key, column_sql, _retype)
+            for clause in changes.clauses:  # DuckDB alters one column per statement
+                conn.exec_driver_sql(f"ALTER TABLE {self.qualified(table)} {clause}")
+            log_schema_changes(log, source.name, changes)
+            return changes
+
+    def lock(self, table: str, wait_seconds: int) -> InProcessLock | None:
+        key = (str(self.engine.url.database), self.schema, table)
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault(key, threading.Lock())
+        got = lock.acquire(timeout=wait_seconds) if wait_seconds > 0 else lock.acquire(False)
+        return InProcessLock(lock) if got else None
+
+    def loader(
+        self,
+        table: str,
+        wire: list[WireColumn],
+        strategy: Strategy,
+        *,
+        batch_size: int,
+        work_dir: Path,
+        primary_key: tuple[str, ...],
+        merge_each_part: bool,
+    ) -> DuckDBLoader:
+        return DuckDBLoader(self.engine, self.schema, table, wire, strategy, batch_size)
+
+
+def _retype(column: Column, key: bool, current: str) -> str | None:
+    wanted = duckdb_type(column)
+    if _SPELLINGS.get(current.upper(), current.upper()) == _SPELLINGS.get(wanted, wanted):
+        return None
+    return f"ALTER COLUMN {quote(column.name)} TYPE {wanted}"
