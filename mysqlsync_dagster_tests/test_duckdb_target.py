@@ -1,6 +1,9 @@
 """A DuckDB target: every MySQL/MariaDB type copied exactly (the README's mapping), in both
 modes and both strategies, checked by an independent comparison of the rows."""
 
+import threading
+import time
+
 import dagster as dg
 import pyarrow as pa
 import pytest
@@ -89,8 +92,26 @@ def test_full_refresh_swap_keeps_views_and_the_checks_find_and_repair(duck_sync_
     assert env.sync([cfg]).success
     env.target_exec("CREATE VIEW stg_codes AS SELECT code, n * 2 AS n2 FROM codes")
     env.source_exec("DELETE FROM codes WHERE n > 4000")
-    result = env.sync([cfg])
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:  # readers see the old rows or the new ones, never an empty table
+        with env.target.connect() as conn:
+            while not stop.is_set():
+                seen.append(conn.exec_driver_sql("SELECT count(*) FROM codes").scalar_one())
+                conn.commit()
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        result = env.sync([cfg])
+    finally:
+        stop.set()
+        thread.join()
     assert result.success
+    assert len(seen) > 5 and set(seen) <= {30000, 28000}, sorted(set(seen))
+    assert seen[-1] == 28000
     assert materialization_metadata(result, "sync_codes")["strategy"] == "swap"
     with env.target.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM stg_codes").scalar_one() == 28000

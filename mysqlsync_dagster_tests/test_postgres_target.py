@@ -397,3 +397,43 @@ def test_a_lock_timeout_on_the_target_is_retried_and_converges(pg_sync_env):
     assert result.success
     assert retry_events(result), "the lock timeout was not retried"
     assert env.target_rows("orders") == env.source_rows("orders")
+
+
+@pytest.mark.parametrize("target", ["pg_sync_env", "duck_sync_env"])
+@pytest.mark.parametrize("group", list(TYPE_GROUPS))
+def test_the_checks_name_the_row_of_any_changed_value(request, target, group):
+    """Each column of each fidelity group, changed in one row of the copy (to NULL, or to
+    another row's value where NULL is not allowed), fails `checksum_match` naming that row;
+    put back, the copy passes again."""
+    env = request.getfixturevalue(target)
+    ddl, inserts = TYPE_GROUPS[group]
+    env.source_exec(ddl, *inserts)
+    cfg = {"table": "t", "primary_key": "id"}
+    assert env.sync([cfg]).success
+    parsed = parse_tables_config([cfg], "test")[0]
+    env.target_exec("CREATE TABLE saved AS SELECT * FROM t")
+    with env.source.connect() as conn:
+        columns = conn.exec_driver_sql(
+            "SELECT COLUMN_NAME, IS_NULLABLE FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 't' AND COLUMN_NAME <> 'id'"
+        ).all()
+    for name, nullable in columns:
+        quoted = f'"{name}"'
+        with env.target.connect() as conn:
+            value = conn.exec_driver_sql(f"SELECT {quoted} FROM t WHERE id = 1").scalar()
+        if value is not None:
+            change = (
+                f"{quoted} = NULL"
+                if nullable == "YES"
+                else (f"{quoted} = (SELECT {quoted} FROM saved WHERE id = 2)")
+            )
+        else:
+            change = f"{quoted} = (SELECT {quoted} FROM saved WHERE id = 2)"
+        env.target_exec(f"UPDATE t SET {change} WHERE id = 1")
+        outcomes = {o.check: o for o in run_all_checks(parsed, env.source, env.target, full=True)}
+        found = outcomes["checksum_match"]
+        assert not found.passed, (group, name)
+        assert "{'id': 1}" in str(found.metadata.get("differing_keys")), (group, name)
+        env.target_exec(f"UPDATE t SET {quoted} = saved.{quoted} FROM saved WHERE t.id = saved.id")
+    outcomes = {o.check: o for o in run_all_checks(parsed, env.source, env.target, full=True)}
+    assert outcomes["checksum_match"].passed
