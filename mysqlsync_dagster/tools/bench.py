@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,43 @@ def _fill(conn: sa.Connection, rows_sql: Any, rows: int, step: int = 200_000) ->
         conn.exec_driver_sql(rows_sql(first, min(first + step - 1, rows)).replace("%", "%%"))
 
 
+def fill_source(engine: sa.Engine, rows: int, wide_rows: int = 0) -> None:
+    """The `bench` database of the source: `orders` (and `wide`, if `wide_rows`)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE DATABASE bench")
+        conn.exec_driver_sql("USE bench")
+        conn.exec_driver_sql(ORDERS_DDL)
+        _fill(conn, orders_rows_sql, rows)
+        if wide_rows:
+            conn.exec_driver_sql(WIDE_DDL.replace("%", "%%"))
+            _fill(conn, wide_rows_sql, wide_rows)
+
+
+def change_one_percent(engine: sa.Engine) -> None:
+    """Rewrite 1% of `orders` (10,000 rows of 1M): a new status, `updated_at` spread over the
+    last hour, so that the next run re-reads only the few rows at the new cursor's second
+    (rows at the cursor are always re-read)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE bench.orders SET status = 'changed',"
+            " updated_at = NOW() - INTERVAL (id DIV 100) %% 3600 SECOND WHERE id %% 100 = 0"
+        )
+
+
+def table_config(table: str, mode: str, batch_size: int) -> dict[str, Any]:
+    """The benchmarked table's tables.json entry. The checks run as a user runs them (the
+    default): the verification of the synced window and of a rolling slice of
+    `verify_budget` rows, repairs included."""
+    return {
+        "table": table,
+        "primary_key": "id",
+        "modifier": "updated_at",
+        "batch_size": batch_size,
+        "mode": mode,
+        "lag_seconds": LAG_SECONDS,
+    }
+
+
 def _timed(func: Any) -> tuple[float, Any]:
     started = time.perf_counter()
     value = func()
@@ -132,27 +170,42 @@ def sync_command() -> list[str]:
     return [sys.executable, "-m", "mysqlsync_dagster"]
 
 
-def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, Any]:
-    """`mysqlsync-dagster sync --json TABLE` in a fresh process: its wall time from start to
-    exit, as a user sees it, and its own peak RSS (from wait4)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
-        json.dump([table], config)
+@dataclass
+class Measured:
+    """A finished child process: wall time from start to exit, output, its own peak RSS."""
+
+    wall_seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss_mb: float
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run `command` to its end: its wall time and its own peak RSS (from wait4)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [*sync_command(), "--config", config.name, "sync", "--json", table["table"]],
-            env=child_environment(env),
-            stdout=out,
-            stderr=err,
-        )
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)  # reaped here: its own rusage
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
+        return Measured(wall, process.returncode, out.read(), err.read(), peak_rss_mb(usage))
+
+
+def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, Any]:
+    """`mysqlsync-dagster sync --json TABLE` in a fresh process: its wall time from start to
+    exit, as a user sees it, and its own peak RSS (from wait4)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump([table], config)
+    run = run_measured(
+        [*sync_command(), "--config", config.name, "sync", "--json", table["table"]],
+        env=child_environment(env),
+    )
     os.unlink(config.name)
-    if process.returncode != 0:
+    stdout, stderr = run.stdout, run.stderr
+    if run.returncode != 0:
         raise SystemExit(f"sync failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
     [outcome] = json.loads(stdout)
     keep = (
@@ -171,8 +224,8 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
     )
     report = SyncReport.from_metadata(outcome["metadata"])
     result = {k: getattr(report, k) for k in keep if getattr(report, k) is not None}
-    result["wall_seconds"] = wall
-    result["peak_rss_mb"] = peak_rss_mb(usage)
+    result["wall_seconds"] = run.wall_seconds
+    result["peak_rss_mb"] = run.peak_rss_mb
     return result
 
 
@@ -208,14 +261,7 @@ def run_benchmark(
             side: sa.create_engine(server.url())
             for side, server in (("source", source), ("target", target))
         }
-        with admin["source"].begin() as conn:
-            conn.exec_driver_sql("CREATE DATABASE bench")
-            conn.exec_driver_sql("USE bench")
-            conn.exec_driver_sql(ORDERS_DDL)
-            _fill(conn, orders_rows_sql, rows)
-            if wide_rows:
-                conn.exec_driver_sql(WIDE_DDL.replace("%", "%%"))
-                _fill(conn, wide_rows_sql, wide_rows)
+        fill_source(admin["source"], rows, wide_rows)
         with admin["target"].begin() as conn:
             for db in ("dump_copy", *(f"{mode}_copy" for mode in MODES)):
                 conn.exec_driver_sql(f"CREATE DATABASE {db}")
@@ -228,17 +274,7 @@ def run_benchmark(
                 "STAGING_DIR": str(base / "staging"),
                 "PARQUET_COMPRESSION": compression,
             }
-            config = {
-                "table": table,
-                "primary_key": "id",
-                "modifier": "updated_at",
-                "batch_size": batch_size,
-                "mode": mode,
-                "lag_seconds": LAG_SECONDS,
-                # the checks run as a user runs them (the default): the verification of the
-                # synced window and of a rolling slice of `verify_budget` rows, repairs included
-            }
-            result = sync_in_subprocess(env, config)
+            result = sync_in_subprocess(env, table_config(table, mode, batch_size))
             step = {"table": table, "mode": mode, "kind": kind, **result}
             report["steps"].append(step)
             return step
@@ -246,13 +282,7 @@ def run_benchmark(
         references = {"orders": _dump_pipe(source, target, "orders", "dump_copy")}
         for mode in MODES:
             measure("orders", mode, "full")
-        with admin["source"].begin() as conn:
-            conn.exec_driver_sql(
-                # spread over the last hour, so that the next run re-reads only the few rows
-                # at the new cursor's second (rows at the cursor are always re-read)
-                "UPDATE bench.orders SET status = 'changed',"
-                " updated_at = NOW() - INTERVAL (id DIV 100) %% 3600 SECOND WHERE id %% 100 = 0"
-            )
+        change_one_percent(admin["source"])
         for mode in MODES:
             measure("orders", mode, "incremental_1pct")
         # written seconds ago: no proof can stand yet (verify/idle.py), a full no-change run
@@ -329,6 +359,36 @@ def _figure(step: dict[str, Any], key: str, width: int, decimals: int) -> str:
     return f"{value:{width}.{decimals}f}" if value is not None else " " * width
 
 
+def step_header(ratio: str) -> str:
+    """The header cells from `step` on; `ratio` names the reference ("x dump")."""
+    return (
+        f"| step                                 | process s | {ratio:>6} | goal    | in-run s |"
+        " rows written | peak RSS MB | reader MB | sum MB | extract s | load s | rows verified |"
+        " verify s |"
+    )
+
+
+STEP_RULE = (
+    "|--------------------------------------|----------:|-------:|---------|---------:|"
+    "-------------:|------------:|----------:|-------:|----------:|-------:|--------------:|"
+    "---------:|"
+)
+
+
+def step_cells(step: dict[str, Any], label: str, ratio: float, goal: float | None) -> str:
+    """One sync's cells from `step` on (see `step_header`)."""
+    goal_text = f"<={goal:g}x" if goal else ""
+    return (
+        f"| {label:<36} | {step['wall_seconds']:9.2f} |"
+        f" {ratio:6.2f} | {goal_text:<7} | {step['seconds']:8.2f} |"
+        f" {step['rows_written']:>12,} |"
+        f" {step['peak_rss_mb']:11.0f} | {_figure(step, 'reader_peak_rss_mb', 9, 0)} |"
+        f" {step['peak_rss_mb'] + (step.get('reader_peak_rss_mb') or 0):6.0f} |"
+        f" {_figure(step, 'extract_seconds', 9, 2)} | {_figure(step, 'load_seconds', 6, 2)} |"
+        f" {_figure(step, 'rows_verified', 13, 0)} | {_figure(step, 'verify_seconds', 8, 2)} |"
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     refs = report["reference_dump_seconds"]
     lines = [
@@ -337,12 +397,8 @@ def format_report(report: dict[str, Any]) -> str:
         f" {report['cpus']} CPUs, load average {report['load_average_before'][0]} before,"
         f" {report['load_average_after'][0]} after",
         "",
-        "| table  | step                                 | process s | x dump | goal    | in-run s |"
-        " rows written | peak RSS MB | reader MB | sum MB | extract s | load s | rows verified |"
-        " verify s |",
-        "|--------|--------------------------------------|----------:|-------:|---------|---------:|"
-        "-------------:|------------:|----------:|-------:|----------:|-------:|--------------:|"
-        "---------:|",
+        "| table  " + step_header("x dump"),
+        "|--------" + STEP_RULE,
     ]
     reference = "mariadb-dump \\| mariadb"
     for table, seconds in refs.items():
@@ -354,16 +410,7 @@ def format_report(report: dict[str, Any]) -> str:
         for step in (s for s in report["steps"] if s["table"] == table):
             label = f"{step['mode']} {KIND_LABEL[step['kind']]} ({step['strategy']})"
             goal = GOALS.get((step["mode"], step["kind"])) if table == "orders" else None
-            goal_text = f"<={goal:g}x" if goal else ""
-            lines.append(
-                f"| {table:<6} | {label:<36} | {step['wall_seconds']:9.2f} |"
-                f" {step['ratio_to_dump']:6.2f} | {goal_text:<7} | {step['seconds']:8.2f} |"
-                f" {step['rows_written']:>12,} |"
-                f" {step['peak_rss_mb']:11.0f} | {_figure(step, 'reader_peak_rss_mb', 9, 0)} |"
-                f" {step['peak_rss_mb'] + (step.get('reader_peak_rss_mb') or 0):6.0f} |"
-                f" {_figure(step, 'extract_seconds', 9, 2)} | {_figure(step, 'load_seconds', 6, 2)} |"
-                f" {_figure(step, 'rows_verified', 13, 0)} | {_figure(step, 'verify_seconds', 8, 2)} |"
-            )
+            lines.append(f"| {table:<6} " + step_cells(step, label, step["ratio_to_dump"], goal))
     staged = [s for s in report["steps"] if s["mode"] == "staging" and s.get("bytes_staged")]
     for step in staged:
         if step["kind"] == "full":
@@ -382,6 +429,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run_from_args(args: Any) -> int:
+    if getattr(args, "target", "mariadb") == "postgres":
+        from mysqlsync_dagster.tools.bench_postgres import run_from_args as run_postgres
+
+        return run_postgres(args)
     report = run_benchmark(
         10_000_000 if args.big else args.rows,
         args.batch_size,

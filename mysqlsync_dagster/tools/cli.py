@@ -383,6 +383,12 @@ def add_bench_arguments(parser: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=50_000)
     parser.add_argument("--compression", default="zstd", help="PARQUET_COMPRESSION for staging")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--target",
+        choices=("mariadb", "postgres"),
+        default="mariadb",
+        help="postgres: orders into a throwaway PostgreSQL against pgloader (issue 14)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
