@@ -422,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable report")
     doctor.set_defaults(func=cmd_doctor)
 
-    demo = sub.add_parser("demo", help="start a throwaway MariaDB source with data, and a target (MariaDB, PostgreSQL or DuckDB)")
+    demo = sub.add_parser(
+        "demo",
+        help="start a throwaway MariaDB source with data, and a target (MariaDB, PostgreSQL or DuckDB)",
+    )
     demo.add_argument("--dir", default=".demo", help="where the servers live (default .demo)")
     demo.add_argument("--reset", action="store_true", help="drop and reload the sample data")
     demo.add_argument("--stop", action="store_true", help="stop the demo servers")

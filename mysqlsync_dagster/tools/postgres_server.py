@@ -78,8 +78,12 @@ class PostgresServer:
     def running(self) -> bool:
         if not (self.data / "postmaster.pid").exists():
             return False
+        self._account()
         status = subprocess.run(
-            [self._bin("pg_ctl"), "-D", self.data, "status"], capture_output=True, check=False
+            [self._bin("pg_ctl"), "-D", self.data, "status"],
+            capture_output=True,
+            check=False,
+            **self._run_as,
         )
         return status.returncode == 0
 

@@ -12,6 +12,11 @@
   with it. A table that views depend on (a dbt staging view, say) is not renamed away from
   them: it is emptied and refilled from the aside table in that one transaction instead.
 
+Bulk-only work tables (the aside table, the stage of a range merge) are filled by two COPY
+connections at once while the next batch's CSV is written (measured in psql: 1M rows 1.29 s by
+one connection, 0.78 s by two); `_dlt_id` is the run's token and a number from a sequence of
+the run's, made by the server as COPY inserts.
+
 Values arrive as the text `types.pg_wire_sql` selected on the source; COPY parses each into
 the column's type exactly. A NUL character, which PostgreSQL text cannot hold, fails the load
 naming the column and the row's key (nothing is written: the transaction is rolled back).
@@ -20,7 +25,11 @@ naming the column and the row's key (nothing is written: the transaction is roll
 from __future__ import annotations
 
 import io
+import secrets
+import threading
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +71,13 @@ class PostgresLoader:
     work_dir: Path
     stats: LoadStats = field(default_factory=LoadStats)
     merge_each_batch: bool = True
+    load_streams: int = 2  # COPY connections at once into a bulk-only work table
+    run_token: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     _key: list[str] = field(default_factory=list, repr=False)
     _load_id: str | None = field(default=None, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pending: deque[Future[None]] = field(default_factory=deque, repr=False)
+    _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def stage(self) -> str:
@@ -74,8 +88,18 @@ class PostgresLoader:
         return work_table_name(self.target, "new")
 
     @property
+    def sequence(self) -> str:
+        """The run's row numbers, of which `_dlt_id` is made."""
+        return work_table_name(self.target, "seq")
+
+    @property
     def _into(self) -> str:
         return self.stage if self.strategy == "upsert" else self.aside
+
+    @property
+    def _bulk_only(self) -> bool:
+        """The work table only receives COPYs until the end (no merge per batch)."""
+        return self.strategy == "swap" or not self.merge_each_batch
 
     def _q(self, table: str) -> str:
         return qualified(self.schema, table)
@@ -85,23 +109,33 @@ class PostgresLoader:
         """Create the empty work table (dropping leftovers of a run that died)."""
         with self.engine.begin() as conn:
             self._key = primary_key_columns(conn, self.schema, self.target)
-            conn.exec_driver_sql(
-                f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}"
-            )
+            self._drop_work_objects(conn)
             unlogged = "UNLOGGED " if self.strategy == "upsert" else ""
             conn.exec_driver_sql(
                 f"CREATE {unlogged}TABLE {self._q(self._into)}"
                 f" (LIKE {self._q(self.target)} INCLUDING DEFAULTS)"
             )
-            # `_dlt_id`: unique per row, made by the server (no Python string per row)
+            # `_dlt_id`: the run's token and a row number, made by the server as COPY inserts
+            # (gen_random_uuid() per row measured at half of COPY's time; no Python string
+            # per row either)
+            conn.exec_driver_sql(f"CREATE SEQUENCE {self._q(self.sequence)}")
+            token = "'" + self.run_token.replace("'", "''") + "'"
+            sequence = "'" + self._q(self.sequence).replace("'", "''") + "'"
             conn.exec_driver_sql(
                 f"ALTER TABLE {self._q(self._into)} ALTER COLUMN {quote(DLT_ID_COLUMN)}"
-                " SET DEFAULT gen_random_uuid()::text"
+                f" SET DEFAULT {token} || nextval({sequence})"
             )
+        if self._bulk_only and self.load_streams > 1:
+            self._pool = ThreadPoolExecutor(self.load_streams, "mysqlsync-copy")
+
+    def _drop_work_objects(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}")
+        conn.exec_driver_sql(f"DROP SEQUENCE IF EXISTS {self._q(self.sequence)}")
 
     def merge(self) -> int:
         """After the last part: an upsert that did not merge each batch merges the stage by
         key ranges; a swap builds the aside table's key and indexes. Returns the ranges."""
+        self.drain()
         if self.strategy == "upsert" and not self.merge_each_batch:
             self.stats.merge_ranges = self._merge_stage()
         elif self.strategy == "swap":
@@ -111,14 +145,18 @@ class PostgresLoader:
     def finish(self, conn: Connection) -> None:
         """Swap the aside copy in (swap) or drop the stage (upsert), in `conn`'s transaction
         (the caller writes the sync state in the same one)."""
+        self.drain()
+        self._close_pool()
         if self.strategy == "upsert":
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.stage)}")
+            conn.exec_driver_sql(f"DROP SEQUENCE IF EXISTS {self._q(self.sequence)}")
             return
         live, aside = self._q(self.target), self._q(self.aside)
         conn.exec_driver_sql(
             f"ALTER TABLE {aside} ALTER COLUMN {quote(DLT_ID_COLUMN)} DROP DEFAULT,"
             f" ALTER COLUMN {quote(LOAD_ID_COLUMN)} DROP DEFAULT"
         )
+        conn.exec_driver_sql(f"DROP SEQUENCE {self._q(self.sequence)}")
         if has_dependent_views(conn, self.schema, self.target):
             conn.exec_driver_sql(f"TRUNCATE {live}")
             conn.exec_driver_sql(f"INSERT INTO {live} SELECT * FROM {aside}")
@@ -145,11 +183,21 @@ class PostgresLoader:
             conn.exec_driver_sql(f"GRANT {privilege} ON {live} TO {grantee}{option}")
 
     def discard(self) -> None:
-        """A failed run: drop the work tables."""
+        """A failed run: stop the loads in flight and drop the work tables."""
+        self._close_pool(cancel=True)
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(
-                f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}"
-            )
+            self._drop_work_objects(conn)
+
+    def drain(self) -> None:
+        """Wait for the COPYs in flight; the first failure is raised."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _close_pool(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+        self._pending.clear()
 
     # -- loading ---------------------------------------------------------------------
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
@@ -182,18 +230,26 @@ class PostgresLoader:
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             sink = pa.BufferOutputStream()
             pacsv.write_csv(table, sink, _CSV_OPTIONS)
-            data = sink.getvalue()
-            with self.engine.begin() as conn:
-                copied = self._copy(conn, data)
-                if copied != batch.num_rows:
-                    raise LoadError(
-                        f"{self.target}: the target took {copied} of {batch.num_rows} rows"
-                    )
-                if self._merging_now:
-                    conn.exec_driver_sql(self._upsert_sql())
-                    conn.exec_driver_sql(f"TRUNCATE {self._q(self.stage)}")
+            # the next batch is converted while up to `load_streams` COPYs run
+            if self._pool is None:
+                self._load(sink.getvalue(), batch.num_rows)
+                continue
+            while len(self._pending) >= self.load_streams:
+                self._pending.popleft().result()
+            self._pending.append(self._pool.submit(self._load, sink.getvalue(), batch.num_rows))
+
+    def _load(self, data: pa.Buffer, rows: int) -> None:
+        """COPY one batch (and, merging each batch, merge it), in its own transaction."""
+        with self.engine.begin() as conn:
+            copied = self._copy(conn, data)
+            if copied != rows:
+                raise LoadError(f"{self.target}: the target took {copied} of {rows} rows")
+            if self._merging_now:
+                conn.exec_driver_sql(self._upsert_sql())
+                conn.exec_driver_sql(f"TRUNCATE {self._q(self.stage)}")
+        with self._stats_lock:
             self.stats.csv_bytes += data.size
-            self.stats.rows += batch.num_rows
+            self.stats.rows += rows
             self.stats.batches += 1
 
     def _refuse_nul(self, text: pa.Array, wire: WireColumn, batch: pa.RecordBatch) -> None:
