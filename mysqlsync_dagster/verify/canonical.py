@@ -16,12 +16,13 @@ value gives the same text on both, whatever either prints by default:
 | DATETIME(n) (timestamp(n))                 | 'YYYY-MM-DD hh:mm:ss' and n fraction digits         |
 | TIMESTAMP(n) (timestamptz)                 | the instant: microseconds since 1970-01-01 UTC      |
 | TIME(n) (interval(n))                      | the signed length in microseconds: '-1'             |
-| CHAR, VARCHAR, TEXT, ENUM, SET, JSON       | MD5 of the UTF-8 text (latin1 etc. converted)       |
+| CHAR, VARCHAR, TEXT, ENUM, SET, JSON       | its UTF-8 byte length, ':', the text: '3:abc'       |
 | BINARY, VARBINARY, BLOBs, spatial (bytea)  | MD5 of the raw bytes (spatial: SRID + WKB)          |
 | NULL, and zero dates (which the sync nulls)| 'N'                                                 |
 
-The row digest is MD5 of the column texts joined with ',' (no canonical text contains ',' or
-is 'N', so the join is unambiguous), of which the first 16 hex digits are the 64-bit digest:
+The row digest is MD5 of the column texts joined with ',' (no canonical text but a length-
+prefixed string contains ',' or is 'N', and a prefixed string says where it ends, so the join
+is unambiguous), of which the first 16 hex digits are the 64-bit digest:
 unsigned on MySQL, signed on PostgreSQL (`bit(64)::bigint`); `unsigned64` makes them equal.
 
 Doubles are compared by their bits because the two servers print them differently (MariaDB
@@ -31,8 +32,9 @@ e = FLOOR(LOG2(|x|)) (corrected by one where LOG2 rounds across a power of two, 
 mantissa's range) and the mantissa m = |x| / 2^(e - 52), an integer in [2^52, 2^53): both
 exact in double arithmetic, as is a subnormal's |x| / 2^-1074. A zero's sign is ATAN2(x, -1)'s.
 
-Text is hashed rather than compared so that a digest stays small; text and JSON columns are
-hashed in their UTF-8 form (the PostgreSQL database must be UTF8, as it must be to hold them).
+Text and JSON columns go into the row's MD5 as their UTF-8 bytes behind their length (an MD5
+of each value first doubled the digest's cost: 250,000 `orders` rows 0.40 s against 0.20 s in
+PostgreSQL); the PostgreSQL database must be UTF8, as it must be to hold them.
 No SQL here contains '%', so PyMySQL's and psycopg2's %-formatting leave it alone.
 """
 
@@ -105,7 +107,8 @@ def mysql_canonical_sql(column: Column, quoted: str) -> str:
     if kind == "time":
         return f"CAST(CAST(TIME_TO_SEC({quoted}) * 1000000 AS SIGNED) AS CHAR)"
     if kind in ("text", "json"):
-        return f"MD5(CONVERT({quoted} USING utf8mb4))"
+        text = f"CONVERT({quoted} USING utf8mb4)"
+        return f"CONCAT(LENGTH({text}), ':', {text})"
     return f"MD5({quoted})"  # binary and spatial: the raw bytes
 
 
@@ -136,7 +139,7 @@ def postgres_canonical_sql(column: Column, quoted: str) -> str:
         # interval's length (for an interval of hours, minutes and seconds, as TIME's are)
         return f"(extract(epoch FROM {quoted}) * 1000000)::bigint::text"
     if kind in ("text", "json"):
-        return f"md5({quoted}::text)"
+        return f"octet_length({quoted}::text) || ':' || {quoted}::text"
     return f"md5({quoted})"  # bytea
 
 

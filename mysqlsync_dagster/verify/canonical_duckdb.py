@@ -18,7 +18,7 @@ this module is DuckDB's side. Each value becomes a canonical text:
 | DATETIME(n) (TIMESTAMP)                 | 'YYYY-MM-DD hh:mm:ss' and n fraction digits         |
 | TIMESTAMP(n) (TIMESTAMPTZ)              | the instant: microseconds since 1970-01-01 UTC      |
 | TIME(n) (INTERVAL)                      | the signed length in microseconds: '-1'             |
-| character types, JSON, UUID, INET       | MD5 of the UTF-8 text (latin1 etc. converted)       |
+| character types, JSON, UUID, INET       | UTF-8 byte length, ':', the text (latin1 converted) |
 | binary and spatial (BLOB)               | MD5 of the raw bytes (spatial: SRID + WKB)          |
 | NULL, zero dates and the year 0 (NULL)  | 'N'                                                 |
 
@@ -125,8 +125,9 @@ def duckdb_canonical_sql(column: Column, quoted: str) -> str:
         return f"left(strftime({quoted}, '%Y-%m-%d %H:%M:%S.%f'), {length})"
     if kind in ("timestamp", "time"):
         return f"CAST(epoch_us({quoted}) AS VARCHAR)"
-    if kind == "text":
-        return f"md5(CAST({quoted} AS VARCHAR))"  # JSON and UUID print their text verbatim
+    if kind == "text":  # JSON and UUID print their text verbatim
+        text = f"CAST({quoted} AS VARCHAR)"
+        return f"CAST(strlen({text}) AS VARCHAR) || ':' || {text}"
     return f"md5({quoted})"  # BLOB: the raw bytes
 
 
