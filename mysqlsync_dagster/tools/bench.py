@@ -433,6 +433,10 @@ def run_from_args(args: Any) -> int:
         from mysqlsync_dagster.tools.bench_postgres import run_from_args as run_postgres
 
         return run_postgres(args)
+    if getattr(args, "target", "mariadb") == "duckdb":
+        from mysqlsync_dagster.tools.bench_duckdb import run_from_args as run_duckdb
+
+        return run_duckdb(args)
     report = run_benchmark(
         10_000_000 if args.big else args.rows,
         args.batch_size,

@@ -385,9 +385,10 @@ def add_bench_arguments(parser: Any) -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
         "--target",
-        choices=("mariadb", "postgres"),
+        choices=("mariadb", "postgres", "duckdb"),
         default="mariadb",
-        help="postgres: orders into a throwaway PostgreSQL against pgloader (issue 14)",
+        help="postgres: orders into a throwaway PostgreSQL against pgloader; duckdb: into"
+        " DuckDB files against DuckDB's MySQL scanner (issue 14)",
     )
 
 
