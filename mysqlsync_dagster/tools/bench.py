@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -158,10 +157,6 @@ def _dump_pipe(source: MariaDBServer, target: MariaDBServer, table: str, db: str
     return seconds
 
 
-def peak_rss_mb(usage: resource.struct_rusage) -> float:
-    return usage.ru_maxrss / 1024  # kilobytes on Linux
-
-
 def sync_command() -> list[str]:
     """The console script a user runs, from this interpreter's environment."""
     script = Path(sys.executable).with_name("mysqlsync-dagster")
@@ -181,17 +176,44 @@ class Measured:
     peak_rss_mb: float
 
 
+# Forks and times the command from a small process: Linux carries a process's peak RSS across
+# exec, and Python spawns children by vfork + exec, so a child of the benchmark itself would
+# report at least the benchmark's own peak (a Python row digest of 1M rows: 400 MB). Prints
+# "wall seconds, peak RSS in KB, wait status" on the pipe `argv[1]` once the command exits.
+_LAUNCHER = """\
+import os, sys, time
+report = int(sys.argv[1])
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    os.execvpe(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{time.perf_counter() - started} {usage.ru_maxrss} {status}".encode())
+"""
+
+
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run `command` to its end: its wall time and its own peak RSS (from wait4)."""
+    """Run `command` to its end: its wall time from fork to exit and its own peak RSS (wait4
+    by a small launcher process, see `_LAUNCHER`)."""
+    read, write = os.pipe()
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(write), *command]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)  # reaped here: its own rusage
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+        with subprocess.Popen(launcher, env=env, stdout=out, stderr=err, pass_fds=(write,)) as p:
+            os.close(write)
+            with os.fdopen(read, "rb") as pipe:
+                figures = pipe.read().split()
+        if p.returncode != 0 or len(figures) != 3:
+            raise RuntimeError(f"the launcher of {command[0]} failed: {p.returncode}")
         out.seek(0)
         err.seek(0)
-        return Measured(wall, process.returncode, out.read(), err.read(), peak_rss_mb(usage))
+        return Measured(
+            float(figures[0]),
+            os.waitstatus_to_exitcode(int(figures[2])),
+            out.read(),
+            err.read(),
+            int(figures[1]) / 1024,  # kilobytes on Linux
+        )
 
 
 def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, Any]:
