@@ -120,7 +120,9 @@ def delete_keys(pair: TablePair, keys: Sequence[Key]) -> int:
     if not keys:
         return 0
     table = pair.table("target")
+    columns = pair.keys(table, "target")
+    statement = sa.delete(table).where(key_in(columns, keys))
     with pair.target_engine.begin() as conn:
-        return int(
-            conn.execute(sa.delete(table).where(key_in(pair.keys(table, "target"), keys))).rowcount
-        )
+        if pair.target_engine.dialect.name == "duckdb":  # its driver reports no rowcount
+            return len(conn.execute(statement.returning(*columns)).all())
+        return int(conn.execute(statement).rowcount)
