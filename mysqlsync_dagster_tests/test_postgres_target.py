@@ -454,7 +454,9 @@ def test_a_run_repairs_drift_and_applies_deletes_in_the_copy(request, target):
     result = env.sync([cfg])
     assert result.success
     meta = materialization_metadata(result, "sync_orders")
-    assert meta["rows_repaired"] >= 2 and meta["rows_deleted"] == 1, {k: v for k, v in meta.items() if "repair" in k or "delet" in k}
+    assert meta["rows_repaired"] >= 2 and meta["rows_deleted"] == 1, {
+        k: v for k, v in meta.items() if "repair" in k or "delet" in k
+    }
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"source_row_count": True, "row_count_match": True, "checksum_match": True}
     assert env.target_rows("orders") == env.source_rows("orders")
