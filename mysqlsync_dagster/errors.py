@@ -93,6 +93,7 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "5
 _TRANSIENT_POSTGRES_TEXT = re.compile(
     r"server closed the connection unexpectedly|could not connect to server|"
     r"terminating connection|connection to server at .* failed|SSL SYSCALL error|"
+    r"connection already closed|cursor already closed|"
     # a DuckDB file another process has open for writing (another run's)
     r"Could not set lock on file",
     re.IGNORECASE,

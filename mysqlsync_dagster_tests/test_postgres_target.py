@@ -460,3 +460,46 @@ def test_a_run_repairs_drift_and_applies_deletes_in_the_copy(request, target):
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"source_row_count": True, "row_count_match": True, "checksum_match": True}
     assert env.target_rows("orders") == env.source_rows("orders")
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_connections_killed_mid_copy_are_retried_and_the_copy_converges(pg_sync_env):
+    """The target's server ends the sync's sessions in the middle of a full refresh's COPYs:
+    the step fails as transient, is retried, and the copy ends equal to the source, with no
+    work table left behind."""
+    env = pg_sync_env
+    create_orders(env, rows=60000)
+    cfg = {**ORDERS, "batch_size": 2000}
+    killed: list[int] = []
+
+    def kill_during_copy() -> None:
+        admin = sa.create_engine(env.target.url, isolation_level="AUTOCOMMIT")
+        deadline = time.monotonic() + 60
+        with admin.connect() as conn:
+            while not killed and time.monotonic() < deadline:
+                killed.extend(
+                    conn.exec_driver_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = 'mysqlsync-dagster' AND query LIKE 'COPY%%'"
+                    ).scalars()
+                )
+                time.sleep(0.02)
+        admin.dispose()
+
+    thread = threading.Thread(target=kill_during_copy)
+    thread.start()
+    try:
+        result = env.sync([cfg])
+    finally:
+        thread.join()
+    assert killed, "no COPY was caught in flight"
+    assert result.success
+    assert retry_events(result), "the killed connections were not retried"
+    assert env.target_rows("orders") == env.source_rows("orders")
+    with env.target.connect() as conn:
+        leftovers = (
+            conn.exec_driver_sql("SELECT relname FROM pg_class WHERE relname LIKE '\\_mss\\_%%'")
+            .scalars()
+            .all()
+        )
+    assert leftovers == []

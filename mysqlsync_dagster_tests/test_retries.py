@@ -7,6 +7,7 @@ import threading
 import time
 
 import dagster as dg
+import psycopg2
 import pymysql
 import pytest
 import sqlalchemy as sa
@@ -220,3 +221,19 @@ def test_deadlock_during_the_merge_is_retried_and_converges(sync_env, fast_retri
     assert retried, "the deadlocked sync was not retried"
     assert result.success
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (psycopg2.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg2.InterfaceError("connection already closed"), True),
+        (psycopg2.ProgrammingError('relation "x" does not exist'), False),
+        (RuntimeError('IO Error: Could not set lock on file "/d/x.duckdb"'), True),
+    ],
+)
+def test_classification_of_analytics_targets_errors(error, retryable):
+    wrapped = (
+        sa.exc.DBAPIError("SELECT 1", {}, error) if isinstance(error, psycopg2.Error) else error
+    )
+    assert retries.is_retryable(wrapped) is retryable
