@@ -40,6 +40,10 @@ SPATIAL_TYPES = frozenset(
     }
 )
 DATE_TYPES = frozenset({"date", "datetime"})
+# Character types: their values are utf8mb4 (or another charset's) text.
+TEXT_TYPES = frozenset(
+    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
+)
 NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
 # Types a modifier column may have: they order changes in time (or by version number).
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}

@@ -40,9 +40,11 @@ def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> 
     return _pooled(settings, connect_args)
 
 
-def _pooled(settings: DatabaseSettings, connect_args: dict[str, object]) -> Engine:
+def _pooled(
+    settings: DatabaseSettings, connect_args: dict[str, object], url: sa.URL | None = None
+) -> Engine:
     return sa.create_engine(
-        settings.url,
+        url or settings.url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
@@ -59,13 +61,8 @@ def _duckdb_engine(settings: DatabaseSettings) -> Engine:
     is not loaded, every TIMESTAMPTZ is shown in UTC)."""
     path = Path(settings.database).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return sa.create_engine(
-        settings.url.set(database=str(path)),
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout,
-        pool_pre_ping=True,
-        connect_args=dict(settings.extra_connect_args),
+    return _pooled(
+        settings, dict(settings.extra_connect_args), settings.url.set(database=str(path))
     )
 
 

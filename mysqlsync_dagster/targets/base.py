@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # annotations only: the state module (and the CLI) need no pyarrow
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import sqlalchemy as sa
 
     from mysqlsync_dagster.catalog import Column, TableShape
@@ -54,6 +57,42 @@ def log_schema_changes(log: logging.Logger, table: str, changes: SchemaReport) -
             table,
             list(changes.dropped_in_source),
         )
+
+
+class LoadsInFlight:
+    """Batches loaded on up to `load_streams` connections at once (each load in a transaction
+    of its own) while the caller converts the next one: MySQL's LOAD DATA and PostgreSQL's COPY
+    into bulk-only work tables. Without streams (`_start_streams` not called, or 1), each load
+    runs at once, in order."""
+
+    load_streams: int
+    _pool: ThreadPoolExecutor | None
+    _pending: deque[Future[None]]
+
+    def _start_streams(self, streams: int, name: str) -> None:
+        if streams > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(streams, name)
+
+    def _submit(self, load: Callable[..., None], *args: Any) -> None:
+        if self._pool is None:
+            load(*args)
+            return
+        while len(self._pending) >= self.load_streams:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(load, *args))
+
+    def drain(self) -> None:
+        """Wait for the loads in flight; the first failure is raised."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _close_pool(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+        self._pending.clear()
 
 
 class SyncState(Protocol):
@@ -101,7 +140,7 @@ class Lock(Protocol):
 
 class Target(Protocol):
     engine: sa.Engine
-    kind: str  # "mysql" or "postgresql"
+    kind: str  # "mysql", "postgresql" or "duckdb"
 
     @property
     def database(self) -> str: ...

@@ -44,6 +44,7 @@ from typing import Literal
 
 from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, Column
 from mysqlsync_dagster.targets.duckdb.types import CHARACTER_TYPES, duckdb_type
+from mysqlsync_dagster.targets.postgres.ddl import quote
 
 Quote = Callable[[str], str]
 CanonicalKind = Literal[
@@ -139,6 +140,5 @@ def duckdb_row_digest_sql(columns: Sequence[Column], quote: Quote) -> str:
     return f"CAST('0x' || left(md5(concat_ws(',', {parts})), 16) AS UBIGINT)"
 
 
-def duckdb_quote(name: str) -> str:
-    """`name` as a DuckDB identifier: double quotes around it, double quotes inside doubled."""
-    return '"' + name.replace('"', '""') + '"'
+# DuckDB quotes identifiers as PostgreSQL does
+duckdb_quote = quote

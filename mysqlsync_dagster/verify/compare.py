@@ -30,7 +30,13 @@ from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import Column, TableShape, modifier_maximum, read_table_shape
+from mysqlsync_dagster.catalog import (
+    TEXT_TYPES,
+    Column,
+    TableShape,
+    modifier_maximum,
+    read_table_shape,
+)
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import PLAIN_MYSQL
 from mysqlsync_dagster.errors import CheckError, is_transient, redact
@@ -44,6 +50,7 @@ from mysqlsync_dagster.pipeline.windows import (
 from mysqlsync_dagster.pipeline.wire import WireColumn, wire_kind
 from mysqlsync_dagster.targets import target_for
 from mysqlsync_dagster.targets.base import Target
+from mysqlsync_dagster.targets.postgres.ddl import quote as pg_quote
 from mysqlsync_dagster.verify import canonical
 from mysqlsync_dagster.verify.canonical import unsigned64
 from mysqlsync_dagster.verify.outcome import (  # noqa: F401 (the checks' names, from here too)
@@ -71,15 +78,6 @@ SAMPLE_KEYS = 20
 KEY_BATCH = 500  # keys per `IN (...)` list
 
 Key = tuple[Any, ...]
-TEXT_TYPES = frozenset(
-    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
-)
-
-
-def pg_quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 Side = Literal["source", "target"]
 Difference = Literal["missing_in_target", "extra_in_target", "changed"]
 T = TypeVar("T")
@@ -219,7 +217,7 @@ def key_in(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key]) -> sa.
 
 
 def _plain(value: Any) -> Any:
-    """A value read from a PostgreSQL target as the MySQL driver gives it."""
+    """A value read from a PostgreSQL or DuckDB target as the MySQL driver gives it."""
     if isinstance(value, memoryview):
         return value.tobytes()
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
@@ -266,7 +264,7 @@ class TablePair:
     window: ModifierWindow | None = None
     # An incremental run's read window: only rows changed since this cursor text (or NULL).
     since: str | None = None
-    # the target (MySQL or PostgreSQL): None means a MySQL target of `target_engine`
+    # the target (MySQL, PostgreSQL or DuckDB): None means a MySQL target of `target_engine`
     target: Target | None = None
 
     @classmethod
@@ -381,7 +379,7 @@ class TablePair:
         *,
         scoped: bool = True,
         strict: bool = False,
-        side: Side = "source",
+        side: Side,
     ) -> list[sa.ColumnElement[bool]]:
         """The key range and, when `scoped` and the table is incremental, the synced rows:
         modifier up to the cursor (`strict`: before it) or NULL."""
@@ -415,7 +413,7 @@ class TablePair:
         found: set[Key] = set()
         for i in range(0, len(keys), KEY_BATCH):
             batch = keys[i : i + KEY_BATCH]
-            clauses = self.where(table, KeyRange(), strict=True)
+            clauses = self.where(table, KeyRange(), strict=True, side="source")
             query = sa.select(*columns).where(key_in(columns, batch), *clauses)
             with self.source_engine.connect() as conn:
                 found |= {tuple(row) for row in conn.execute(query)}

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import re
 
-from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, Column
+from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, TEXT_TYPES, Column
 from mysqlsync_dagster.errors import SchemaError
 from mysqlsync_dagster.targets.postgres.types import utc_timestamp_sql
 
@@ -74,9 +74,7 @@ _UNSIGNED_INTEGERS = {
     "integer": "UINTEGER",
     "bigint": "UBIGINT",
 }
-CHARACTER_TYPES = frozenset(
-    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}
-)
+CHARACTER_TYPES = TEXT_TYPES | {"json"}
 # Fixed mappings of the remaining types (integers, DECIMAL and the character types are above).
 _FIXED = {
     "float": "FLOAT",

@@ -42,6 +42,7 @@ from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
+from mysqlsync_dagster.targets.base import LoadsInFlight
 
 
 def use_jemalloc(explicit_pool: str | None) -> None:
@@ -85,7 +86,7 @@ class LoadStats:
 
 
 @dataclass
-class TableLoader:
+class TableLoader(LoadsInFlight):
     """Loads the parts of one sync run into one target table.
 
     Parts (Arrow tables in memory, or Parquet files) are turned into CSV batch by batch and
@@ -133,9 +134,7 @@ class TableLoader:
                 self._deferred_indexes = self._drop_secondary_indexes(conn)
         # Batch N+1 is converted while up to `streams` batches load; each stream has its own
         # connection and transaction. A merge per batch needs the stage to itself: one stream.
-        streams = self.load_streams if self._bulk_only else 1
-        if streams > 1:
-            self._pool = ThreadPoolExecutor(streams, "mysqlsync-load")
+        self._start_streams(self.load_streams if self._bulk_only else 1, "mysqlsync-load")
 
     @property
     def _bulk_only(self) -> bool:
@@ -189,12 +188,6 @@ class TableLoader:
         with self.engine.begin() as conn:
             run_sql(conn, f"DROP TABLE IF EXISTS {quote(self.stage)}, {quote(self.aside)}")
 
-    def _close_pool(self, cancel: bool = False) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
-        self._pending.clear()
-
     # -- loading ---------------------------------------------------------------------
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
         """Load one part (an Arrow table, or a Parquet file of wire columns), stamped
@@ -219,18 +212,7 @@ class TableLoader:
                 arrays.append(text)
             arrays.append(self._row_ids(batch.num_rows))
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-            job = (*self._write_csv(table), load_id)
-            if self._pool is None:
-                self._load_csv(*job)
-                continue
-            while len(self._pending) >= self.load_streams:
-                self._pending.popleft().result()
-            self._pending.append(self._pool.submit(self._load_csv, *job))
-
-    def drain(self) -> None:
-        """Wait for the loads in flight; the first failure is raised."""
-        while self._pending:
-            self._pending.popleft().result()
+            self._submit(self._load_csv, *self._write_csv(table), load_id)
 
     def _row_ids(self, count: int) -> pa.Array:
         """Row numbers, unique in this run: the server makes `_dlt_id` of this run's token and

@@ -20,13 +20,10 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import DLT_COLUMNS, Column, TableShape
+from mysqlsync_dagster.catalog import DLT_COLUMNS, TEXT_TYPES, Column, TableShape
 from mysqlsync_dagster.targets.mysql.ddl import SchemaChanges
 from mysqlsync_dagster.targets.postgres.types import pg_type
 
-TEXT_TYPES = frozenset(
-    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
-)
 NAME_BYTES = 63  # PostgreSQL truncates longer identifiers
 
 

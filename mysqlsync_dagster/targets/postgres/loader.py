@@ -40,17 +40,16 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
+from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN, TEXT_TYPES
 from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
-from mysqlsync_dagster.targets.base import Strategy
+from mysqlsync_dagster.targets.base import LoadsInFlight, Strategy
 from mysqlsync_dagster.targets.mysql.loader import LoadStats
 from mysqlsync_dagster.targets.postgres.ddl import qualified, quote, short_name
 
 _CSV_OPTIONS = pacsv.WriteOptions(
     include_header=False, quoting_style="all_valid", null_string="", batch_size=8192
 )
-_TEXT_TYPES = ("char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set")
 
 
 def work_table_name(target: str, kind: str) -> str:
@@ -59,7 +58,7 @@ def work_table_name(target: str, kind: str) -> str:
 
 
 @dataclass
-class PostgresLoader:
+class PostgresLoader(LoadsInFlight):
     """Loads the parts of one sync run into one PostgreSQL table (see the module doc)."""
 
     engine: Engine
@@ -125,8 +124,7 @@ class PostgresLoader:
                 f"ALTER TABLE {self._q(self._into)} ALTER COLUMN {quote(DLT_ID_COLUMN)}"
                 f" SET DEFAULT {token} || nextval({sequence})"
             )
-        if self._bulk_only and self.load_streams > 1:
-            self._pool = ThreadPoolExecutor(self.load_streams, "mysqlsync-copy")
+        self._start_streams(self.load_streams if self._bulk_only else 1, "mysqlsync-copy")
 
     def _drop_work_objects(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.aside)}")
@@ -188,17 +186,6 @@ class PostgresLoader:
         with self.engine.begin() as conn:
             self._drop_work_objects(conn)
 
-    def drain(self) -> None:
-        """Wait for the COPYs in flight; the first failure is raised."""
-        while self._pending:
-            self._pending.popleft().result()
-
-    def _close_pool(self, cancel: bool = False) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
-        self._pending.clear()
-
     # -- loading ---------------------------------------------------------------------
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
         """Load one part (an Arrow table, or a Parquet file of wire columns), stamped
@@ -224,19 +211,14 @@ class PostgresLoader:
             for position, wire in enumerate(self.wire):
                 text, zeros = to_wire_text(batch.column(position), wire)
                 self.stats.zero_dates += zeros
-                if wire.column.data_type in _TEXT_TYPES:
+                if wire.column.data_type in TEXT_TYPES:
                     self._refuse_nul(text, wire, batch)
                 arrays.append(text)
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             sink = pa.BufferOutputStream()
             pacsv.write_csv(table, sink, _CSV_OPTIONS)
             # the next batch is converted while up to `load_streams` COPYs run
-            if self._pool is None:
-                self._load(sink.getvalue(), batch.num_rows)
-                continue
-            while len(self._pending) >= self.load_streams:
-                self._pending.popleft().result()
-            self._pending.append(self._pool.submit(self._load, sink.getvalue(), batch.num_rows))
+            self._submit(self._load, sink.getvalue(), batch.num_rows)
 
     def _load(self, data: pa.Buffer, rows: int) -> None:
         """COPY one batch (and, merging each batch, merge it), in its own transaction."""

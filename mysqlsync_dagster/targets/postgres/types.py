@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, Column
+from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, TEXT_TYPES, Column
 from mysqlsync_dagster.errors import SchemaError
 
 ValueKind = Literal[
@@ -56,9 +56,6 @@ ValueKind = Literal[
     "binary",
 ]
 
-TEXT_TYPES = frozenset(
-    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
-)
 # MySQL 8 reports GEOMETRYCOLLECTION as "geomcollection".
 _SPATIAL_TYPES = SPATIAL_TYPES | {"geomcollection"}
 _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
