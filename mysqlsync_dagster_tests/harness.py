@@ -423,97 +423,85 @@ class DuckSyncEnv(SyncEnv):
         return fetch_comparable(self.source, table, order_by, raw_spatial=True)
 
 
-@pytest.fixture
-def duck_sync_env(mariadb_servers: ServerPair, tmp_path: Path) -> Iterator[DuckSyncEnv]:
-    n = next(_counter)
-    source_db = f"src_{os.getpid()}_{n}"
-    admin_source = mariadb_servers.source.engine()
-    with admin_source.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
-    path = str(tmp_path / "copy.duckdb")
-    env = DuckSyncEnv(
-        mariadb_servers,
-        source_db,
-        path,
-        mariadb_servers.source.engine(source_db),
-        sa.create_engine(f"duckdb:///{path}"),
-        staging_dir=str(tmp_path / "staging"),
-        path=path,
+@contextlib.contextmanager
+def mariadb_database(handle: ServerHandle, name: str) -> Iterator[sa.Engine]:
+    """A utf8mb4 database `name` on a test server, dropped afterwards; yields its engine."""
+    admin = handle.engine()
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    engine = handle.engine(name)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with contextlib.suppress(sa.exc.SQLAlchemyError), admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def postgres_database(server: PostgresServer, name: str) -> Iterator[sa.Engine]:
+    """A database `name` on the test PostgreSQL (sessions in UTC), dropped afterwards."""
+    admin = sa.create_engine(
+        server.url("postgres").replace("postgresql://", "postgresql+psycopg2://"),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine = sa.create_engine(
+        server.url(name).replace("postgresql://", "postgresql+psycopg2://"),
+        connect_args={"options": "-c TimeZone=UTC"},
     )
     try:
-        yield env
+        yield engine
     finally:
-        env.source.dispose()
-        env.target.dispose()
-        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_source.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{source_db}`")
-        admin_source.dispose()
+        engine.dispose()
+        with contextlib.suppress(sa.exc.SQLAlchemyError), admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _database_names() -> tuple[str, str]:
+    n = next(_counter)
+    return f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
+
+
+@pytest.fixture
+def duck_sync_env(mariadb_servers: ServerPair, tmp_path: Path) -> Iterator[DuckSyncEnv]:
+    source_db, _ = _database_names()
+    path = str(tmp_path / "copy.duckdb")
+    target = sa.create_engine(f"duckdb:///{path}")
+    with mariadb_database(mariadb_servers.source, source_db) as source:
+        yield DuckSyncEnv(
+            mariadb_servers, source_db, path, source, target,
+            staging_dir=str(tmp_path / "staging"), path=path,
+        )  # fmt: skip
+    target.dispose()
 
 
 @pytest.fixture
 def pg_sync_env(
     mariadb_servers: ServerPair, postgres_server: PostgresServer, tmp_path: Path
 ) -> Iterator[PgSyncEnv]:
-    n = next(_counter)
-    source_db, target_db = f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
-    admin_source = mariadb_servers.source.engine()
-    admin_target = sa.create_engine(
-        postgres_server.url("postgres").replace("postgresql://", "postgresql+psycopg2://"),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin_source.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
-    with admin_target.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{target_db}"')
-    env = PgSyncEnv(
-        mariadb_servers,
-        source_db,
-        target_db,
-        mariadb_servers.source.engine(source_db),
-        sa.create_engine(
-            postgres_server.url(target_db).replace("postgresql://", "postgresql+psycopg2://"),
-            connect_args={"options": "-c TimeZone=UTC"},
-        ),
-        staging_dir=str(tmp_path / "staging"),
-        pg_server=postgres_server,
-    )
-    try:
-        yield env
-    finally:
-        env.source.dispose()
-        env.target.dispose()
-        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_source.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{source_db}`")
-        with contextlib.suppress(sa.exc.SQLAlchemyError), admin_target.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target_db}" WITH (FORCE)')
-        admin_source.dispose()
-        admin_target.dispose()
+    source_db, target_db = _database_names()
+    with (
+        mariadb_database(mariadb_servers.source, source_db) as source,
+        postgres_database(postgres_server, target_db) as target,
+    ):
+        yield PgSyncEnv(
+            mariadb_servers, source_db, target_db, source, target,
+            staging_dir=str(tmp_path / "staging"), pg_server=postgres_server,
+        )  # fmt: skip
 
 
 @pytest.fixture
 def sync_env(mariadb_servers: ServerPair, tmp_path: Path) -> Iterator[SyncEnv]:
-    n = next(_counter)
-    source_db, target_db = f"src_{os.getpid()}_{n}", f"tgt_{os.getpid()}_{n}"
-    admin_source = mariadb_servers.source.engine()
-    admin_target = mariadb_servers.target.engine()
-    with admin_source.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{source_db}` CHARACTER SET utf8mb4")
-    with admin_target.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{target_db}` CHARACTER SET utf8mb4")
-    env = SyncEnv(
-        mariadb_servers,
-        source_db,
-        target_db,
-        mariadb_servers.source.engine(source_db),
-        mariadb_servers.target.engine(target_db),
-        staging_dir=str(tmp_path / "staging"),
-    )
-    try:
-        yield env
-    finally:
-        env.source.dispose()
-        env.target.dispose()
-        for engine, database in ((admin_source, source_db), (admin_target, target_db)):
-            with contextlib.suppress(sa.exc.SQLAlchemyError), engine.begin() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{database}`")
-            engine.dispose()
+    source_db, target_db = _database_names()
+    with (
+        mariadb_database(mariadb_servers.source, source_db) as source,
+        mariadb_database(mariadb_servers.target, target_db) as target,
+    ):
+        yield SyncEnv(
+            mariadb_servers, source_db, target_db, source, target,
+            staging_dir=str(tmp_path / "staging"),
+        )  # fmt: skip

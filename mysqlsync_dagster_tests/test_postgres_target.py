@@ -125,8 +125,9 @@ def test_mapped_types_keys_and_indexes(pg_sync_env):
     assert default.startswith("'new'")
 
 
-def test_incremental_merge_and_composite_keys(pg_sync_env):
-    env = pg_sync_env
+@pytest.mark.parametrize("target", ["pg_sync_env", "duck_sync_env"])
+def test_incremental_merge_and_composite_keys(request, target):
+    env = request.getfixturevalue(target)
     create_orders(env)
     first = env.sync([ORDERS])
     assert materialization_metadata(first, "sync_orders")["strategy"] == "swap"
@@ -286,8 +287,9 @@ def test_checks_find_a_changed_value_of_each_kind_and_the_run_repairs_it(pg_sync
         assert env.target_rows("t") == env.source_rows("t")
 
 
-def test_downstream_assets_read_the_copy_whole_or_by_partition(pg_sync_env):
-    env = pg_sync_env
+@pytest.mark.parametrize("target", ["pg_sync_env", "duck_sync_env"])
+def test_downstream_assets_read_the_copy_whole_or_by_partition(request, target):
+    env = request.getfixturevalue(target)
     create_orders(env, rows=3000)  # one row a minute from 2024-01-01 00:01: ~2 days
     env.source_exec("UPDATE orders SET updated_at = '2023-06-01' WHERE id = 5")
     partitioned = {**ORDERS, "partitions": "daily", "partition_start": "2024-01-01",
@@ -301,7 +303,8 @@ def test_downstream_assets_read_the_copy_whole_or_by_partition(pg_sync_env):
     assert env.sync([partitioned], extra_assets=[as_arrow]).success
     assert seen["arrow"].num_rows == 3000
     assert seen["arrow"].column_names == ["id", "status", "amount", "note", "updated_at"]
-    assert seen["arrow"].column("amount").to_pylist()[:1] == [Decimal("0.10")]
+    amounts = dict(zip(*seen["arrow"].select(["id", "amount"]).to_pydict().values(), strict=True))
+    assert amounts[1] == Decimal("0.10")  # (rows come in no particular order)
 
     defs = build_definitions(parse_tables_config([partitioned], "test"), Settings.from_environ({}))
     [orders] = table_assets(defs)
