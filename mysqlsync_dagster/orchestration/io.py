@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS
 from mysqlsync_dagster.db import PLAIN_MYSQL, run_sql
@@ -62,15 +61,13 @@ class TargetTableReader(dg.ConfigurableIOManager):
             )
         schema = getattr(metadata.get("target_schema"), "value", metadata.get("target_schema"))
         settings = self.target_db.settings()
-        if settings.dialect == "postgresql":
-            types, source = self._postgres_columns(str(table), str(schema or "") or None)
-            dialect: sa.Dialect = postgresql.dialect()
-        elif settings.dialect == "duckdb":
-            types, source = self._postgres_columns(str(table), str(schema or "main"))
-            dialect = self.target_db.engine.dialect
-        else:
+        dialect: sa.Dialect = PLAIN_MYSQL
+        if settings.dialect == "mysql":
             types, source = self._mysql_columns(str(table)), quote(str(table))
-            dialect = PLAIN_MYSQL
+        else:  # PostgreSQL or DuckDB: the table's schema, as the sync wrote it
+            target = self.target_db.target(str(schema or "") or None)
+            types, source = self._schema_columns(target.schema, str(table)), target.qualified(table)
+            dialect = self.target_db.engine.dialect
         columns = [name for name in types if name not in DLT_COLUMNS]
         if not columns:
             raise dg.Failure(f"target table {table!r} does not exist yet: materialize it first")
@@ -124,16 +121,15 @@ class TargetTableReader(dg.ConfigurableIOManager):
                 )
             }
 
-    def _postgres_columns(self, table: str, schema: str | None) -> tuple[dict[str, str], str]:
+    def _schema_columns(self, schema: str, table: str) -> dict[str, str]:
         """A PostgreSQL or DuckDB copy's columns, by the MySQL type names the windows know
-        (timestamptz is a TIMESTAMP's instant, timestamp a DATETIME), and the qualified table."""
+        (timestamptz is a TIMESTAMP's instant, timestamp a DATETIME)."""
         names = {
             "timestamp with time zone": "timestamp",
             "timestamp without time zone": "datetime",
             "timestamp": "datetime",  # DuckDB's
         }
         with self.target_db.engine.connect() as conn:
-            schema = schema or str(conn.execute(sa.text("SELECT current_schema()")).scalar())
             rows = conn.execute(
                 sa.text(
                     "SELECT column_name, data_type FROM information_schema.columns"
@@ -141,9 +137,7 @@ class TargetTableReader(dg.ConfigurableIOManager):
                 ),
                 {"s": schema, "t": table},
             ).all()
-        quoted = postgresql.dialect().identifier_preparer.quote_identifier
-        types = {n: names.get(t.lower(), t.lower()) for n, t in rows}
-        return types, f"{quoted(schema)}.{quoted(table)}"
+        return {n: names.get(t.lower(), t.lower()) for n, t in rows}
 
 
 def partition_window(context: dg.InputContext) -> ModifierWindow | None:
