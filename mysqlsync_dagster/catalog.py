@@ -378,6 +378,27 @@ def preflight(
     if facts.table_type != "BASE TABLE":
         out.append(Finding(scope, "exists", "ok", f"a {facts.table_type.lower()}"))
     out += _key_findings(cfg, facts)
+    if cfg.binlog and not facts.primary_key and facts.table_type == "BASE TABLE":
+        out.append(
+            Finding(
+                scope,
+                "primary key",
+                "fail",
+                f"capture 'binlog' needs a PRIMARY KEY on source table {cfg.table!r}: its row "
+                "events are applied by key. Add one (ALTER TABLE ... ADD PRIMARY KEY), or use "
+                "capture 'modifier'",
+            )
+        )
+    if cfg.binlog and facts.table_type != "BASE TABLE":
+        out.append(
+            Finding(
+                scope,
+                "capture",
+                "fail",
+                f"capture 'binlog' needs a base table; {cfg.table!r} is a "
+                f"{facts.table_type.lower()}, which writes no row events of its own",
+            )
+        )
     if cfg.modifier is not None:
         out += _modifier_findings(cfg, facts, windowed)
     advice = recommend_mode(facts.rows, facts.bytes)

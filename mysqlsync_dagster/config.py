@@ -42,6 +42,7 @@ DEFAULT_VERIFY_BUDGET = 250_000
 MAX_IDENTIFIER_LENGTH = 64  # MySQL/MariaDB limit for table and column names
 
 PartitionGrain = Literal["none", "hourly", "daily", "weekly", "monthly"]
+Capture = Literal["modifier", "binlog"]
 
 
 def _check_identifier(value: str, what: str) -> str:
@@ -79,6 +80,17 @@ class TableConfig(BaseModel):
     target_schema: Identifier | None = None  # a PostgreSQL or DuckDB target's schema
     lag_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 24 * 3600)] = DEFAULT_LAG_SECONDS
     verify_budget: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = DEFAULT_VERIFY_BUDGET
+    # "binlog": a snapshot, then the source's row events (pipeline/binlog.py)
+    capture: Capture = "modifier"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _binlog_applies_deletes(cls, data: Any) -> Any:
+        """A binlog table applies deletes unless `detect_deletes` is set false (rows deleted
+        in the source are then kept, as a modifier table keeps them)."""
+        if isinstance(data, dict) and data.get("capture") == "binlog":
+            return {"detect_deletes": True} | data
+        return data
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -148,7 +160,12 @@ class TableConfig(BaseModel):
 
     @property
     def incremental(self) -> bool:
-        return self.modifier is not None
+        """Follows a modifier cursor (a binlog table's modifier only windows partitions)."""
+        return self.modifier is not None and self.capture == "modifier"
+
+    @property
+    def binlog(self) -> bool:
+        return self.capture == "binlog"
 
     @property
     def key(self) -> str:

@@ -6,7 +6,7 @@ read and written as the same instant on both sides whatever the servers' own tim
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +176,12 @@ def run_sql(
     for name in params or {}:
         escaped = escaped.replace(f"%%({name})s", f"%({name})s")
     return conn.exec_driver_sql(escaped, dict(params or {}))
+
+
+def key_in(
+    columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]
+) -> sa.ColumnElement[bool]:
+    """`columns IN keys`: a plain IN for one column, a row constructor for several."""
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])
+    return sa.tuple_(*columns).in_(keys)

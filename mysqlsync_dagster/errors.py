@@ -37,6 +37,10 @@ class TableBusy(SyncError):
     """Another sync of the same target table holds its lock; trying later can succeed."""
 
 
+class BinlogPurged(SchemaError):
+    """A binlog table's stored position is gone from the source's binlog (a retry cannot help)."""
+
+
 class LoadError(RuntimeError):
     """The target refused or altered data; nothing of the failing batch was kept."""
 

@@ -30,6 +30,10 @@ from mysqlsync_dagster.errors import ConfigError
 Side = Literal["source", "target"]
 Trigger = Literal["schedule", "sensor"]
 COMPRESSIONS = ("snappy", "zstd", "gzip", "brotli")
+# Binlog readers take `BINLOG_SERVER_ID` + (pid mod SPAN) as their replica server id, so that
+# two readers never share one: the source drops the older of two replica connections that do.
+BINLOG_SERVER_ID = 0x4D53_0000  # "MS" in the high bytes: far from the usual small ids
+BINLOG_SERVER_ID_SPAN = 0x8000
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STAGING_DIR", ".staging", "where staging mode writes Parquet files"),
     Variable("PARQUET_COMPRESSION", "zstd", "codec of staged files: " + ", ".join(COMPRESSIONS)),
     Variable("STAGING_RETENTION_HOURS", "24", "hours staged files are kept"),
+    Variable(
+        "BINLOG_SERVER_ID", str(BINLOG_SERVER_ID), "binlog tables: lowest server id of readers"
+    ),
+    Variable("BINLOG_RESNAPSHOT", "false", "binlog tables: copy anew when the binlog was purged"),
     Variable("ARROW_DEFAULT_MEMORY_POOL", None, "Arrow's allocator (default: jemalloc)"),
     Variable("DAGSTER_HOME", None, "Dagster's instance directory (runs kept there)"),
 )
@@ -123,6 +131,17 @@ def positive_seconds(name: str, raw: object) -> int:
         raise ConfigError(f"{name}: expected whole seconds, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name}: must be positive, got {value}")
+    return value
+
+
+def _server_id(raw: str | None) -> int:
+    """`BINLOG_SERVER_ID`: readers take this id plus less than `BINLOG_SERVER_ID_SPAN`."""
+    if raw is None or not raw.strip():
+        return BINLOG_SERVER_ID
+    value = _whole("BINLOG_SERVER_ID", raw, minimum=1)
+    highest = 2**32 - 1 - BINLOG_SERVER_ID_SPAN
+    if value > highest:
+        raise ConfigError(f"BINLOG_SERVER_ID: {value} is above {highest}")
     return value
 
 
@@ -384,6 +403,8 @@ class Settings:
     parquet_compression: str = "zstd"
     staging_retention_hours: float = 24.0
     arrow_memory_pool: str | None = None
+    binlog_server_id: int = BINLOG_SERVER_ID
+    binlog_resnapshot: bool = False
     dagster_home: str | None = None
     # the variables that were set (name -> text), for the database settings and EnvVar binding
     values: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -415,6 +436,8 @@ class Settings:
             parquet_compression=compression,
             staging_retention_hours=retention,
             arrow_memory_pool=env.get("ARROW_DEFAULT_MEMORY_POOL"),
+            binlog_server_id=_server_id(env.get("BINLOG_SERVER_ID")),
+            binlog_resnapshot=parse_bool(env.get("BINLOG_RESNAPSHOT"), False),
             dagster_home=env.get("DAGSTER_HOME"),
             values=env,
         )

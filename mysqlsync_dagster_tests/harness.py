@@ -2,7 +2,8 @@
 
 - Servers are started from the `mariadbd` binary in temporary directories on free ports, and
   shut down at the end. The source runs with time zone +07:00 (Asia/Jakarta's offset) so every
-  test also proves that values are copied verbatim whatever the server's time zone.
+  test also proves that values are copied verbatim whatever the server's time zone, and writes
+  a row-based binlog (the binlog tables' change capture).
 - `MYSQLSYNC_TEST_SOURCE_URL` / `MYSQLSYNC_TEST_TARGET_URL` (server URLs, no database) use
   existing servers instead; fault tests that need to kill a server are skipped then.
 - With `CI` set, a server that cannot be started fails the tests: never a silent skip.
@@ -35,6 +36,14 @@ from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, m
 from mysqlsync_dagster.tools.postgres_server import PostgresServer, pg_bin_dir
 
 SOURCE_TIME_ZONE = "+07:00"
+# The source writes a binlog, as production sources do, for the binlog tables' change capture.
+SOURCE_BINLOG = (
+    "--log-bin=mariadb-bin",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--server-id=1",
+)
 _counter = itertools.count(1)
 
 
@@ -106,7 +115,9 @@ def mariadb_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     base = tmp_path_factory.mktemp("mariadb")
     started: list[ServerHandle] = []
     try:
-        started.append(_start(base, "source", [f"--default-time-zone={SOURCE_TIME_ZONE}"]))
+        started.append(
+            _start(base, "source", [f"--default-time-zone={SOURCE_TIME_ZONE}", *SOURCE_BINLOG])
+        )
         started.append(_start(base, "target"))
     except ServerError as error:
         for handle in started:

@@ -40,6 +40,10 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
     strategy = (
         f"incremental merge on `{cfg.modifier}`" if cfg.incremental else "full refresh (swap)"
     )
+    if cfg.binlog:
+        strategy = "change capture: a snapshot, then the source's row events from the binlog" + (
+            ", deletes included" if cfg.detect_deletes else ", deleted rows kept"
+        )
     if cfg.partitions != "none":
         strategy = (
             f"upsert by {cfg.partitions} partitions of `{cfg.modifier}` from "
@@ -63,7 +67,9 @@ def table_asset_spec(cfg: TableConfig, settings: Settings) -> dg.AssetSpec:
             "primary_key": ", ".join(cfg.primary_key),
             "modifier": cfg.modifier or "",
             "mode": cfg.mode,
-            "strategy": "incremental" if cfg.incremental else "full_refresh",
+            "strategy": (
+                "binlog" if cfg.binlog else "incremental" if cfg.incremental else "full_refresh"
+            ),
             "batch_size": dg.MetadataValue.int(cfg.batch_size),
             "partitions": cfg.partitions,
             "dagster/table_name": f"{database}.{cfg.target}" if database else cfg.target,

@@ -69,6 +69,7 @@ class TableRun:
     secrets: list[str]
     window: ModifierWindow | None
     pre_sync: CheckOutcome
+    settings: Settings
     target_rows: int | None = None  # the target table's rows after the run, when counted
     swept: int = 0  # rows the rolling slice compared
 
@@ -86,7 +87,14 @@ class TableRun:
         # before extraction; its exact count comes from the verification (no scan of its own)
         pre_sync = source_row_count(cfg, source_db.engine, count=False)
         return cls(
-            context, cfg, source_db, target_db, secrets, window_for_context(context), pre_sync
+            context,
+            cfg,
+            source_db,
+            target_db,
+            secrets,
+            window_for_context(context),
+            pre_sync,
+            settings,
         )
 
     def pre_sync_results(self) -> Iterator[dg.AssetCheckResult]:
@@ -103,6 +111,8 @@ class TableRun:
             log=self.context.log,
             window=self.window,
             lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
+            binlog_server_id=self.settings.binlog_server_id,
+            resnapshot=self.settings.binlog_resnapshot,
         )
 
     @contextlib.contextmanager
@@ -152,8 +162,8 @@ class TableRun:
         report.rows_verified = healing.rows_verified
         report.rows_repaired = healing.rows_repaired
         report.verify_seconds = healing.seconds
-        if cfg.detect_deletes:
-            report.rows_deleted = healing.repaired["deleted_in_source"]
+        if cfg.detect_deletes:  # beside those a binlog table's events deleted
+            report.rows_deleted = (report.rows_deleted or 0) + healing.repaired["deleted_in_source"]
         self.swept = healing.sweep_rows
         counted = count_outcome(pair, healing)
         self.count_target(pair, counted)
@@ -215,6 +225,8 @@ def probe_idle(
         return idle.Probe()
     if target_db.settings().dialect != "mysql":  # the proof reads InnoDB's write times
         return idle.Probe()
+    if cfg.binlog:  # its run reads the binlog from its position: as cheap when idle
+        return idle.Probe()
     try:
         probed = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
         if probed.idle is None:
@@ -265,7 +277,7 @@ def quiet_report(sync: TableSync, settings: Settings) -> SyncReport:
 
 def parts_for(sync: TableSync, staging: StagingResource, run_id: str, load_id: str) -> PartSink:
     """Direct mode keeps the parts in memory; staging mode writes them under `STAGING_DIR`."""
-    if sync.cfg.mode != "staging":
+    if sync.cfg.mode != "staging" or sync.applies_events:
         return MemoryParts(sync.work_dir)
     plan = {
         "strategy": sync.strategy,

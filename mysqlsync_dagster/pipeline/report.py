@@ -55,6 +55,10 @@ class SyncReport:
     rows_repaired: int | None = None  # copied again, or deleted, because they differed
     verify_seconds: float | None = None  # the verification, repairs included
     window: str | None = None  # a partition run's modifier window
+    # change capture ("capture": "binlog"): the binlog position is the cursor
+    events_applied: int | None = None  # row events read for the table
+    transactions_applied: int | None = None
+    binlog_lag_seconds: float | None = None  # commit of the newest change applied -> applied
     columns: list[tuple[str, str, bool]] = field(default_factory=list)  # name, type, nullable
     # staging mode
     staging_dir: str | None = None
@@ -116,10 +120,16 @@ class SyncReport:
             metadata["reader_peak_rss_mb"] = dg.MetadataValue.float(
                 round(self.reader_peak_rss_mb, 1)
             )
-        for name in ("rows_deleted", "rows_verified", "rows_repaired"):
+        for name in ("rows_deleted", "rows_verified", "rows_repaired", "events_applied"):
             value = getattr(self, name)
             if value is not None:
                 metadata[name] = dg.MetadataValue.int(value)
+        if self.transactions_applied is not None:
+            metadata["transactions_applied"] = dg.MetadataValue.int(self.transactions_applied)
+        if self.binlog_lag_seconds is not None:
+            metadata["binlog_lag_seconds"] = dg.MetadataValue.float(
+                round(self.binlog_lag_seconds, 3)
+            )
         if self.verify_seconds is not None:
             metadata["verify_seconds"] = dg.MetadataValue.float(round(self.verify_seconds, 3))
         if self.window is not None:

@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,10 @@ from mysqlsync_dagster.catalog import (
     shape_from_facts,
 )
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import connect
-from mysqlsync_dagster.errors import SchemaError, TableBusy
+from mysqlsync_dagster.db import connect, key_in
+from mysqlsync_dagster.errors import BinlogPurged, SchemaError, TableBusy
+from mysqlsync_dagster.pipeline import binlog
+from mysqlsync_dagster.pipeline.binlog import Batch, CaptureStats, Position
 from mysqlsync_dagster.pipeline.extract import backend_name, extract_batch_rows, table_resource
 from mysqlsync_dagster.pipeline.parts import (
     Extraction,
@@ -58,8 +60,34 @@ from mysqlsync_dagster.pipeline.windows import (
     window_condition,
 )
 from mysqlsync_dagster.pipeline.wire import WireColumn
-from mysqlsync_dagster.settings import DatabaseSettings
+from mysqlsync_dagster.settings import BINLOG_SERVER_ID, DatabaseSettings
 from mysqlsync_dagster.targets.base import Loader, Lock, SchemaReport, Strategy, Target
+
+# Keys per SELECT (copying rows by key) and per DELETE: an IN list this long stays well
+# within max_allowed_packet and PostgreSQL's parameter limit.
+KEYS_PER_QUERY = 5_000
+
+
+class _NoRows:
+    """The loader of a commit that copies no rows (deletes or the position alone)."""
+
+    strategy: Strategy = "upsert"
+
+    def __init__(self) -> None:
+        from mysqlsync_dagster.targets.mysql.loader import LoadStats
+
+        self.stats = LoadStats()
+
+    def finish(self, conn: sa.Connection) -> None:
+        pass
+
+
+def _key_literal(value: Any) -> Any:
+    """A key value for a query that is sent as text (connectorx): bytes as a hex literal,
+    which SQLAlchemy cannot render itself; anything else as it is."""
+    if isinstance(value, bytes):
+        return sa.literal_column(f"X'{value.hex()}'")
+    return value
 
 
 class TableSync:
@@ -74,10 +102,14 @@ class TableSync:
         window: ModifierWindow | None = None,
         lock_wait_seconds: int = 0,
         timezone: str = "UTC",
+        binlog_server_id: int = BINLOG_SERVER_ID,
+        resnapshot: bool = False,
     ) -> None:
         """`window`: a partition run; upsert only the rows whose modifier falls in it, never
         swap the table, never read or write the incremental cursor (stateless). `timezone`:
-        `SOURCE_TIMEZONE`, the zone of naive DATETIME modifiers."""
+        `SOURCE_TIMEZONE`, the zone of naive DATETIME modifiers. A binlog table (not in a
+        partition run) follows the binlog (`pipeline/binlog.py`): `binlog_server_id` is
+        `BINLOG_SERVER_ID`, `resnapshot` `BINLOG_RESNAPSHOT`."""
         self.cfg = cfg
         self.timezone = timezone
         self.window = window
@@ -101,6 +133,14 @@ class TableSync:
         self.extract_batch_rows = cfg.batch_size
         self.warnings: list[str] = []  # allowed, but worth a user's attention
         self.load_id: str | None = None
+        # change capture: from the stored position (an apply run), or a snapshot taken at
+        # `snapshot_at` and then the events after it
+        self.capture = cfg.binlog and window is None
+        self.binlog_server_id = binlog_server_id
+        self.resnapshot = resnapshot
+        self.position_before: Position | None = None
+        self.snapshot_at: Position | None = None
+        self.capture_stats: CaptureStats | None = None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -115,14 +155,24 @@ class TableSync:
         self._cleanup(failed=exc_type is not None)
 
     @property
+    def applies_events(self) -> bool:
+        """A binlog table's run from its stored position: events only, nothing extracted."""
+        return self.position_before is not None
+
+    @property
     def strategy(self) -> Strategy:
+        if self.applies_events:
+            return "upsert"
         assert self.loader is not None
         return self.loader.strategy
 
     @property
     def cursor_after(self) -> str | None:
         """The cursor a committed run stores: the source's modifier maximum read before
-        extracting (or the old cursor when the table is empty)."""
+        extracting (or the old cursor when the table is empty); a binlog table's snapshot:
+        the snapshot's binlog position."""
+        if self.snapshot_at is not None:
+            return str(self.snapshot_at)
         return (self.cursor_snapshot or self.cursor_before) if self.cfg.incremental else None
 
     def prepare(self) -> None:
@@ -154,7 +204,12 @@ class TableSync:
                 "is running; this run did nothing"
             )
         self.schema_changes = self.target.mirror(shape, cfg.target, cfg.primary_key, self.log)
-        if self.window is None:
+        if self.capture:
+            self._prepare_capture()
+            if self.applies_events:
+                self.log.info("%s: applying binlog events from %s", cfg.table, self.cursor_before)
+                return
+        elif self.window is None:
             state = self.target.read_state(cfg.target)
             self.cursor_before = state.cursor if state and cfg.incremental else None
             if self.schema_changes is None and self.cursor_before is not None:
@@ -183,6 +238,13 @@ class TableSync:
         if self.window is not None:
             self.log.info("%s: upsert of window %s", cfg.table, self.window.describe())
             return
+        if self.capture:
+            with self.source_engine.connect() as conn:
+                self.snapshot_at = binlog.snapshot_position(conn)
+            self.log.info(
+                "%s: snapshot from binlog position %s, built aside", cfg.table, self.snapshot_at
+            )
+            return
         self.log.info(
             "%s: %s from %s, cursor %s",
             cfg.table,
@@ -207,6 +269,30 @@ class TableSync:
                 self._warn(message)
         if not facts.primary_key and not facts.unique_index_on(cfg.primary_key):
             self._check_key_is_unique(conn)
+
+    def _prepare_capture(self) -> None:
+        """A binlog table: where its sync stands (`position_before`), or None for a snapshot
+        (never synced; the target table lost; the binlog purged with `BINLOG_RESNAPSHOT`)."""
+        cfg = self.cfg
+        state = self.target.read_state(cfg.target)
+        stored = Position.parse(state.cursor if state else None)
+        if stored is not None and self.schema_changes is None:
+            self._warn(
+                f"table {cfg.table!r}: target table {cfg.target!r} was missing although a sync"
+                f" had reached binlog position {stored}: copied anew from a snapshot"
+            )
+            stored = None
+        if stored is not None:
+            try:
+                with self.source_engine.connect() as conn:
+                    binlog.check_available(conn, cfg.table, stored)
+            except BinlogPurged as purged:
+                if not self.resnapshot:
+                    raise
+                self._warn(f"{purged}: copied anew (BINLOG_RESNAPSHOT)")
+                stored = None
+        self.position_before = stored
+        self.cursor_before = str(stored) if stored is not None else None
 
     def _check_key_is_unique(self, conn: sa.Connection) -> None:
         """A source without a primary key or unique index: the configured key must really
@@ -272,9 +358,10 @@ class TableSync:
         query = sa.select(*[w.select_expression() for w in self.wire]).select_from(source)
         if keys is not None:
             columns = [source.c[c] for c in self.shape.primary_key or self.cfg.primary_key]
+            literal = [tuple(map(_key_literal, key)) for key in keys]
             if len(columns) == 1:
-                return query.where(columns[0].in_([k[0] for k in keys]))
-            return query.where(sa.tuple_(*columns).in_(list(keys)))
+                return query.where(columns[0].in_([k[0] for k in literal]))
+            return query.where(sa.tuple_(*columns).in_([sa.tuple_(*k) for k in literal]))
         if self.window is not None:
             assert self.cfg.modifier is not None
             data_type = self.shape.column(self.cfg.modifier).data_type
@@ -309,8 +396,13 @@ class TableSync:
 
     # -- the run ---------------------------------------------------------------------
     def run(self, parts: PartSink, load_id: str) -> SyncReport:
-        """Extract into `parts` while the loader loads them; merge, commit, report."""
+        """Extract into `parts` while the loader loads them; merge, commit, report. A binlog
+        table applies the events after its stored position instead (`parts` unused), or after
+        the snapshot this run copied."""
         self.load_id = load_id
+        if self.applies_events:
+            assert self.position_before is not None
+            return self._capture_report(self.apply_changes(self.position_before))
         loader = self.loader
         assert loader is not None and self.shape is not None
         started = time.perf_counter()
@@ -327,21 +419,34 @@ class TableSync:
         self.target.commit(
             loader, self.cfg.target, self.cursor_after, record_state=self.window is None
         )
+        report = self._report(extraction.rows, loader.stats.rows)
+        report.load_id, report.batches = load_id, loader.stats.batches
+        report.files, report.bytes_loaded = loader.stats.files, loader.stats.csv_bytes
+        report.zero_dates_to_null = loader.stats.zero_dates
+        if self.cfg.mode == "staging":
+            report.merge_ranges = loader.stats.merge_ranges
+        parts.loaded(report, extraction.seconds, time.perf_counter() - started)
+        if self.snapshot_at is not None:  # then the changes made since the snapshot began
+            applied = self.apply_changes(self.snapshot_at)
+            report.strategy = "snapshot"
+            report.rows_written += applied.rows_upserted + applied.rows_deleted
+            self._add_capture(report, applied)
+            report.seconds = time.perf_counter() - self._started
+        return report
+
+    def _report(self, rows_extracted: int, rows_written: int) -> SyncReport:
+        assert self.shape is not None
         changes = self.schema_changes
-        report = SyncReport(
+        return SyncReport(
             table=self.cfg.table,
             target=self.cfg.target,
             target_database=self.target.database,
             mode=self.cfg.mode,
             strategy=self.strategy,
-            rows_extracted=extraction.rows,
-            rows_written=loader.stats.rows,
+            rows_extracted=rows_extracted,
+            rows_written=rows_written,
             seconds=time.perf_counter() - self._started,
-            load_id=load_id,
-            batches=loader.stats.batches,
-            files=loader.stats.files,
-            bytes_loaded=loader.stats.csv_bytes,
-            zero_dates_to_null=loader.stats.zero_dates,
+            load_id=self.load_id or "",
             cursor_before=self.cursor_before,
             cursor_after=self.cursor_after,
             columns_added=changes.added if changes else (),
@@ -353,16 +458,125 @@ class TableSync:
             columns=[(c.name, c.column_type, c.nullable) for c in self.shape.columns],
             reader_peak_rss_mb=self._source_stream.peak_rss_mb if self._source_stream else None,
         )
-        if self.cfg.mode == "staging":
-            report.merge_ranges = loader.stats.merge_ranges
-        parts.loaded(report, extraction.seconds, time.perf_counter() - started)
+
+    def _capture_report(self, applied: CaptureStats) -> SyncReport:
+        report = self._report(applied.rows_upserted, applied.rows_upserted + applied.rows_deleted)
+        report.strategy = "binlog"
+        report.batches = applied.batches
+        self._add_capture(report, applied)
         return report
 
-    def copy_keys(self, keys: Sequence[tuple[Any, ...]]) -> int:
-        """A repair: copy these rows from the source by primary key, through the same
-        extraction and upsert as a run (the cursor is not touched); returns rows written."""
+    @staticmethod
+    def _add_capture(report: SyncReport, applied: CaptureStats) -> None:
+        report.cursor_after = applied.position_after or report.cursor_after
+        report.events_applied = applied.events
+        report.transactions_applied = applied.transactions
+        report.binlog_lag_seconds = applied.lag_seconds
+        report.rows_deleted = applied.rows_deleted
+
+    # -- change capture --------------------------------------------------------------
+    def apply_changes(self, start: Position) -> CaptureStats:
+        """Apply the table's binlog events from `start` to the end of the binlog, batch by
+        batch: the rows of the keys a batch touched copied from the source, its deleted keys
+        deleted, and the position after it stored, in that order (`pipeline/binlog.py`)."""
         assert self.shape is not None
         cfg = self.cfg
+        started = time.perf_counter()
+        applied = CaptureStats(position_before=str(start))
+        keys = self.shape.primary_key or cfg.primary_key
+        settings = self.source_settings
+        reader = binlog.ChangeReader(
+            binlog.connection_settings(settings.url, settings.ssl, settings.connect_timeout),
+            self.source_db,
+            cfg.table,
+            keys,
+            start,
+            batch_keys=min(cfg.batch_size, binlog.BATCH_KEYS),
+            server_id=binlog.reader_server_id(self.binlog_server_id),
+            apply_deletes=cfg.detect_deletes,
+            key_lengths=binlog.key_lengths([self.shape.column(c).column_type for c in keys]),
+        )
+        stored = start
+        for batch in reader.batches():
+            if batch.ddl_kind is not None:
+                self._apply_ddl(batch, applied)
+                stored = batch.end
+            elif batch.changed or batch.end != stored:
+                upserted, deleted = self.refresh_keys(list(batch.upserts), batch.deletes, batch)
+                applied.applied(batch, upserted, deleted)
+                stored = batch.end
+        applied.seconds = time.perf_counter() - started
+        self.log.info(
+            "%s: %s row events of %s transactions applied (%s rows copied, %s deleted) "
+            "in %.2fs; binlog position %s",
+            cfg.table,
+            f"{applied.events:,}",
+            f"{applied.transactions:,}",
+            f"{applied.rows_upserted:,}",
+            f"{applied.rows_deleted:,}",
+            applied.seconds,
+            stored,
+        )
+        self.capture_stats = applied
+        return applied
+
+    def _apply_ddl(self, batch: Batch, applied: CaptureStats) -> None:
+        """A statement on the table in the binlog: ALTER evolves the target's schema (the
+        source's as it is now), TRUNCATE empties the target table; RENAME and DROP stop."""
+        cfg = self.cfg
+        assert self.shape is not None
+        statement = " ".join((batch.ddl or "").split())
+        if batch.ddl_kind in ("rename", "drop"):
+            raise SchemaError(
+                f"table {cfg.table!r}: the source ran `{statement[:200]}` (binlog position "
+                f"{batch.end}): its rows can no longer be followed. Point tables.json at the "
+                "table's new name, then drop the target table to copy it anew"
+            )
+        applied.ddl.append(statement[:200])
+        if batch.ddl_kind == "alter":
+            with connect(self.source_engine, "source", self.source_settings) as conn:
+                [facts] = read_table_facts(conn, self.source_db, [cfg.table]).values()
+                if not facts.exists:  # renamed away later in the binlog: that event says so
+                    return
+                self.shape = shape_from_facts(conn, self.source_db, facts, cfg.table)
+            self.wire = self.target.wire(self.target.copied_columns(self.shape))
+            self.target.mirror(self.shape, cfg.target, cfg.primary_key, self.log)
+            self.refresh_keys([], set(), batch)
+            return
+        self.log.info("%s: the source truncated the table: the target too", cfg.table)
+        table = self.target.qualified(cfg.target)
+        truncate = sa.text(f"DELETE FROM {table}")
+        self.refresh_keys([], set(), batch, also=lambda conn: conn.execute(truncate))
+
+    def refresh_keys(
+        self,
+        keys: Sequence[tuple[Any, ...]],
+        deletes: Collection[tuple[Any, ...]] = (),
+        batch: Batch | None = None,
+        also: Callable[[sa.Connection], Any] | None = None,
+    ) -> tuple[int, int]:
+        """Copy the rows of `keys` from the source (those the source still has) and delete the
+        target rows of `deletes`; with `batch`, store its end position as the table's cursor
+        in the transaction that deletes. Returns (rows copied, rows deleted)."""
+        assert self.shape is not None
+        cfg = self.cfg
+        deleted = 0
+
+        def delete(conn: sa.Connection) -> None:
+            nonlocal deleted
+            if also is not None:
+                also(conn)
+            deleted = self._delete_rows(conn, list(deletes))
+
+        if not keys:
+            self.target.commit(
+                _NoRows(),
+                cfg.target,
+                batch and str(batch.end),
+                record_state=batch is not None,
+                also=delete,
+            )
+            return 0, deleted
         loader = self.target.loader(
             cfg.target,
             self.wire,
@@ -374,24 +588,56 @@ class TableSync:
         )
         loader.prepare()
         try:
-            resource = table_resource(
-                cfg,
-                self.wire,
-                self.query(keys),
-                self.source_settings,
-                self.source_engine,
-                self.extract_batch_rows,
-                None,
-            )
-            for item in resource:
-                part = pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
-                loader.load_part(part, self.load_id or new_load_id())
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                resource = table_resource(
+                    cfg,
+                    self.wire,
+                    self.query(keys[start : start + KEYS_PER_QUERY]),
+                    self.source_settings,
+                    self.source_engine,
+                    self.extract_batch_rows,
+                    None,
+                )
+                for item in resource:
+                    part = (
+                        pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
+                    )
+                    loader.load_part(part, self.load_id or new_load_id())
             loader.merge()
-            self.target.commit(loader, cfg.target, None, record_state=False)
+            self.target.commit(
+                loader,
+                cfg.target,
+                batch and str(batch.end),
+                record_state=batch is not None,
+                also=delete,
+            )
         except BaseException:
             loader.discard()
             raise
-        return loader.stats.rows
+        return loader.stats.rows, deleted
+
+    def copy_keys(self, keys: Sequence[tuple[Any, ...]]) -> int:
+        """A repair: copy these rows from the source by primary key, through the same
+        extraction and upsert as a run (the cursor is not touched); returns rows written."""
+        return self.refresh_keys(keys)[0]
+
+    def _delete_rows(self, conn: sa.Connection, keys: list[tuple[Any, ...]]) -> int:
+        if not keys:
+            return 0
+        assert self.shape is not None
+        names = self.shape.primary_key or self.cfg.primary_key
+        table = sa.table(self.cfg.target, *map(sa.column, names), schema=self.target.schema)
+        columns = [table.c[c] for c in names]
+        deleted = 0
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            statement = sa.delete(table).where(
+                key_in(columns, keys[start : start + KEYS_PER_QUERY])
+            )
+            if self.target.kind == "duckdb":  # its driver reports no rowcount
+                deleted += len(conn.execute(statement.returning(*columns)).all())
+            else:
+                deleted += int(conn.execute(statement).rowcount)
+        return deleted
 
     def _cleanup(self, *, failed: bool) -> None:
         if failed and self.loader is not None:

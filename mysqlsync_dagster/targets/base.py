@@ -188,9 +188,17 @@ class Target(Protocol):
         merge_each_part: bool,
     ) -> Loader: ...
 
-    def commit(self, loader: Loader, table: str, cursor: str | None, record_state: bool) -> None:
-        """Swap or finish the load and, when `record_state`, store the sync state (`cursor`,
-        rows, load id) in the same transaction: the state never runs ahead of the data."""
+    def commit(
+        self,
+        loader: Loader,
+        table: str,
+        cursor: str | None,
+        record_state: bool,
+        also: Callable[[sa.Connection], None] | None = None,
+    ) -> None:
+        """Swap or finish the load, run `also` (more writes of the run) and, when
+        `record_state`, store the sync state (`cursor`, rows, load id), all in one
+        transaction: the state never runs ahead of the data."""
 
     def read_sweep(self, table: str) -> SweepState:
         """Where the rolling verification of `table` stands (verify/heal.py)."""

@@ -38,7 +38,7 @@ from mysqlsync_dagster.catalog import (
     read_table_shape,
 )
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.db import PLAIN_MYSQL
+from mysqlsync_dagster.db import PLAIN_MYSQL, key_in
 from mysqlsync_dagster.errors import CheckError, is_transient, redact
 from mysqlsync_dagster.pipeline.windows import (
     ModifierWindow,
@@ -208,12 +208,6 @@ def _lexicographic(
             bound = column < key[i] if strict or not last else column <= key[i]
         terms.append(sa.and_(*(columns[j] == key[j] for j in range(i)), bound))
     return sa.or_(*terms)
-
-
-def key_in(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-    if len(columns) == 1:
-        return columns[0].in_([k[0] for k in keys])
-    return sa.tuple_(*columns).in_(keys)
 
 
 def _plain(value: Any) -> Any:

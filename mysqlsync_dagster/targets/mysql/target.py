@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,10 +143,17 @@ class MySQLTarget:
         )
 
     def commit(
-        self, loader: TableLoader, table: str, cursor: str | None, record_state: bool
+        self,
+        loader: TableLoader,
+        table: str,
+        cursor: str | None,
+        record_state: bool,
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> None:
         with self.engine.begin() as conn:
             loader.finish(conn)
+            if also is not None:
+                also(conn)
             if record_state:
                 state.write_state(conn, table, cursor, loader.stats.rows, loader.stats.load_id)
 

@@ -5,6 +5,7 @@ schema, written in the same transaction as the data it describes (as in a MySQL 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -139,10 +140,20 @@ class StateInSchema:
         with self.engine.connect() as conn:
             return read_state(conn, self.schema, table)
 
-    def commit(self, loader: Any, table: str, cursor: str | None, record_state: bool) -> None:
-        """Finish the load (swap or drop the work table) and store the state, together."""
+    def commit(
+        self,
+        loader: Any,
+        table: str,
+        cursor: str | None,
+        record_state: bool,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Finish the load (swap or drop the work table), run `also`, and store the state,
+        together."""
         with self.engine.begin() as conn:
             loader.finish(conn)
+            if also is not None:
+                also(conn)
             if record_state:
                 ensure_state_table(conn, self.schema)
                 write_state(
