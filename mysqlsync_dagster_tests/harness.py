@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +192,71 @@ class SyncEnv:
             resources=self.resources(),
             raise_on_error=raise_on_error,
         )
+
+
+def start_sync_process(
+    env: SyncEnv, tables: Sequence[dict[str, Any]], cwd: Path, environ: Mapping[str, str] = {}
+) -> subprocess.Popen[bytes]:
+    """A separate process that materializes `tables` (to be killed mid-run by a test)."""
+    code = (
+        "import json, sys, dagster as dg\n"
+        "from mysqlsync_dagster.config import parse_tables_config\n"
+        "from mysqlsync_dagster.orchestration.factory import build_definitions\n"
+        "from mysqlsync_dagster.settings import Settings\n"
+        "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), Settings.from_environ())\n"
+        "dg.materialize(list(defs.assets), resources=defs.resources)\n"
+    )
+    variables = {
+        **os.environ,
+        "SOURCE_DB_URL": env.source_url(),
+        "TARGET_DB_URL": env.target_url(),
+        **environ,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(list(tables))],
+        env=variables,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def when_query(engine: sa.Engine, sql: str, action, *, timeout: float = 60) -> threading.Thread:
+    """Poll `sql` on `engine` (a fresh connection each time); once it returns a row, run
+    `action(row)` once, outside any connection to the server it may kill."""
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done.is_set():
+            try:
+                with engine.connect() as conn:
+                    row = conn.exec_driver_sql(sql).first()
+            except sa.exc.SQLAlchemyError:
+                row = None
+            if row is not None:
+                action(row)
+                done.set()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.fired = done  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def kill_sync_process_when(
+    env: SyncEnv, tables: Sequence[dict[str, Any]], cwd: Path, engine: sa.Engine, sql: str
+) -> None:
+    """Run a sync of `tables` in a process of its own and SIGKILL it once `sql` returns a
+    row on `engine` (mid-run); fails the test if the sync ended before."""
+    process = start_sync_process(env, tables, cwd)
+    watcher = when_query(engine, sql, lambda row: os.kill(process.pid, signal.SIGKILL), timeout=120)
+    process.wait(timeout=180)
+    watcher.join(timeout=5)
+    assert watcher.fired.is_set(), "the sync ended before it was killed: nothing was proved"
+    assert process.returncode == -signal.SIGKILL
 
 
 def table_resources(

@@ -2,13 +2,21 @@
 events, into each target; compared with the source row by row (the fidelity tests' way)."""
 
 import os
+import time
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from mysqlsync_dagster.pipeline.binlog import Position, ddl_kind
 from mysqlsync_dagster.pipeline.report import SyncReport
-from mysqlsync_dagster_tests.harness import column_types, failure_message, materialization_metadata
+from mysqlsync_dagster_tests.harness import (
+    column_types,
+    failure_message,
+    kill_sync_process_when,
+    materialization_metadata,
+    when_query,
+)
 from mysqlsync_dagster_tests.test_fidelity import TYPE_GROUPS
 
 ORDERS = (
@@ -194,3 +202,133 @@ def test_rename_in_the_source_stops_with_a_clear_message(sync_env):
     again = sync_env.sync([TABLE], raise_on_error=False)
     assert "the source ran `RENAME TABLE orders TO o2`" in failure_message(again, "sync_orders")
     assert [r[0] for r in sync_env.target_rows("orders")] == [1]
+
+
+def _end_of_binlog(env) -> Position:
+    with env.source.connect() as conn:
+        row = conn.exec_driver_sql("SHOW MASTER STATUS").one()
+    return Position(row[0], int(row[1]))
+
+
+def test_a_purged_binlog_fails_clearly_then_resnapshots_when_asked(sync_env):
+    _require_binlog(sync_env)
+    sync_env.source_exec(ORDERS, "INSERT INTO orders VALUES (1, 'a', 1, '')")
+    assert sync_env.sync([TABLE]).success
+    sync_env.source_exec("INSERT INTO orders VALUES (2, 'lost to the reader', 2, '')")
+    stored = _stored_position(sync_env.target, "orders")
+    with sync_env.source.begin() as conn:
+        conn.exec_driver_sql("FLUSH BINARY LOGS")
+    current = _end_of_binlog(sync_env).file
+    deadline = time.monotonic() + 30
+    while True:  # a file stays until InnoDB's binlog checkpoint passes it (about a second)
+        with sync_env.source.begin() as conn:
+            conn.exec_driver_sql(f"PURGE BINARY LOGS TO '{current}'")
+            files = [r[0] for r in conn.exec_driver_sql("SHOW BINARY LOGS")]
+        if stored.file not in files or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stored.file not in files
+
+    failed = sync_env.sync([TABLE], raise_on_error=False)
+    assert not failed.success
+    message = failure_message(failed, "sync_orders")
+    assert "the source no longer has binlog file" in message
+    assert "set BINLOG_RESNAPSHOT=true" in message
+    assert [r[0] for r in sync_env.target_rows("orders")] == [1]  # untouched
+
+    again = sync_env.sync([TABLE], environ={"BINLOG_RESNAPSHOT": "true"})
+    assert again.success
+    report = _report(again)
+    assert report.strategy == "snapshot"
+    assert any("copied anew (BINLOG_RESNAPSHOT)" in w for w in report.warnings)
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def _many_transactions(env, rows: int, per_transaction: int, rounds: int = 1) -> None:
+    """`rows / per_transaction` transactions per round, each updating a run of keys."""
+    statements = [
+        f"UPDATE big SET v = CONCAT(v, '.{r}'), n = n + 1"
+        f" WHERE id > {start} AND id <= {start + per_transaction}"
+        for r in range(rounds)
+        for start in range(0, rows, per_transaction)
+    ]
+    with env.source.connect() as conn:  # autocommit: one transaction per statement
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def _big_binlog_table(env, rows: int) -> dict:
+    env.source_exec(
+        "CREATE TABLE big (id INT PRIMARY KEY, v VARCHAR(400) NOT NULL, n INT NOT NULL)",
+        f"INSERT INTO big SELECT seq, CONCAT('v', seq), 0 FROM seq_1_to_{rows}",
+    )
+    table = {"table": "big", "primary_key": "id", "capture": "binlog", "batch_size": 500}
+    assert env.sync([table]).success
+    return table
+
+
+def _stored_position(engine: sa.Engine, table: str = "big") -> Position | None:
+    with engine.connect() as conn:
+        text = conn.execute(
+            sa.text("SELECT cursor_value FROM _mysqlsync_state WHERE target_table = :t"),
+            {"t": table},
+        ).scalar()
+    return Position.parse(text)
+
+
+def test_sync_process_killed_mid_apply_then_next_run_converges(sync_env, tmp_path):
+    """SIGKILL of the process applying events, after some batches committed and before the
+    last: the next run starts from the stored position and ends with the source's rows."""
+    _require_binlog(sync_env)
+    table = _big_binlog_table(sync_env, 30_000)
+    admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
+    snapshot = _stored_position(admin)
+    _many_transactions(sync_env, 30_000, 500, rounds=2)  # 120 transactions, 120 batches
+    end = _end_of_binlog(sync_env)
+
+    kill_sync_process_when(
+        sync_env,
+        [table],
+        tmp_path,
+        admin,
+        "SELECT 1 FROM _mysqlsync_state WHERE target_table = 'big'"
+        f" AND cursor_value <> '{snapshot}'",
+    )
+    killed_at = _stored_position(admin)
+    assert snapshot < killed_at < end  # some batches committed, not all
+
+    result = sync_env.sync([table])
+    assert result.success
+    assert _report(result, "big").cursor_before == str(killed_at)
+    assert _stored_position(admin) >= end
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")
+
+
+def test_target_killed_mid_apply_then_next_run_converges(sync_env):
+    """SIGKILL of the target server while a run applies batches: the run fails (or its retry
+    finishes the work); the next run converges, nothing lost or doubled."""
+    _require_binlog(sync_env)
+    server = sync_env.servers.target.require_control()
+    table = _big_binlog_table(sync_env, 30_000)
+    admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
+    snapshot = _stored_position(admin)
+    _many_transactions(sync_env, 30_000, 500, rounds=2)
+
+    def crash(row) -> None:
+        server.kill()
+        server.start()
+
+    watcher = when_query(
+        admin,
+        "SELECT 1 FROM _mysqlsync_state WHERE target_table = 'big'"
+        f" AND cursor_value <> '{snapshot}'",
+        crash,
+        timeout=120,
+    )
+    sync_env.sync([table], raise_on_error=False)
+    watcher.join(timeout=60)
+    assert watcher.fired.is_set(), "the target was never killed: nothing was proved"
+    result = sync_env.sync([table])
+    assert result.success
+    assert sync_env.target_rows("big") == sync_env.source_rows("big")

@@ -21,7 +21,7 @@ from mysqlsync_dagster.catalog import (
     recommend_mode,
 )
 from mysqlsync_dagster.catalog import preflight as table_findings
-from mysqlsync_dagster.config import parse_tables_config
+from mysqlsync_dagster.config import TableConfig, parse_tables_config
 from mysqlsync_dagster.settings import database_settings
 from mysqlsync_dagster.tools.cli import main
 from mysqlsync_dagster.tools.doctor import (
@@ -381,3 +381,61 @@ def test_doctor_checks_a_duckdb_target(duck_sync_env, monkeypatch, tmp_path, cap
     assert _doctor(monkeypatch, tmp_path, variables, tables, "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["target"]["version"].startswith("DuckDB v1.")
+
+
+def test_doctor_checks_binlog_prerequisites_with_the_fix(
+    sync_env, accounts, monkeypatch, tmp_path, capsys
+):
+    """A binlog table: the replication grants, the binlog settings (the harness's source has
+    them right), each missing piece named with the statement that fixes it."""
+    sync_env.source_exec("CREATE TABLE orders (id INT PRIMARY KEY, v INT)")
+    tables = [{"table": "orders", "primary_key": "id", "capture": "binlog"}]
+    assert _doctor(monkeypatch, tmp_path, accounts, tables) == 2
+    out = capsys.readouterr().out
+    _assert_no_password(out)
+    assert (
+        "missing REPLICATION SLAVE, REPLICATION CLIENT to read the binlog: GRANT REPLICATION"
+        " SLAVE, REPLICATION CLIENT ON *.* TO <user>" in out
+    )
+    user = accounts["SOURCE_DB_USER"]
+    with sync_env.source.begin() as conn:
+        conn.exec_driver_sql(f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%%'")
+    try:
+        with sync_env.source.begin() as conn:
+            conn.exec_driver_sql("SET GLOBAL binlog_row_image = 'MINIMAL'")
+        assert _doctor(monkeypatch, tmp_path, accounts, tables) == 2
+        out = capsys.readouterr().out
+        assert "binlog_row_image is MINIMAL, capture 'binlog' needs FULL" in out
+        assert "SET GLOBAL binlog_row_image = 'FULL'" in out
+    finally:
+        with sync_env.source.begin() as conn:
+            conn.exec_driver_sql("SET GLOBAL binlog_row_image = 'FULL'")
+    assert _doctor(monkeypatch, tmp_path, accounts, tables, "--json") == 0
+    findings = {f["check"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert findings["binlog grants"]["status"] == "ok"
+    assert findings["binlog server id"]["status"] == "ok"
+
+
+def test_binlog_findings_for_mysql_no_binlog_and_short_retention():
+    from mysqlsync_dagster.settings import Settings
+    from mysqlsync_dagster.tools.doctor import Grants, binlog_findings
+
+    tables = [TableConfig(table="orders", primary_key=("id",), capture="binlog")]
+    variables = {
+        "version": "8.0.36",
+        "log_bin": "OFF",
+        "binlog_format": "MIXED",
+        "binlog_row_image": "FULL",
+        "binlog_row_metadata": "MINIMAL",
+        "server_id": str(Settings().binlog_server_id + 5),
+        "binlog_expire_logs_seconds": "3600",
+    }
+    found = binlog_findings(variables, Grants(global_privs={"ALL"}), Settings(), tables)
+    failed = {f.message for f in found if f.status == "fail"}
+    assert any("needs a MariaDB source" in m and "MySQL 8.0.36" in m for m in failed)
+    assert any("set log_bin" in m for m in failed)
+    assert any("SET GLOBAL binlog_format = 'ROW'" in m for m in failed)
+    assert any("SET GLOBAL binlog_row_metadata = 'FULL'" in m for m in failed)
+    assert any("set BINLOG_SERVER_ID" in m for m in failed)
+    [retention] = [f for f in found if f.check == "binlog retention"]
+    assert retention.status == "warn" and "kept only 1 h" in retention.message

@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.orchestration.resources import MySQLResource
-from mysqlsync_dagster_tests.harness import fetch_comparable
+from mysqlsync_dagster_tests.harness import fetch_comparable, kill_sync_process_when
+from mysqlsync_dagster_tests.harness import when_query as _when
 
 
 def _crash_target_when(sync_env, sql: str, threshold: int, seen: dict) -> threading.Thread:
@@ -48,31 +49,6 @@ def _aside_rows_sql(sync_env, table: str) -> str:
     from mysqlsync_dagster.targets.mysql.loader import work_table_name
 
     return f"SELECT COUNT(*) FROM `{work_table_name(table, 'new')}`"
-
-
-def _when(engine: sa.Engine, sql: str, action, *, timeout: float = 60) -> threading.Thread:
-    """Poll `sql` on `engine` (a fresh connection each time); once it returns a row, run
-    `action(row)` once, outside any connection to the server it may kill."""
-    done = threading.Event()
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not done.is_set():
-            try:
-                with engine.connect() as conn:
-                    row = conn.exec_driver_sql(sql).first()
-            except sa.exc.SQLAlchemyError:
-                row = None
-            if row is not None:
-                action(row)
-                done.set()
-                return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.fired = done  # type: ignore[attr-defined]
-    thread.start()
-    return thread
 
 
 def _big_source_table(sync_env, rows: int) -> None:
@@ -207,49 +183,21 @@ def test_pool_whose_connections_died_heals_itself(sync_env):
 def test_sync_process_killed_mid_load_then_next_run_converges(sync_env, tmp_path):
     """SIGKILL of the process doing the sync, mid-load: its table lock dies with its
     connection, its work tables are cleaned by the next run, which converges."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
 
     from mysqlsync_dagster.targets.mysql.loader import work_table_name
 
     _big_source_table(sync_env, 60000)
     table = {"table": "big", "primary_key": "id", "modifier": "updated_at", "batch_size": 1000}
-    code = (
-        "import json, sys, dagster as dg\n"
-        "from mysqlsync_dagster.config import parse_tables_config\n"
-        "from mysqlsync_dagster.orchestration.factory import build_definitions\n"
-        "from mysqlsync_dagster.settings import Settings\n"
-        "defs = build_definitions(parse_tables_config(json.loads(sys.argv[1])), Settings.from_environ())\n"
-        "dg.materialize(list(defs.assets), resources=defs.resources)\n"
-    )
-    env = {
-        **os.environ,
-        "SOURCE_DB_URL": sync_env.source_url(),
-        "TARGET_DB_URL": sync_env.target_url(),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps([table])],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
-    watcher = _when(
+    kill_sync_process_when(
+        sync_env,
+        [table],
+        tmp_path,
         admin,
         "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND"
         f" TABLE_NAME = '{work_table_name('big', 'new')}' AND"
         f" (SELECT COUNT(*) FROM `{work_table_name('big', 'new')}`) >= 5000",
-        lambda row: os.kill(process.pid, signal.SIGKILL),
-        timeout=120,
     )
-    process.wait(timeout=180)
-    watcher.join(timeout=5)
-    assert watcher.fired.is_set(), "the sync ended before it was killed: nothing was proved"
-    assert process.returncode == -signal.SIGKILL
     with admin.connect() as conn:  # the killed run committed no cursor
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM _mysqlsync_state").scalar() == 0
 

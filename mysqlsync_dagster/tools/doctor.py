@@ -35,7 +35,9 @@ from mysqlsync_dagster.catalog import (
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
+from mysqlsync_dagster.pipeline.binlog import binlog_variables
 from mysqlsync_dagster.settings import (
+    BINLOG_SERVER_ID_SPAN,
     DatabaseSettings,
     Settings,
     database_settings,
@@ -201,6 +203,95 @@ def grant_findings(
     ]
 
 
+# -- change capture ------------------------------------------------------------------------
+def binlog_findings(
+    variables: Mapping[str, str], grants: Grants, settings: Settings, tables: Sequence[TableConfig]
+) -> list[Finding]:
+    """What `"capture": "binlog"` tables need of the source (`pipeline/binlog.py`), each with
+    the statement that fixes it."""
+    names = ", ".join(cfg.table for cfg in tables if cfg.binlog)
+    out: list[Finding] = []
+
+    def need(check: str, ok: bool, good: str, fix: str) -> None:
+        out.append(Finding("source", check, "ok" if ok else "fail", good if ok else fix))
+
+    version = variables.get("version", "")
+    need(
+        "binlog",
+        "mariadb" in version.lower(),
+        f"MariaDB {version.split('-')[0]}: consistent-snapshot binlog positions",
+        f"capture 'binlog' ({names}) needs a MariaDB source (its consistent-snapshot binlog "
+        f"position); this is MySQL {version}: use capture 'modifier'",
+    )
+    log_bin = variables.get("log_bin", "OFF").upper() in ("ON", "1")
+    need(
+        "binlog",
+        log_bin,
+        "log_bin ON",
+        f"the source writes no binlog, which capture 'binlog' ({names}) reads: set log_bin "
+        "(log-bin=mysql-bin under [mariadb] in the server's config) and restart it",
+    )
+    for variable, wanted in (
+        ("binlog_format", "ROW"),
+        ("binlog_row_image", "FULL"),
+        ("binlog_row_metadata", "FULL"),
+    ):
+        value = variables.get(variable, "").upper()
+        need(
+            "binlog",
+            value == wanted,
+            f"{variable}={wanted}",
+            f"{variable} is {value or 'not available'}, capture 'binlog' needs {wanted}: "
+            f"SET GLOBAL {variable} = '{wanted}' (and {variable}={wanted} in the server's "
+            "config)",
+        )
+    granted = grants.global_privs
+    lacking = [
+        privilege
+        for privilege, aliases in (
+            ("REPLICATION SLAVE", {"REPLICATION SLAVE", "REPLICATION REPLICA"}),
+            ("REPLICATION CLIENT", {"REPLICATION CLIENT", "BINLOG MONITOR"}),
+        )
+        if "ALL" not in granted and not aliases & granted
+    ]
+    need(
+        "binlog grants",
+        not lacking,
+        "REPLICATION SLAVE, REPLICATION CLIENT",
+        f"missing {', '.join(lacking)} to read the binlog: GRANT {', '.join(lacking)} ON *.* "
+        "TO <user>",
+    )
+    server_id = int(variables.get("server_id") or 0)
+    first, last = settings.binlog_server_id, settings.binlog_server_id + BINLOG_SERVER_ID_SPAN - 1
+    need(
+        "binlog server id",
+        not first <= server_id <= last,
+        f"readers use server ids {first}-{last} (the source is {server_id})",
+        f"the source's server_id {server_id} is among the readers' ids {first}-{last}: set "
+        "BINLOG_SERVER_ID to a range no server of the replication topology uses",
+    )
+    seconds = int(variables.get("binlog_expire_logs_seconds") or 0) or int(
+        float(variables.get("expire_logs_days") or 0) * 86400
+    )
+    if seconds == 0:
+        out.append(Finding("source", "binlog retention", "ok", "binlog kept until purged"))
+    else:
+        enough = seconds >= max(24 * 3600, 10 * settings.interval)
+        out.append(
+            Finding(
+                "source",
+                "binlog retention",
+                "ok" if enough else "warn",
+                f"binlog kept {seconds / 3600:g} h, syncs every {settings.interval} s"
+                if enough
+                else f"the binlog is kept only {seconds / 3600:g} h: a sync stopped longer "
+                "than that must copy its binlog tables anew (BINLOG_RESNAPSHOT); keep it at "
+                "least a day: SET GLOBAL binlog_expire_logs_seconds = 604800",
+            )
+        )
+    return out
+
+
 # -- connections ---------------------------------------------------------------------------
 @dataclass
 class ServerFacts:
@@ -328,6 +419,7 @@ def _check_side(
     environ: Mapping[str, str],
     tables: Sequence[TableConfig],
     report: Report,
+    runtime: Settings,
 ) -> dict[str, TableFacts]:
     """Connect, read server facts and grants (and on the source, table facts)."""
     info = SideReport(side)
@@ -375,6 +467,10 @@ def _check_side(
             grants = parse_grants(facts.grant_lines)
             table_names = [cfg.table for cfg in tables]
             report.findings.extend(grant_findings(side, grants, settings.database, table_names))
+            if side == "source" and any(cfg.binlog for cfg in tables):
+                report.findings.extend(
+                    binlog_findings(binlog_variables(conn), grants, runtime, tables)
+                )
             if side == "target":
                 report.findings.append(
                     Finding(side, "local_infile", "ok", "LOAD DATA LOCAL INFILE allowed")
@@ -544,6 +640,7 @@ def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None =
         report.findings.append(Finding("config", "tables", "ok", f"{path}: {len(tables)} table(s)"))
     except ConfigError as error:
         report.findings.append(Finding("config", "tables", "fail", str(error)))
+    settings = Settings()
     try:
         settings = Settings.from_environ(env)
         report.findings.append(
@@ -552,8 +649,8 @@ def diagnose(config_path: str | None = None, environ: Mapping[str, str] | None =
     except ConfigError as error:
         report.findings.append(Finding("config", "environment", "fail", str(error)))
 
-    source_facts = _check_side("source", env, tables, report)
-    _check_side("target", env, tables, report)
+    source_facts = _check_side("source", env, tables, report, settings)
+    _check_side("target", env, tables, report, settings)
     same = _same_database(report)
     if same:
         report.findings.append(same)
