@@ -332,3 +332,56 @@ def test_target_killed_mid_apply_then_next_run_converges(sync_env):
     result = sync_env.sync([table])
     assert result.success
     assert sync_env.target_rows("big") == sync_env.source_rows("big")
+
+
+def test_binlog_sensor_requests_the_tables_with_pending_events(sync_env):
+    """The sensor scans the binlog from its cursor: a run of exactly the binlog tables that
+    have events; nothing for other tables' events, nor when nothing changed."""
+    from mysqlsync_dagster.config import parse_tables_config
+    from mysqlsync_dagster.orchestration.binlog_sensor import BINLOG_JOB, BINLOG_SENSOR
+    from mysqlsync_dagster.orchestration.factory import build_definitions
+    from mysqlsync_dagster.settings import Settings
+
+    _require_binlog(sync_env)
+    sync_env.source_exec(
+        ORDERS,
+        "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)",
+        "CREATE TABLE plain (id INT PRIMARY KEY, updated_at DATETIME NOT NULL)",
+    )
+    tables = [
+        TABLE,
+        {"table": "notes", "primary_key": "id", "capture": "binlog"},
+        {"table": "plain", "primary_key": "id", "modifier": "updated_at"},
+    ]
+    defs = build_definitions(parse_tables_config(tables, "test"), Settings())
+    sensor = defs.resolve_sensor_def(BINLOG_SENSOR)
+    resources = {"source_db": sync_env.resources()["source_db"]}
+    assert defs.resolve_job_def(BINLOG_JOB) is not None
+
+    def tick(cursor):
+        with dg.build_sensor_context(
+            cursor=cursor, resources=resources, definitions=defs, instance=instance
+        ) as context:
+            result = sensor.evaluate_tick(context)
+        selected = [
+            sorted(key.to_user_string() for key in request.asset_selection)
+            for request in result.run_requests or []
+        ]
+        return selected, result.cursor
+
+    with dg.instance_for_test() as instance:
+        first, cursor = tick(None)  # no cursor: every binlog table once
+        assert first == [["notes", "orders"]]
+        assert tick(cursor) == ([], cursor)  # nothing new: skipped, the cursor kept
+
+        sync_env.source_exec("INSERT INTO plain VALUES (1, NOW())")
+        requests, later = tick(cursor)
+        assert requests == [] and Position.parse(later) > Position.parse(cursor)
+
+        sync_env.source_exec("INSERT INTO notes VALUES (1, 'n')")
+        requests, cursor = tick(later)
+        assert requests == [["notes"]]
+
+        sync_env.source_exec("ALTER TABLE orders ADD COLUMN extra INT")
+        requests, cursor = tick(cursor)
+        assert requests == [["orders"]]

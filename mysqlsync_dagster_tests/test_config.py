@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mysqlsync_dagster.config import TableConfig, load_tables_config
+from mysqlsync_dagster.config import TableConfig, load_tables_config, parse_tables_config
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.settings import Settings
 
@@ -59,6 +59,19 @@ def test_defaults_and_all_keys(tmp_path):
     assert b.primary_key == ("k1", "k2")
     assert b.partition_start == dt.date(2024, 1, 1)
     assert b.target == "b_copy"
+
+
+def test_binlog_capture_applies_deletes_unless_told_not_to():
+    [binlog, kept, plain] = parse_tables_config(
+        [
+            {"table": "a", "primary_key": "id", "capture": "binlog"},
+            {"table": "b", "primary_key": "id", "capture": "binlog", "detect_deletes": False},
+            {"table": "c", "primary_key": "id", "modifier": "m"},
+        ]
+    )
+    assert (binlog.binlog, binlog.detect_deletes, binlog.incremental) == (True, True, False)
+    assert (kept.binlog, kept.detect_deletes) == (True, False)
+    assert (plain.binlog, plain.detect_deletes, plain.incremental) == (False, False, True)
 
 
 def test_tables_config_env_var(tmp_path, monkeypatch):
@@ -119,6 +132,10 @@ def test_tables_config_env_var(tmp_path, monkeypatch):
         (
             [{"table": "o", "primary_key": "id", "checksum": "yes"}],
             "key 'checksum': Input should be a valid boolean",
+        ),
+        (
+            [{"table": "o", "primary_key": "id", "capture": "cdc"}],
+            "table 'o': key 'capture': Input should be 'modifier' or 'binlog'",
         ),
     ],
 )

@@ -11,6 +11,9 @@ Trigger choice (`SYNC_TRIGGER`, default `schedule`):
   variable only sets which one starts out running, so either can be switched in the UI without
   a deploy.
 
+Binlog tables (`"capture": "binlog"`) are also synced by the binlog sensor (binlog_sensor.py)
+as soon as their events are in the binlog, every `BINLOG_SENSOR_INTERVAL` seconds.
+
 The sources are observed by the source observer sensor (sources.py), in both modes: every
 `SENSOR_INTERVAL` seconds with `SYNC_TRIGGER=sensor`, every `INTERVAL` otherwise (the UI shows
 each source's row count, columns and data version either way).
@@ -33,6 +36,11 @@ import dagster as dg
 from croniter import croniter
 
 from mysqlsync_dagster.config import TableConfig
+from mysqlsync_dagster.orchestration.binlog_sensor import (
+    BINLOG_JOB,
+    build_binlog_job,
+    build_binlog_sensor,
+)
 from mysqlsync_dagster.orchestration.cadence import table_cron
 from mysqlsync_dagster.orchestration.names import (
     CHECKS_JOB,
@@ -298,4 +306,8 @@ def build_automation(tables: Sequence[TableConfig], settings: Settings) -> Autom
     sensed = [cfg for cfg in tables if not cfg.schedule]
     sensors.extend(build_automation_sensors(sensed, settings))
     checks_job, checks_schedule = build_checks_job(tables, timezone)
+    binlog_tables = [cfg for cfg in tables if cfg.binlog]
+    if binlog_tables:
+        jobs[BINLOG_JOB] = build_binlog_job(binlog_tables)
+        sensors.append(build_binlog_sensor(binlog_tables, settings, jobs[BINLOG_JOB]))
     return Automation([*jobs.values(), checks_job], [*schedules, checks_schedule], sensors)

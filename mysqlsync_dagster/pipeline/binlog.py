@@ -340,6 +340,55 @@ class ChangeReader:
                 batch.touch(self._key(row["values"]), present=True)
 
 
+# A sensor tick scans at most this much binlog for the tables it watches; beyond it (a sensor
+# stopped for long, a burst), it requests a run of every binlog table without looking.
+SCAN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def tables_changed(
+    connection: dict[str, Any],
+    database: str,
+    tables: Sequence[str],
+    start: Position,
+    end: Position,
+    *,
+    server_id: int,
+) -> set[str]:
+    """Which of `tables` have row events or DDL between `start` and `end` (the sensor's
+    scan; `end` the source's end of binlog, read before)."""
+    from pymysqlreplication import BinLogStreamReader
+    from pymysqlreplication.event import QueryEvent
+    from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+    stream = BinLogStreamReader(
+        connection_settings=dict(connection),
+        server_id=server_id,
+        resume_stream=True,
+        blocking=False,
+        log_file=start.file,
+        log_pos=start.offset,
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent],
+        only_schemas=[database],
+        only_tables=list(tables),
+        enable_logging=False,
+    )
+    changed: set[str] = set()
+    try:
+        for event in _events(stream, ", ".join(tables)):
+            if isinstance(event, QueryEvent):
+                default = event.schema.decode("utf-8", "replace") if event.schema else ""
+                changed.update(
+                    t for t in tables if ddl_kind(event.query, database, t, default) is not None
+                )
+            else:
+                changed.add(event.table)
+            if Position(stream.log_file, stream.log_pos) >= end or changed >= set(tables):
+                break
+    finally:
+        stream.close()
+    return changed
+
+
 def _events(stream: Any, table: str) -> Iterator[Any]:
     """The stream's events; a purged or unreadable binlog becomes a clear error."""
     import pymysql
