@@ -243,6 +243,9 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
         "reader_peak_rss_mb",
         "rows_verified",
         "verify_seconds",
+        "events_applied",
+        "transactions_applied",
+        "binlog_lag_seconds",
     )
     report = SyncReport.from_metadata(outcome["metadata"])
     result = {k: getattr(report, k) for k in keep if getattr(report, k) is not None}
