@@ -73,8 +73,9 @@ def engine(server: MariaDBServer, database: str) -> sa.Engine:
 def run_sql(server: MariaDBServer, database: str, *statements: str) -> None:
     eng = engine(server, database)
     with eng.connect() as conn:
+        cursor = conn.connection.cursor()  # the driver's own: no %-formatting of the SQL
         for statement in statements:
-            conn.exec_driver_sql(statement)
+            cursor.execute(statement)
     eng.dispose()
 
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             ORDERS.format(name="orders"),
             ORDERS.format(name="orders_mod"),
             TICKS,
-            f"INSERT INTO orders {orders_rows_sql(1, args.rows)}",
+            orders_rows_sql(1, args.rows),
             "INSERT INTO orders_mod SELECT * FROM orders",
         )
         (base / "ticks.json").write_text(json.dumps([TABLES["ticks"]]))

@@ -143,6 +143,12 @@ class TableConfig(BaseModel):
 
     @model_validator(mode="after")
     def _partitioning(self) -> TableConfig:
+        if self.partitions != "none" and self.capture == "binlog":
+            raise ValueError(
+                "capture 'binlog' follows the whole table from its snapshot, so it takes no "
+                "'partitions' (a binlog table is backfilled by a new snapshot: drop its target "
+                "table, or set BINLOG_RESNAPSHOT=true)"
+            )
         if self.partitions != "none":
             if self.modifier is None:
                 raise ValueError(

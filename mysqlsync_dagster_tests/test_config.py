@@ -134,6 +134,20 @@ def test_tables_config_env_var(tmp_path, monkeypatch):
             "key 'checksum': Input should be a valid boolean",
         ),
         (
+            [
+                {
+                    "table": "o",
+                    "primary_key": "id",
+                    "capture": "binlog",
+                    "modifier": "m",
+                    "partitions": "daily",
+                    "partition_start": "2024-01-01",
+                }
+            ],
+            "table 'o': key '(entry)': capture 'binlog' follows the whole table from its "
+            "snapshot, so it takes no 'partitions'",
+        ),
+        (
             [{"table": "o", "primary_key": "id", "capture": "cdc"}],
             "table 'o': key 'capture': Input should be 'modifier' or 'binlog'",
         ),
