@@ -439,6 +439,7 @@ class KeyDecoder:
     def __init__(self, skips: list[Any], keys: dict[int, int]) -> None:
         self.skips = skips  # per column: a byte count, or ("prefix", n): a length of n bytes
         self.keys = keys  # column index -> place in the key
+        self._shown: dict[bytes, list[int]] = {}  # a present-columns bitmap -> their indexes
 
     @classmethod
     def of(cls, event: Any, primary_key: Sequence[str]) -> KeyDecoder | None:
@@ -459,7 +460,10 @@ class KeyDecoder:
     def key(self, event: Any, present: bytes) -> Key:
         packet = event.packet
         columns = event.columns
-        shown = [i for i in range(len(columns)) if present[i >> 3] & (1 << (i & 7))]
+        shown = self._shown.get(present)
+        if shown is None:
+            shown = [i for i in range(len(columns)) if present[i >> 3] & (1 << (i & 7))]
+            self._shown[bytes(present)] = shown
         nulls = packet.read((len(shown) + 7) >> 3)
         key: list[Any] = [None] * len(self.keys)
         read_value = event._RowsEvent__read_values_name  # the library's own decoding
