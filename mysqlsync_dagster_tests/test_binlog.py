@@ -461,3 +461,20 @@ def test_staging_mode_snapshots_through_parquet(sync_env):
     assert second.success
     assert _report(second).events_applied == 1000 + 10
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def test_a_binlog_table_is_observed_by_its_write_time_not_a_checksum(sync_env):
+    """The source observer gives a binlog table (no modifier) a data version from InnoDB's
+    last write time: a write changes it, and the table is never scanned by CHECKSUM TABLE."""
+    from mysqlsync_dagster.config import parse_tables_config
+    from mysqlsync_dagster.orchestration.sources import observe
+
+    sync_env.source_exec(ORDERS, "INSERT INTO orders VALUES (1, 'a', 1, '')")
+    [cfg] = parse_tables_config([TABLE], "test")
+    source_db = sync_env.resources()["source_db"]
+    before = observe(source_db, [cfg])[cfg.key].data_version
+    assert before.startswith("written ") and "None" not in before
+    time.sleep(1.1)  # UPDATE_TIME is kept in whole seconds
+    sync_env.source_exec("UPDATE orders SET status = 'b'")
+    after = observe(source_db, [cfg])[cfg.key].data_version
+    assert after.startswith("written ") and after != before

@@ -7,7 +7,8 @@ estimate, as `row_count_estimate`), its size, and the modifier's maximum.
 
 The data version is the table's cheap probe: `MAX(modifier)` in the form the sync stores as its
 cursor (one index lookup), or `CHECKSUM TABLE` for a table without a modifier (a scan: give large
-tables a modifier). It cannot see an update that keeps the same `MAX(modifier)` (the same
+tables a modifier); for a binlog table, InnoDB's time of its last write (`UPDATE_TIME`, kept in
+memory: unknown after a restart), never a scan (the binlog sensor starts its syncs). It cannot see an update that keeps the same `MAX(modifier)` (the same
 second); the next change or the table's cron picks it up.
 
 Observations are made two ways, by the same code:
@@ -47,7 +48,13 @@ def source_asset_spec(cfg: TableConfig, database: str) -> dg.AssetSpec:
         description=(
             f"Table `{cfg.table}` in the source database (read, never written). Observed: its "
             "data version is "
-            + (f"MAX(`{cfg.modifier}`)" if cfg.modifier else "CHECKSUM TABLE")
+            + (
+                "its last write time"
+                if cfg.binlog
+                else f"MAX(`{cfg.modifier}`)"
+                if cfg.modifier
+                else "CHECKSUM TABLE"
+            )
             + "."
         ),
         group_name=SOURCE_GROUP,
@@ -88,7 +95,16 @@ def probe_versions(
         if table_facts is None or not table_facts.exists:
             continue
         try:
-            if cfg.modifier is not None:
+            if cfg.binlog:  # InnoDB's time of its last write: a binlog table is not scanned
+                written = conn.execute(
+                    sa.text(
+                        "SELECT UPDATE_TIME FROM information_schema.TABLES"
+                        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                    ),
+                    {"t": cfg.table},
+                ).scalar()
+                versions[cfg.key] = f"written {written}"
+            elif cfg.modifier is not None:
                 data_type = table_facts.columns.get(cfg.modifier)
                 if data_type is None:
                     continue
