@@ -15,8 +15,9 @@
 4. **Latency**: the real `dagster-daemon` with the product's instance config and the binlog
    sensor; a writer commits 200 single-row changes a second into a binlog table for
    `--latency-seconds`, a poller reads the target every 50 ms; each change's latency is the time
-   from its commit (client side) to the first poll that sees it. Twice: at the default settings
-   (`BINLOG_SENSOR_INTERVAL=5`) and tuned (`BINLOG_SENSOR_INTERVAL=1`).
+   from its commit (client side) to the first poll that sees it. Three times: at the default
+   settings (`BINLOG_SENSOR_INTERVAL=5`), tuned (`BINLOG_SENSOR_INTERVAL=1`), and tuned with
+   runs that follow the binlog (`BINLOG_FOLLOW_SECONDS=30`).
 
 Every phase ends with an independent comparison of source and target (row count and CRC32 sum of
 every column).
@@ -147,16 +148,17 @@ def measure_burst(
 
 def measure_latency(
     base: Path, source: MariaDBServer, target: MariaDBServer, env: dict[str, str],
-    seconds: float, rate: int, sensor_interval: int,
+    seconds: float, rate: int, sensor_interval: int, follow: int,
 ) -> dict[str, Any]:  # fmt: skip
     """The daemon and the binlog sensor; `rate` changes a second into `ticks` for `seconds`."""
-    home = base / f"home{sensor_interval}"
+    home = base / f"home{sensor_interval}_{follow}"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_yaml(home))
     daemon_env = {
         **env,
         "DAGSTER_HOME": str(home),
         "BINLOG_SENSOR_INTERVAL": str(sensor_interval),
+        "BINLOG_FOLLOW_SECONDS": str(follow),
         "TABLES_CONFIG": str(base / "ticks.json"),
         "INTERVAL": "3600",
     }
@@ -213,6 +215,7 @@ def measure_latency(
     quantiles = statistics.quantiles(latencies, n=20) if len(latencies) > 20 else [None] * 19
     out = {
         "sensor_interval_s": sensor_interval,
+        "follow_s": follow,
         "changes": len(committed),
         "seen": len(latencies),
         "rate_per_s": rate,
@@ -290,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             f"      module_name: mysqlsync_dagster.definitions\n      working_directory: {base}\n"
         )
         result["latency"] = [
-            measure_latency(base, source, target, env, args.latency_seconds, args.rate, interval)
-            for interval in (5, 1)
+            measure_latency(
+                base, source, target, env, args.latency_seconds, args.rate, interval, follow
+            )
+            for interval, follow in ((5, 0), (1, 0), (1, 30))
         ]
         result["load_average_after"] = os.getloadavg()[0]
     finally:

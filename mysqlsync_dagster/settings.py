@@ -405,6 +405,7 @@ class Settings:
     arrow_memory_pool: str | None = None
     binlog_server_id: int = BINLOG_SERVER_ID
     binlog_sensor_interval: int = 5
+    binlog_follow_seconds: float = 0.0
     binlog_resnapshot: bool = False
     dagster_home: str | None = None
     # the variables that were set (name -> text), for the database settings and EnvVar binding
@@ -438,6 +439,9 @@ class Settings:
             staging_retention_hours=retention,
             arrow_memory_pool=env.get("ARROW_DEFAULT_MEMORY_POOL"),
             binlog_server_id=_server_id(env.get("BINLOG_SERVER_ID")),
+            binlog_follow_seconds=_number(
+                "BINLOG_FOLLOW_SECONDS", env.get("BINLOG_FOLLOW_SECONDS", 0)
+            ),
             binlog_sensor_interval=positive_seconds(
                 "BINLOG_SENSOR_INTERVAL", env.get("BINLOG_SENSOR_INTERVAL", 5)
             ),

@@ -271,7 +271,7 @@ def _big_binlog_table(env, rows: int) -> dict:
         "CREATE TABLE big (id INT PRIMARY KEY, v VARCHAR(400) NOT NULL, n INT NOT NULL)",
         f"INSERT INTO big SELECT seq, CONCAT('v', seq), 0 FROM seq_1_to_{rows}",
     )
-    table = {"table": "big", "primary_key": "id", "capture": "binlog", "batch_size": 500}
+    table = {"table": "big", "primary_key": "id", "capture": "binlog", "batch_size": 200}
     assert env.sync([table]).success
     return table
 
@@ -289,10 +289,10 @@ def test_sync_process_killed_mid_apply_then_next_run_converges(sync_env, tmp_pat
     """SIGKILL of the process applying events, after some batches committed and before the
     last: the next run starts from the stored position and ends with the source's rows."""
     _require_binlog(sync_env)
-    table = _big_binlog_table(sync_env, 30_000)
+    table = _big_binlog_table(sync_env, 12_000)
     admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
     snapshot = _stored_position(admin)
-    _many_transactions(sync_env, 30_000, 500, rounds=2)  # 120 transactions, 120 batches
+    _many_transactions(sync_env, 12_000, 200)  # 60 transactions, 60 batches
     end = _end_of_binlog(sync_env)
 
     kill_sync_process_when(
@@ -318,10 +318,10 @@ def test_target_killed_mid_apply_then_next_run_converges(sync_env):
     finishes the work); the next run converges, nothing lost or doubled."""
     _require_binlog(sync_env)
     server = sync_env.servers.target.require_control()
-    table = _big_binlog_table(sync_env, 30_000)
+    table = _big_binlog_table(sync_env, 12_000)
     admin = sync_env.servers.target.engine(sync_env.target_db, poolclass=sa.pool.NullPool)
     snapshot = _stored_position(admin)
-    _many_transactions(sync_env, 30_000, 500, rounds=2)
+    _many_transactions(sync_env, 12_000, 200)
 
     def crash(row) -> None:
         server.kill()
@@ -478,3 +478,34 @@ def test_a_binlog_table_is_observed_by_its_write_time_not_a_checksum(sync_env):
     sync_env.source_exec("UPDATE orders SET status = 'b'")
     after = observe(source_db, [cfg])[cfg.key].data_version
     assert after.startswith("written ") and after != before
+
+
+def test_a_following_run_applies_what_arrives_while_it_runs(sync_env):
+    """BINLOG_FOLLOW_SECONDS: the run keeps applying events as they are committed, so a row
+    written while it runs is in the target before the run ends."""
+    import threading
+
+    _require_binlog(sync_env)
+    sync_env.source_exec(ORDERS, "INSERT INTO orders VALUES (1, 'a', 1, '')")
+    assert sync_env.sync([TABLE]).success
+    results = []
+    run = threading.Thread(
+        target=lambda: results.append(
+            sync_env.sync([TABLE], environ={"BINLOG_FOLLOW_SECONDS": "6"})
+        )
+    )
+    run.start()
+    time.sleep(2)
+    sync_env.source_exec("INSERT INTO orders VALUES (2, 'while following', 2, '')")
+    written = time.monotonic()
+    while [r[0] for r in sync_env.target_rows("orders")] != [1, 2]:
+        assert run.is_alive(), "the run ended before it applied the row"
+        time.sleep(0.05)
+    seen_after = time.monotonic() - written
+    assert run.is_alive()  # seen while the run still follows
+    run.join()
+    [result] = results
+    assert result.success
+    assert _report(result).events_applied == 1
+    assert seen_after < 3
+    assert sync_env.target_rows("orders") == sync_env.source_rows("orders")

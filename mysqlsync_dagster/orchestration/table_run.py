@@ -113,6 +113,7 @@ class TableRun:
             lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
             binlog_server_id=self.settings.binlog_server_id,
             resnapshot=self.settings.binlog_resnapshot,
+            follow_seconds=self.settings.binlog_follow_seconds,
         )
 
     @contextlib.contextmanager

@@ -66,6 +66,8 @@ from mysqlsync_dagster.targets.base import Loader, Lock, SchemaReport, Strategy,
 # Keys per SELECT (copying rows by key) and per DELETE: an IN list this long stays well
 # within max_allowed_packet and PostgreSQL's parameter limit.
 KEYS_PER_QUERY = 5_000
+# A binlog run that follows the binlog (`BINLOG_FOLLOW_SECONDS`) looks at its end this often.
+FOLLOW_POLL_SECONDS = 0.25
 
 
 class _NoRows:
@@ -104,12 +106,14 @@ class TableSync:
         timezone: str = "UTC",
         binlog_server_id: int = BINLOG_SERVER_ID,
         resnapshot: bool = False,
+        follow_seconds: float = 0.0,
     ) -> None:
         """`window`: a partition run; upsert only the rows whose modifier falls in it, never
         swap the table, never read or write the incremental cursor (stateless). `timezone`:
         `SOURCE_TIMEZONE`, the zone of naive DATETIME modifiers. A binlog table (not in a
         partition run) follows the binlog (`pipeline/binlog.py`): `binlog_server_id` is
-        `BINLOG_SERVER_ID`, `resnapshot` `BINLOG_RESNAPSHOT`."""
+        `BINLOG_SERVER_ID`, `resnapshot` `BINLOG_RESNAPSHOT`, `follow_seconds`
+        `BINLOG_FOLLOW_SECONDS`."""
         self.cfg = cfg
         self.timezone = timezone
         self.window = window
@@ -138,6 +142,7 @@ class TableSync:
         self.capture = cfg.binlog and window is None
         self.binlog_server_id = binlog_server_id
         self.resnapshot = resnapshot
+        self.follow_seconds = follow_seconds
         self.position_before: Position | None = None
         self.snapshot_at: Position | None = None
         self.capture_stats: CaptureStats | None = None
@@ -478,11 +483,40 @@ class TableSync:
     def apply_changes(self, start: Position) -> CaptureStats:
         """Apply the table's binlog events from `start` to the end of the binlog, batch by
         batch: the rows of the keys a batch touched copied from the source, its deleted keys
-        deleted, and the position after it stored, in that order (`pipeline/binlog.py`)."""
+        deleted, and the position after it stored, in that order (`pipeline/binlog.py`). With
+        `follow_seconds`, keep applying what arrives (polling the binlog's end every
+        `FOLLOW_POLL_SECONDS`) until that many seconds have passed."""
         assert self.shape is not None
         cfg = self.cfg
         started = time.perf_counter()
         applied = CaptureStats(position_before=str(start))
+        stored = self._apply_to_end(start, applied)
+        deadline = started + self.follow_seconds
+        while time.perf_counter() + FOLLOW_POLL_SECONDS < deadline:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            with self.source_engine.connect() as conn:
+                end = binlog.end_position(conn)
+            if end > stored:
+                stored = self._apply_to_end(stored, applied)
+        applied.seconds = time.perf_counter() - started
+        self.log.info(
+            "%s: %s row events of %s transactions applied (%s rows copied, %s deleted) "
+            "in %.2fs; binlog position %s",
+            cfg.table,
+            f"{applied.events:,}",
+            f"{applied.transactions:,}",
+            f"{applied.rows_upserted:,}",
+            f"{applied.rows_deleted:,}",
+            applied.seconds,
+            stored,
+        )
+        self.capture_stats = applied
+        return applied
+
+    def _apply_to_end(self, start: Position, applied: CaptureStats) -> Position:
+        """One read of the binlog from `start` to its end, applied; the position stored."""
+        assert self.shape is not None
+        cfg = self.cfg
         keys = self.shape.primary_key or cfg.primary_key
         settings = self.source_settings
         reader = binlog.ChangeReader(
@@ -505,20 +539,7 @@ class TableSync:
                 upserted, deleted = self.refresh_keys(list(batch.upserts), batch.deletes, batch)
                 applied.applied(batch, upserted, deleted)
                 stored = batch.end
-        applied.seconds = time.perf_counter() - started
-        self.log.info(
-            "%s: %s row events of %s transactions applied (%s rows copied, %s deleted) "
-            "in %.2fs; binlog position %s",
-            cfg.table,
-            f"{applied.events:,}",
-            f"{applied.transactions:,}",
-            f"{applied.rows_upserted:,}",
-            f"{applied.rows_deleted:,}",
-            applied.seconds,
-            stored,
-        )
-        self.capture_stats = applied
-        return applied
+        return stored
 
     def _apply_ddl(self, batch: Batch, applied: CaptureStats) -> None:
         """A statement on the table in the binlog: ALTER evolves the target's schema (the
