@@ -509,3 +509,17 @@ def test_a_following_run_applies_what_arrives_while_it_runs(sync_env):
     assert _report(result).events_applied == 1
     assert seen_after < 3
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
+
+
+def test_the_sensor_hands_over_from_a_following_run_before_it_ends():
+    from mysqlsync_dagster.orchestration.binlog_sensor import HANDOVER_SECONDS, waiting_reason
+
+    now = 1_000_000.0
+    assert waiting_reason([], 0, now) is None
+    assert "queued or running" in waiting_reason([(True, now - 100)], 0, now)  # no following
+    assert "queued or running" in waiting_reason([(False, None)], 60, now)  # not started yet
+    assert "follows the binlog (20s of 60s)" in waiting_reason([(True, now - 20)], 60, now)
+    # within HANDOVER_SECONDS of its end: the next run is requested (it waits for the lock)
+    assert waiting_reason([(True, now - 60 + HANDOVER_SECONDS)], 60, now) is None
+    # and not a third while that one waits
+    assert "queued or running" in waiting_reason([(True, now - 55), (False, None)], 60, now)

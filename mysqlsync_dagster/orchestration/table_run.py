@@ -110,11 +110,21 @@ class TableRun:
             self.target_db.target(self.cfg.target_schema),
             log=self.context.log,
             window=self.window,
-            lock_wait_seconds=PARTITION_LOCK_WAIT_SECONDS if self.window else 0,
+            lock_wait_seconds=self.lock_wait_seconds(),
             binlog_server_id=self.settings.binlog_server_id,
             resnapshot=self.settings.binlog_resnapshot,
             follow_seconds=self.settings.binlog_follow_seconds,
         )
+
+    def lock_wait_seconds(self) -> int:
+        """How long the run waits for the table's lock: partition runs queue behind each
+        other; a binlog run that follows the binlog takes over from the one before it (the
+        binlog sensor's handover); any other run gives up at once (another sync is running)."""
+        if self.window is not None:
+            return PARTITION_LOCK_WAIT_SECONDS
+        if self.cfg.binlog and self.settings.binlog_follow_seconds:
+            return int(self.settings.binlog_follow_seconds) + PARTITION_LOCK_WAIT_SECONDS
+        return 0
 
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:
