@@ -46,16 +46,9 @@ import sqlalchemy as sa  # noqa: E402
 from benchmarks.cycle import instance_yaml, start_daemon, stop_process_group  # noqa: E402
 from mysqlsync_dagster.tools.bench import sync_in_subprocess  # noqa: E402
 from mysqlsync_dagster.tools.demo import orders_rows_sql  # noqa: E402
-from mysqlsync_dagster.tools.mariadb_server import MariaDBServer  # noqa: E402
+from mysqlsync_dagster.tools.mariadb_server import BINLOG_ARGS, MariaDBServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SOURCE_BINLOG = (
-    "--log-bin=mariadb-bin",
-    "--binlog-format=ROW",
-    "--binlog-row-image=FULL",
-    "--binlog-row-metadata=FULL",
-    "--server-id=1",
-)
 ORDERS = (
     "CREATE TABLE {name} (id BIGINT PRIMARY KEY, customer_id INT NOT NULL,"
     " status VARCHAR(20) NOT NULL, amount DECIMAL(12,2), note TEXT,"
@@ -238,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-binlog-"))
-    source = MariaDBServer(base / "source", extra_args=SOURCE_BINLOG).start()
+    source = MariaDBServer(base / "source", extra_args=BINLOG_ARGS).start()
     target = MariaDBServer(base / "target").start()
     result: dict[str, Any] = {"rows": args.rows, "cpus": os.cpu_count()}
     try:

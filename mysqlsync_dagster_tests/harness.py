@@ -38,18 +38,15 @@ from mysqlsync_dagster.orchestration.io import TargetTableReader
 from mysqlsync_dagster.orchestration.names import IO_MANAGER_KEY, LEGACY_IO_MANAGER_KEY
 from mysqlsync_dagster.orchestration.resources import MySQLResource, StagingResource
 from mysqlsync_dagster.settings import Settings
-from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, ServerError, mariadbd_binary
+from mysqlsync_dagster.tools.mariadb_server import (
+    BINLOG_ARGS,
+    MariaDBServer,
+    ServerError,
+    mariadbd_binary,
+)
 from mysqlsync_dagster.tools.postgres_server import PostgresServer, pg_bin_dir
 
 SOURCE_TIME_ZONE = "+07:00"
-# The source writes a binlog, as production sources do, for the binlog tables' change capture.
-SOURCE_BINLOG = (
-    "--log-bin=mariadb-bin",
-    "--binlog-format=ROW",
-    "--binlog-row-image=FULL",
-    "--binlog-row-metadata=FULL",
-    "--server-id=1",
-)
 _counter = itertools.count(1)
 
 
@@ -121,8 +118,9 @@ def mariadb_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     base = tmp_path_factory.mktemp("mariadb")
     started: list[ServerHandle] = []
     try:
+        # the source writes a binlog, as production sources do (binlog tables)
         started.append(
-            _start(base, "source", [f"--default-time-zone={SOURCE_TIME_ZONE}", *SOURCE_BINLOG])
+            _start(base, "source", [f"--default-time-zone={SOURCE_TIME_ZONE}", *BINLOG_ARGS])
         )
         started.append(_start(base, "target"))
     except ServerError as error:

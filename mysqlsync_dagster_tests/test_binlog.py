@@ -88,6 +88,7 @@ def test_snapshot_then_inserts_updates_deletes_are_applied(any_env):
     third = env.sync([TABLE])  # nothing new: nothing applied, nothing written
     report = _report(third)
     assert (report.events_applied, report.rows_written) == (0, 0)
+    assert report.cursor_after == report.cursor_before  # the position where it stood
     assert env.target_rows("orders") == env.source_rows("orders")
 
 

@@ -489,7 +489,7 @@ class TableSync:
         assert self.shape is not None
         cfg = self.cfg
         started = time.perf_counter()
-        applied = CaptureStats(position_before=str(start))
+        applied = CaptureStats(position_before=str(start), position_after=str(start))
         stored = self._apply_to_end(start, applied)
         deadline = started + self.follow_seconds
         while time.perf_counter() + FOLLOW_POLL_SECONDS < deadline:

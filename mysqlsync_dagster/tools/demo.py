@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pymysql
 
-from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, mariadbd_binary
+from mysqlsync_dagster.tools.mariadb_server import BINLOG_ARGS, MariaDBServer, mariadbd_binary
 from mysqlsync_dagster.tools.postgres_server import PostgresServer, pg_bin_dir
 
 SOURCE_DATABASE = "shop"
@@ -158,7 +158,7 @@ def load_sample_data(server: MariaDBServer, reset: bool = False) -> bool:
 def start_demo(root: Path, reset: bool = False, target_kind: str = "mariadb") -> Demo:
     ensure_mariadb_installed()
     root = root.resolve()
-    source = MariaDBServer(root / "source").start()
+    source = MariaDBServer(root / "source", extra_args=BINLOG_ARGS).start()  # binlog tables too
     load_sample_data(source, reset=reset)
     if target_kind == "postgres":
         return Demo(root, source, start_postgres_target(root, reset))

@@ -31,6 +31,17 @@ class ServerError(RuntimeError):
     """A throwaway server could not be installed, started or stopped."""
 
 
+# A source that writes a row binlog, as `"capture": "binlog"` tables need (the tests' source,
+# the demo's, the binlog benchmark's).
+BINLOG_ARGS = (
+    "--log-bin=mariadb-bin",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--server-id=1",
+)
+
+
 def find_binary(*names: str) -> str | None:
     for name in names:
         found = shutil.which(name, path=_SEARCH_PATH)
