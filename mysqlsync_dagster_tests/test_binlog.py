@@ -524,3 +524,23 @@ def test_the_sensor_hands_over_from_a_following_run_before_it_ends():
     assert waiting_reason([(True, now - 60 + HANDOVER_SECONDS)], 60, now) is None
     # and not a third while that one waits
     assert "queued or running" in waiting_reason([(True, now - 55), (False, None)], 60, now)
+
+
+def test_compressed_binlog_events_stop_the_run_instead_of_being_missed(sync_env):
+    """The reader knows no compressed row events (MariaDB's log_bin_compress): the run fails
+    with the fix before reading, rather than skip the rows in them unseen."""
+    _require_binlog(sync_env)
+    sync_env.source_exec(ORDERS, "INSERT INTO orders VALUES (1, 'a', 1, '')")
+    assert sync_env.sync([TABLE]).success
+    with sync_env.source.begin() as conn:
+        conn.exec_driver_sql("SET GLOBAL log_bin_compress = ON")
+    try:
+        sync_env.source_exec("INSERT INTO orders VALUES (2, 'b', 2, REPEAT('long', 100))")
+        result = sync_env.sync([TABLE], raise_on_error=False)
+        assert not result.success
+        message = failure_message(result, "sync_orders")
+        assert "compressed binlog events (log_bin_compress=ON) cannot be read" in message
+        assert "SET GLOBAL log_bin_compress = OFF" in message
+    finally:
+        with sync_env.source.begin() as conn:
+            conn.exec_driver_sql("SET GLOBAL log_bin_compress = OFF")

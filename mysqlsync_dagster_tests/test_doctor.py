@@ -429,6 +429,7 @@ def test_binlog_findings_for_mysql_no_binlog_and_short_retention():
         "binlog_row_metadata": "MINIMAL",
         "server_id": str(Settings().binlog_server_id + 5),
         "binlog_expire_logs_seconds": "3600",
+        "log_bin_compress": "ON",
     }
     found = binlog_findings(variables, Grants(global_privs={"ALL"}), Settings(), tables)
     failed = {f.message for f in found if f.status == "fail"}
@@ -437,5 +438,6 @@ def test_binlog_findings_for_mysql_no_binlog_and_short_retention():
     assert any("SET GLOBAL binlog_format = 'ROW'" in m for m in failed)
     assert any("SET GLOBAL binlog_row_metadata = 'FULL'" in m for m in failed)
     assert any("set BINLOG_SERVER_ID" in m for m in failed)
+    assert any("SET GLOBAL log_bin_compress = OFF" in m for m in failed)
     [retention] = [f for f in found if f.check == "binlog retention"]
     assert retention.status == "warn" and "kept only 1 h" in retention.message

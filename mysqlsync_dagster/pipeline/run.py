@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -76,9 +77,7 @@ class _NoRows:
     strategy: Strategy = "upsert"
 
     def __init__(self) -> None:
-        from mysqlsync_dagster.targets.mysql.loader import LoadStats
-
-        self.stats = LoadStats()
+        self.stats = SimpleNamespace(rows=0, load_id=None)  # what the targets' commits read
 
     def finish(self, conn: sa.Connection) -> None:
         pass
@@ -287,6 +286,8 @@ class TableSync:
                 f" had reached binlog position {stored}: copied anew from a snapshot"
             )
             stored = None
+        with self.source_engine.connect() as conn:
+            binlog.check_readable(conn, cfg.table)
         if stored is not None:
             try:
                 with self.source_engine.connect() as conn:

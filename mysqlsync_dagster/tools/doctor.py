@@ -35,7 +35,7 @@ from mysqlsync_dagster.catalog import (
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
-from mysqlsync_dagster.pipeline.binlog import binlog_variables
+from mysqlsync_dagster.pipeline.binlog import COMPRESSED_FIX, binlog_variables
 from mysqlsync_dagster.settings import (
     BINLOG_SERVER_ID_SPAN,
     DatabaseSettings,
@@ -245,6 +245,8 @@ def binlog_findings(
             f"SET GLOBAL {variable} = '{wanted}' (and {variable}={wanted} in the server's "
             "config)",
         )
+    compressed = variables.get("log_bin_compress", "OFF").upper() in ("ON", "1")
+    need("binlog", not compressed, "log_bin_compress OFF", COMPRESSED_FIX)
     granted = grants.global_privs
     lacking = [
         privilege
