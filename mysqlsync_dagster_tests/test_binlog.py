@@ -1,6 +1,7 @@
 """Change capture from the binlog ("capture": "binlog"): a snapshot, then the source's row
 events, into each target; compared with the source row by row (the fidelity tests' way)."""
 
+import json
 import os
 import time
 
@@ -385,7 +386,8 @@ def test_binlog_sensor_requests_the_tables_with_pending_events(sync_env):
 
         sync_env.source_exec("INSERT INTO plain VALUES (1, NOW())")
         requests, later = tick(cursor)
-        assert requests == [] and Position.parse(later) > Position.parse(cursor)
+        position = Position.parse(json.loads(later)["all"])
+        assert requests == [] and position > Position.parse(json.loads(cursor)["all"])
 
         sync_env.source_exec("INSERT INTO notes VALUES (1, 'n')")
         requests, cursor = tick(later)
@@ -394,6 +396,18 @@ def test_binlog_sensor_requests_the_tables_with_pending_events(sync_env):
         sync_env.source_exec("ALTER TABLE orders ADD COLUMN extra INT")
         requests, cursor = tick(cursor)
         assert requests == [["orders"]]
+
+    # runs that follow the binlog: a run per table, so that none waits for another's
+    defs = build_definitions(
+        parse_tables_config(tables, "test"), Settings(binlog_follow_seconds=60)
+    )
+    sensor = defs.resolve_sensor_def(BINLOG_SENSOR)
+    with dg.instance_for_test() as instance:
+        first, cursor = tick(None)
+        assert sorted(first) == [["notes"], ["orders"]]
+        assert set(json.loads(cursor)) == {"notes", "orders"}
+        sync_env.source_exec("INSERT INTO orders VALUES (7, 'x', 1, '', NULL)")  # (+ extra)
+        assert tick(cursor)[0] == [["orders"]]
 
 
 @pytest.mark.parametrize("group", list(TYPE_GROUPS))

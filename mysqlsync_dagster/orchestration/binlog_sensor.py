@@ -12,14 +12,19 @@ events that arrived meanwhile; but when that run follows the binlog (`BINLOG_FOL
 and ends within `HANDOVER_SECONDS`, the next run is requested at once and waits for the table's
 lock, so that one run takes over from the other without a gap of a launch.
 
-The sensor's cursor is only a hint: the positions that matter are stored in the target with the
-rows. A lost cursor costs one run of every binlog table.
+Runs are requested per lane: one lane of all the binlog tables (one run applies them one after
+another), or, with `BINLOG_FOLLOW_SECONDS`, a lane per table (a run per table, since a run that
+follows one table for minutes would hold the others back). The sensor's cursor holds each lane's
+position; it is only a hint: the positions that matter are stored in the target with the rows. A
+lost cursor costs one run of every binlog table.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -34,6 +39,10 @@ BINLOG_SENSOR = "mysqlsync_binlog"
 HANDOVER_SECONDS = 10
 BINLOG_JOB = "sync_binlog_tables"
 TRIGGER_TAG = "mysqlsync/trigger"
+# Runs are requested per lane: one lane of all binlog tables, or, when runs follow the binlog
+# (BINLOG_FOLLOW_SECONDS), one lane per table, so that no table waits while another follows.
+LANE_TAG = "mysqlsync/binlog_lane"
+ALL_TABLES = "all"
 
 
 def build_binlog_job(tables: Sequence[TableConfig]) -> dg.UnresolvedAssetJobDefinition:
@@ -65,20 +74,27 @@ def build_binlog_sensor(
     ) -> dg.SensorResult | dg.SkipReason:
         from mysqlsync_dagster.pipeline import binlog
 
-        waiting = _in_flight(context, settings.binlog_follow_seconds)
-        if waiting:
-            return dg.SkipReason(waiting)
+        follow = settings.binlog_follow_seconds
+        lanes = {t: [t] for t in by_name} if follow else {ALL_TABLES: list(by_name)}
+        cursors = _read_cursor(context.cursor, lanes)
         with source_db.engine.connect() as conn:
             end = binlog.end_position(conn)
-        start = binlog.Position.parse(context.cursor)
-        if start is not None and start >= end:
-            return dg.SkipReason(f"no new binlog events (binlog ends at {end})")
+        pending = [lane for lane in lanes if cursors[lane] is None or cursors[lane] < end]
+        waiting = {lane: _in_flight(context, follow, lane) for lane in pending}
+        pending = [lane for lane in pending if waiting[lane] is None]
+        if not pending:
+            reasons = sorted({w for w in waiting.values() if w})
+            return dg.SkipReason("; ".join(reasons) or f"no new binlog events (ends at {end})")
+        watched = [t for lane in pending for t in lanes[lane]]
+        starts = [cursors[lane] for lane in pending]
+        first = min((p for p in starts if p is not None), default=None)
         if (
-            start is None
-            or start.file != end.file
-            or (end.offset - start.offset > binlog.SCAN_LIMIT_BYTES)
+            None in starts
+            or first is None
+            or first.file != end.file
+            or end.offset - first.offset > binlog.SCAN_LIMIT_BYTES
         ):
-            changed = set(by_name)  # first tick, a new file, or too much to scan: all of them
+            changed = set(watched)  # first tick, a new file, or too much to scan: all of them
         else:
             database_settings = source_db.settings()
             changed = binlog.tables_changed(
@@ -88,32 +104,49 @@ def build_binlog_sensor(
                     database_settings.connect_timeout,
                 ),
                 database_settings.database,
-                list(by_name),
-                start,
+                watched,
+                first,
                 end,
                 server_id=binlog.reader_server_id(settings.binlog_server_id),
             )
-        if not changed:
-            return dg.SensorResult(skip_reason=f"no events of binlog tables up to {end}",
-                                   cursor=str(end))  # fmt: skip
-        context.log.info("binlog events pending for: %s", ", ".join(sorted(changed)))
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"binlog@{end}",
-                    asset_selection=[target_asset_key(by_name[t]) for t in sorted(changed)],
-                    tags={TRIGGER_TAG: "binlog"},
+        requests = []
+        for lane in pending:
+            cursors[lane] = end
+            names = sorted(changed & set(lanes[lane]))
+            if names:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"binlog@{end}/{lane}",
+                        asset_selection=[target_asset_key(by_name[t]) for t in names],
+                        tags={TRIGGER_TAG: "binlog", LANE_TAG: lane},
+                    )
                 )
-            ],
-            cursor=str(end),
-        )
+        cursor = json.dumps({lane: str(p) if p else None for lane, p in cursors.items()})
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no events of binlog tables up to {end}",
+                                   cursor=cursor)  # fmt: skip
+        context.log.info("binlog events pending for: %s", ", ".join(sorted(changed)))
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return mysqlsync_binlog
 
 
-def _in_flight(context: dg.SensorEvaluationContext, follow_seconds: float) -> str | None:
-    """Why no run is requested now (`waiting_reason`), from the runs this sensor requested
-    that are not finished."""
+def _read_cursor(text: str | None, lanes: dict[str, list[str]]) -> dict[str, Any]:
+    """Each lane's binlog position (None: never seen) from the sensor's cursor."""
+    from mysqlsync_dagster.pipeline.binlog import Position
+
+    try:
+        stored = json.loads(text) if text else {}
+    except ValueError:
+        stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    return {lane: Position.parse(stored.get(lane)) for lane in lanes}
+
+
+def _in_flight(context: dg.SensorEvaluationContext, follow_seconds: float, lane: str) -> str | None:
+    """Why no run of `lane` is requested now (`waiting_reason`), from the runs this sensor
+    requested for it that are not finished."""
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=BINLOG_JOB,
@@ -123,7 +156,7 @@ def _in_flight(context: dg.SensorEvaluationContext, follow_seconds: float) -> st
                 dg.DagsterRunStatus.STARTING,
                 dg.DagsterRunStatus.STARTED,
             ],
-            tags={TRIGGER_TAG: "binlog"},
+            tags={TRIGGER_TAG: "binlog", LANE_TAG: lane},
         ),
         limit=2,
     )
