@@ -179,8 +179,10 @@ class SyncEnv:
         raise_on_error: bool = True,
         extra_assets: Sequence[Any] = (),
         environ: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """Materialize `tables` in process; `environ`: the settings' variables (none: defaults)."""
+        """Materialize `tables` in process; `environ`: the settings' variables (none: defaults);
+        `tags`: the run's tags."""
         configs = [
             t if isinstance(t, TableConfig) else parse_tables_config([t], "test")[0] for t in tables
         ]
@@ -189,6 +191,7 @@ class SyncEnv:
             assets=[*(defs.assets or []), *extra_assets],
             resources=self.resources(),
             raise_on_error=raise_on_error,
+            tags=dict(tags or {}),
         )
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from mysqlsync_dagster.orchestration.names import TRIGGER_TAG
 from mysqlsync_dagster.pipeline.binlog import Position, ddl_kind
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster_tests.harness import (
@@ -496,8 +497,8 @@ def test_a_binlog_table_is_observed_by_its_write_time_not_a_checksum(sync_env):
 
 
 def test_a_following_run_applies_what_arrives_while_it_runs(sync_env):
-    """BINLOG_FOLLOW_SECONDS: the run keeps applying events as they are committed, so a row
-    written while it runs is in the target before the run ends."""
+    """BINLOG_FOLLOW_SECONDS: a run the binlog sensor started keeps applying events as they
+    are committed, so a row written while it runs is in the target before the run ends."""
     import threading
 
     _require_binlog(sync_env)
@@ -506,7 +507,11 @@ def test_a_following_run_applies_what_arrives_while_it_runs(sync_env):
     results = []
     run = threading.Thread(
         target=lambda: results.append(
-            sync_env.sync([TABLE], environ={"BINLOG_FOLLOW_SECONDS": "6"})
+            sync_env.sync(
+                [TABLE],
+                environ={"BINLOG_FOLLOW_SECONDS": "6"},
+                tags={TRIGGER_TAG: "binlog"},  # a run the binlog sensor started
+            )
         )
     )
     run.start()

@@ -45,6 +45,7 @@ from mysqlsync_dagster.orchestration.cadence import table_cron
 from mysqlsync_dagster.orchestration.names import (
     CHECKS_JOB,
     TABLES_PER_RUN,
+    TRIGGER_TAG,
     VERIFY_TAG,
     target_asset_key,
 )
@@ -157,7 +158,7 @@ def build_schedule(
                     run_key=f"{key or 'all'}/{number}@{now.isoformat()}",
                     partition_key=key,
                     asset_selection=chunk if len(chunks) > 1 else None,
-                    tags={"mysqlsync/trigger": "schedule"},
+                    tags={TRIGGER_TAG: "schedule"},
                 )
 
     what = "the latest partitions of each table" if partitions_def else "each table"
@@ -245,7 +246,7 @@ def build_automation_sensor(
             dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
         ),
         minimum_interval_seconds=settings.sensor_interval,
-        run_tags={"mysqlsync/trigger": "sensor"},
+        run_tags={TRIGGER_TAG: "sensor"},
         description=(
             "Syncs a table when its source's data version changed (see the source observer), "
             "and on its cron; at most one sync of a table at a time."

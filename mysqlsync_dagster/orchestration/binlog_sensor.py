@@ -29,7 +29,7 @@ from typing import Any
 import dagster as dg
 
 from mysqlsync_dagster.config import TableConfig
-from mysqlsync_dagster.orchestration.names import target_asset_key
+from mysqlsync_dagster.orchestration.names import TRIGGER_TAG, target_asset_key
 from mysqlsync_dagster.orchestration.resources import MySQLResource
 from mysqlsync_dagster.settings import Settings
 
@@ -38,7 +38,6 @@ BINLOG_SENSOR = "mysqlsync_binlog"
 # to be launched and started (run worker, imports: 4-6 s measured through the daemon here).
 HANDOVER_SECONDS = 10
 BINLOG_JOB = "sync_binlog_tables"
-TRIGGER_TAG = "mysqlsync/trigger"
 # Runs are requested per lane: one lane of all binlog tables, or, when runs follow the binlog
 # (BINLOG_FOLLOW_SECONDS), one lane per table, so that no table waits while another follows.
 LANE_TAG = "mysqlsync/binlog_lane"

@@ -22,6 +22,8 @@ TABLES_PER_RUN = 25
 PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 # a run tag: "full" makes a checks-only run verify whole tables instead of the rolling slice
 VERIFY_TAG = "mysqlsync/verify"
+# a run tag: what started the run ("schedule", "sensor", "binlog", "cli")
+TRIGGER_TAG = "mysqlsync/trigger"
 CHECKS_JOB = "consistency_checks"
 
 

@@ -19,6 +19,7 @@ from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.checks import check_result
 from mysqlsync_dagster.orchestration.names import (
     PARTITION_LOCK_WAIT_SECONDS,
+    TRIGGER_TAG,
     VERIFY_TAG,
     target_asset_key,
 )
@@ -113,7 +114,7 @@ class TableRun:
             lock_wait_seconds=self.lock_wait_seconds(),
             binlog_server_id=self.settings.binlog_server_id,
             resnapshot=self.settings.binlog_resnapshot,
-            follow_seconds=self.settings.binlog_follow_seconds,
+            follow_seconds=self.follow_seconds(),
         )
 
     def lock_wait_seconds(self) -> int:
@@ -122,9 +123,16 @@ class TableRun:
         binlog sensor's handover); any other run gives up at once (another sync is running)."""
         if self.window is not None:
             return PARTITION_LOCK_WAIT_SECONDS
-        if self.cfg.binlog and self.settings.binlog_follow_seconds:
-            return int(self.settings.binlog_follow_seconds) + PARTITION_LOCK_WAIT_SECONDS
+        if self.follow_seconds():
+            return int(self.follow_seconds()) + PARTITION_LOCK_WAIT_SECONDS
         return 0
+
+    def follow_seconds(self) -> float:
+        """`BINLOG_FOLLOW_SECONDS` in the runs the binlog sensor starts, never in others (a
+        scheduled run of many tables would wait that long for each binlog table)."""
+        if not self.cfg.binlog or self.context.run.tags.get(TRIGGER_TAG) != "binlog":
+            return 0.0
+        return self.settings.binlog_follow_seconds
 
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:

@@ -172,6 +172,7 @@ def _materialize(
     import dagster as dg
 
     from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
+    from mysqlsync_dagster.orchestration.names import TRIGGER_TAG
 
     defs = build_definitions(tables, settings)
     instance = _instance(settings)
@@ -196,7 +197,7 @@ def _materialize(
             instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            tags={"mysqlsync/trigger": "cli"},
+            tags={TRIGGER_TAG: "cli"},
         )
         failures.update(
             {event.step_key: failure_text(event) for event in result.get_step_failure_events()}
