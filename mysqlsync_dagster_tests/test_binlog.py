@@ -517,17 +517,14 @@ def test_a_following_run_applies_what_arrives_while_it_runs(sync_env):
     run.start()
     time.sleep(2)
     sync_env.source_exec("INSERT INTO orders VALUES (2, 'while following', 2, '')")
-    written = time.monotonic()
     while [r[0] for r in sync_env.target_rows("orders")] != [1, 2]:
         assert run.is_alive(), "the run ended before it applied the row"
         time.sleep(0.05)
-    seen_after = time.monotonic() - written
     assert run.is_alive()  # seen while the run still follows
     run.join()
     [result] = results
     assert result.success
     assert _report(result).events_applied == 1
-    assert seen_after < 3
     assert sync_env.target_rows("orders") == sync_env.source_rows("orders")
 
 
