@@ -166,7 +166,7 @@ class TableConfig(BaseModel):
 
     @property
     def incremental(self) -> bool:
-        """Follows a modifier cursor (a binlog table's modifier only windows partitions)."""
+        """Follows a modifier cursor (a binlog table follows the binlog, not its modifier)."""
         return self.modifier is not None and self.capture == "modifier"
 
     @property

@@ -417,17 +417,18 @@ def test_keys_read_without_decoding_rows_match_the_library(sync_env, group, monk
     fidelity set, in inserts, key-changing updates and deletes, it finds the same keys as the
     library decoding whole rows, and it did not fall back to the library."""
     from mysqlsync_dagster.pipeline import binlog
+    from mysqlsync_dagster.settings import DatabaseSettings
 
     _require_binlog(sync_env)
     ddl, inserts = TYPE_GROUPS[group]
     sync_env.source_exec(ddl)
     start = _end_of_binlog(sync_env)
     sync_env.source_exec(*inserts, "UPDATE t SET id = id + 100", "DELETE FROM t WHERE id = 101")
-    url = sync_env.servers.source.url.set(database=sync_env.source_db)
+    source = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
 
     def read() -> list[tuple[list, set, int]]:
         reader = binlog.ChangeReader(
-            binlog.connection_settings(url, None, 10),
+            binlog.connection_settings(source),
             sync_env.source_db,
             "t",
             ["id"],

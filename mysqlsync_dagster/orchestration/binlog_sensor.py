@@ -79,7 +79,9 @@ def build_binlog_sensor(
         with source_db.engine.connect() as conn:
             end = binlog.end_position(conn)
         pending = [lane for lane in lanes if cursors[lane] is None or cursors[lane] < end]
-        waiting = {lane: _in_flight(context, follow, lane) for lane in pending}
+        unfinished = _unfinished_runs(context)
+        now = time.time()
+        waiting = {lane: waiting_reason(unfinished.get(lane, []), follow, now) for lane in pending}
         pending = [lane for lane in pending if waiting[lane] is None]
         if not pending:
             reasons = sorted({w for w in waiting.values() if w})
@@ -95,14 +97,10 @@ def build_binlog_sensor(
         ):
             changed = set(watched)  # first tick, a new file, or too much to scan: all of them
         else:
-            database_settings = source_db.settings()
+            source = source_db.settings()
             changed = binlog.tables_changed(
-                binlog.connection_settings(
-                    database_settings.url,
-                    database_settings.ssl,
-                    database_settings.connect_timeout,
-                ),
-                database_settings.database,
+                binlog.connection_settings(source),
+                source.database,
                 watched,
                 first,
                 end,
@@ -143,9 +141,11 @@ def _read_cursor(text: str | None, lanes: dict[str, list[str]]) -> dict[str, Any
     return {lane: Position.parse(stored.get(lane)) for lane in lanes}
 
 
-def _in_flight(context: dg.SensorEvaluationContext, follow_seconds: float, lane: str) -> str | None:
-    """Why no run of `lane` is requested now (`waiting_reason`), from the runs this sensor
-    requested for it that are not finished."""
+def _unfinished_runs(
+    context: dg.SensorEvaluationContext,
+) -> dict[str, list[tuple[bool, float | None]]]:
+    """The runs this sensor requested that are not finished, by lane, newest first: (started,
+    start time), what `waiting_reason` weighs."""
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=BINLOG_JOB,
@@ -155,12 +155,16 @@ def _in_flight(context: dg.SensorEvaluationContext, follow_seconds: float, lane:
                 dg.DagsterRunStatus.STARTING,
                 dg.DagsterRunStatus.STARTED,
             ],
-            tags={TRIGGER_TAG: "binlog", LANE_TAG: lane},
-        ),
-        limit=2,
+            tags={TRIGGER_TAG: "binlog"},
+        )
     )
-    runs = [(r.dagster_run.status == dg.DagsterRunStatus.STARTED, r.start_time) for r in records]
-    return waiting_reason(runs, follow_seconds, time.time())
+    runs: dict[str, list[tuple[bool, float | None]]] = {}
+    for record in records:
+        run = record.dagster_run
+        runs.setdefault(run.tags.get(LANE_TAG, ALL_TABLES), []).append(
+            (run.status == dg.DagsterRunStatus.STARTED, record.start_time)
+        )
+    return runs
 
 
 def waiting_reason(

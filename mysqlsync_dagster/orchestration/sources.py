@@ -8,8 +8,9 @@ estimate, as `row_count_estimate`), its size, and the modifier's maximum.
 The data version is the table's cheap probe: `MAX(modifier)` in the form the sync stores as its
 cursor (one index lookup), or `CHECKSUM TABLE` for a table without a modifier (a scan: give large
 tables a modifier); for a binlog table, InnoDB's time of its last write (`UPDATE_TIME`, kept in
-memory: unknown after a restart), never a scan (the binlog sensor starts its syncs). It cannot see an update that keeps the same `MAX(modifier)` (the same
-second); the next change or the table's cron picks it up.
+memory: unknown after a restart), never a scan (the binlog sensor starts its syncs). It cannot
+see an update that keeps the same `MAX(modifier)` (the same second); the next change or the
+table's cron picks it up.
 
 Observations are made two ways, by the same code:
 
@@ -96,14 +97,12 @@ def probe_versions(
             continue
         try:
             if cfg.binlog:  # InnoDB's time of its last write: a binlog table is not scanned
-                written = conn.execute(
-                    sa.text(
-                        "SELECT UPDATE_TIME FROM information_schema.TABLES"
-                        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
-                    ),
-                    {"t": cfg.table},
-                ).scalar()
-                versions[cfg.key] = f"written {written}"
+                from mysqlsync_dagster.verify.idle import read_clock  # (not at definitions load)
+
+                clock = read_clock(conn, cfg.table)
+                if clock is None:
+                    continue
+                versions[cfg.key] = f"written {clock.written}"
             elif cfg.modifier is not None:
                 data_type = table_facts.columns.get(cfg.modifier)
                 if data_type is None:

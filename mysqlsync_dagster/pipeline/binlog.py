@@ -24,7 +24,6 @@ the time of the copy, never an older one; a change after that is a later event, 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mysqlsync_dagster.errors import BinlogPurged, SchemaError
-from mysqlsync_dagster.settings import BINLOG_SERVER_ID, BINLOG_SERVER_ID_SPAN
+from mysqlsync_dagster.settings import BINLOG_SERVER_ID, BINLOG_SERVER_ID_SPAN, DatabaseSettings
 
 POSITION_PREFIX = "binlog:"
 BATCH_KEYS = 10_000  # keys per applied batch (at most `batch_size`), ended at a transaction end
@@ -110,24 +109,36 @@ COMPRESSED_FIX = (
     "would be missed. SET GLOBAL log_bin_compress = OFF (and log_bin_compress=OFF in the "
     "server's config)"
 )
+# The row settings the reader needs: every row in full, with its column names and signedness.
+ROW_SETTINGS = {"binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
+
+
+def setting_problems(variables: dict[str, str]) -> dict[str, str | None]:
+    """For each setting the reader depends on (`ROW_SETTINGS`, then `log_bin_compress`), what
+    is wrong with the source's value and how to fix it (None: right). Shared by the run's
+    check before reading and doctor."""
+    problems: dict[str, str | None] = {}
+    for variable, wanted in ROW_SETTINGS.items():
+        value = variables.get(variable, "").upper()
+        problems[variable] = (
+            None
+            if value == wanted
+            else f"{variable} is {value or 'not available'}, capture 'binlog' needs {wanted}: "
+            f"SET GLOBAL {variable} = '{wanted}' (and {variable}={wanted} in the server's "
+            "config)"
+        )
+    compressed = variables.get("log_bin_compress", "OFF").upper() in ("ON", "1")
+    problems["log_bin_compress"] = COMPRESSED_FIX if compressed else None
+    return problems
 
 
 def check_readable(conn: sa.Connection, table: str) -> None:
     """Fail before reading when the source writes row events the reader would skip unseen:
     python-mysql-replication knows no compressed row events, nor rows without full images
     or column names."""
-    variables = binlog_variables(conn)
-    if variables.get("log_bin_compress", "OFF").upper() in ("ON", "1"):
-        raise SchemaError(f"table {table!r}: {COMPRESSED_FIX}")
-    for variable in ("binlog_format", "binlog_row_image", "binlog_row_metadata"):
-        wanted = "ROW" if variable == "binlog_format" else "FULL"
-        value = variables.get(variable, "").upper()
-        if value != wanted:
-            raise SchemaError(
-                f"table {table!r}: the source's {variable} is {value or 'unknown'}, capture "
-                f"'binlog' needs {wanted}: SET GLOBAL {variable} = '{wanted}' (run "
-                "`mysqlsync-dagster doctor` for every prerequisite)"
-            )
+    for problem in setting_problems(binlog_variables(conn)).values():
+        if problem is not None:
+            raise SchemaError(f"table {table!r}: {problem}")
 
 
 def binlog_files(conn: sa.Connection) -> list[str]:
@@ -163,18 +174,19 @@ def reader_server_id(base: int = BINLOG_SERVER_ID) -> int:
     return base + os.getpid() % BINLOG_SERVER_ID_SPAN
 
 
-def connection_settings(url: sa.URL, ssl: dict[str, object] | None, timeout: int) -> dict[str, Any]:
-    """PyMySQL connection arguments for the replication stream, from the source's URL."""
+def connection_settings(source: DatabaseSettings) -> dict[str, Any]:
+    """PyMySQL connection arguments for the replication stream: the source's own."""
+    url = source.url
     settings: dict[str, Any] = {
         "host": url.host or "127.0.0.1",
         "port": url.port or 3306,
         "user": url.username or "",
         "password": url.password or "",
-        "connect_timeout": timeout,
+        "connect_timeout": source.connect_timeout,
         "charset": "utf8mb4",
     }
-    if ssl is not None:
-        settings["ssl"] = ssl
+    if source.ssl is not None:
+        settings["ssl"] = source.ssl
     return settings
 
 
@@ -233,6 +245,36 @@ def ddl_kind(statement: str, database: str, table: str, default_schema: str) -> 
     return None
 
 
+def open_stream(
+    connection: dict[str, Any],
+    server_id: int,
+    start: Position,
+    database: str,
+    tables: Sequence[str],
+    events: Sequence[type],
+) -> Any:
+    """A non-blocking replication stream of `events` of `tables` from `start` (it ends at the
+    end of the binlog as the server has it then)."""
+    from pymysqlreplication import BinLogStreamReader
+
+    return BinLogStreamReader(
+        connection_settings=dict(connection),
+        server_id=server_id,
+        resume_stream=True,
+        blocking=False,
+        log_file=start.file,
+        log_pos=start.offset,
+        only_events=list(events),
+        only_schemas=[database],
+        only_tables=list(tables),
+        # a table map is parsed once per table id (40% of the reader's time when every
+        # transaction is one row, measured): the server gives a table a new id when its
+        # definition changes, and `ChangeReader.batches` forgets them all after DDL on it
+        freeze_schema=True,
+        enable_logging=False,
+    )
+
+
 class ChangeReader:
     """The row events of one source table from `start` to the end of the binlog (as it is
     when the reader reaches it), as `Batch`es of at most `batch_keys` keys that end on
@@ -261,35 +303,19 @@ class ChangeReader:
         self.apply_deletes = apply_deletes
         # BINARY(n) key columns: the binlog drops their trailing zero bytes; padded back
         self.key_lengths = tuple(key_lengths) or (None,) * len(self.primary_key)
-        self.events_read = 0
 
     def _stream(self) -> Any:
-        from pymysqlreplication import BinLogStreamReader
         from pymysqlreplication.event import QueryEvent, RotateEvent, XidEvent
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-        return BinLogStreamReader(
-            connection_settings=dict(self.connection),
-            server_id=self.server_id,
-            resume_stream=True,
-            blocking=False,
-            log_file=self.start.file,
-            log_pos=self.start.offset,
-            only_events=[
-                WriteRowsEvent,
-                UpdateRowsEvent,
-                DeleteRowsEvent,
-                XidEvent,
-                QueryEvent,
-                RotateEvent,
-            ],
-            only_schemas=[self.database],
-            only_tables=[self.table],
-            # a table map is parsed once per table id (40% of the reader's time when every
-            # transaction is one row, measured): the server gives a table a new id when its
-            # definition changes, and `batches` forgets them all after DDL on the table
-            freeze_schema=True,
-            enable_logging=False,
+        events = [WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent]
+        return open_stream(
+            self.connection,
+            self.server_id,
+            self.start,
+            self.database,
+            [self.table],
+            [*events, RotateEvent],
         )
 
     def _key(self, values: dict[str, Any]) -> Key:
@@ -349,7 +375,6 @@ class ChangeReader:
 
         batch.newest_event_time = event.timestamp
         for before, after in self._row_keys(event):
-            self.events_read += 1
             batch.events += 1
             if isinstance(event, UpdateRowsEvent):
                 if before != after and self.apply_deletes:
@@ -412,23 +437,11 @@ def tables_changed(
 ) -> set[str]:
     """Which of `tables` have row events or DDL between `start` and `end` (the sensor's
     scan; `end` the source's end of binlog, read before)."""
-    from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.event import QueryEvent
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-    stream = BinLogStreamReader(
-        connection_settings=dict(connection),
-        server_id=server_id,
-        resume_stream=True,
-        blocking=False,
-        log_file=start.file,
-        log_pos=start.offset,
-        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent],
-        only_schemas=[database],
-        only_tables=list(tables),
-        freeze_schema=True,  # (see ChangeReader: only which tables, not their columns, matter)
-        enable_logging=False,
-    )
+    events = [WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, QueryEvent]
+    stream = open_stream(connection, server_id, start, database, tables, events)
     changed: set[str] = set()
     try:
         for event in _events(stream, ", ".join(tables)):
@@ -567,7 +580,6 @@ class CaptureStats:
     batches: int = 0
     rows_upserted: int = 0
     rows_deleted: int = 0
-    ddl: list[str] = field(default_factory=list)
     position_before: str | None = None
     position_after: str | None = None
     lag_seconds: float | None = None  # commit of the newest applied change -> its apply
@@ -582,9 +594,6 @@ class CaptureStats:
         self.position_after = str(batch.end)
         if batch.newest_event_time:
             self.lag_seconds = max(0.0, time.time() - batch.newest_event_time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def key_lengths(column_types: Sequence[str]) -> list[int | None]:

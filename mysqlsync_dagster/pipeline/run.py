@@ -144,7 +144,6 @@ class TableSync:
         self.follow_seconds = follow_seconds
         self.position_before: Position | None = None
         self.snapshot_at: Position | None = None
-        self.capture_stats: CaptureStats | None = None
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -288,9 +287,8 @@ class TableSync:
             stored = None
         with self.source_engine.connect() as conn:
             binlog.check_readable(conn, cfg.table)
-        if stored is not None:
             try:
-                with self.source_engine.connect() as conn:
+                if stored is not None:
                     binlog.check_available(conn, cfg.table, stored)
             except BinlogPurged as purged:
                 if not self.resnapshot:
@@ -511,7 +509,6 @@ class TableSync:
             applied.seconds,
             stored,
         )
-        self.capture_stats = applied
         return applied
 
     def _apply_to_end(self, start: Position, applied: CaptureStats) -> Position:
@@ -519,9 +516,8 @@ class TableSync:
         assert self.shape is not None
         cfg = self.cfg
         keys = self.shape.primary_key or cfg.primary_key
-        settings = self.source_settings
         reader = binlog.ChangeReader(
-            binlog.connection_settings(settings.url, settings.ssl, settings.connect_timeout),
+            binlog.connection_settings(self.source_settings),
             self.source_db,
             cfg.table,
             keys,
@@ -534,7 +530,7 @@ class TableSync:
         stored = start
         for batch in reader.batches():
             if batch.ddl_kind is not None:
-                self._apply_ddl(batch, applied)
+                self._apply_ddl(batch)
                 stored = batch.end
             elif batch.changed or batch.end != stored:
                 upserted, deleted = self.refresh_keys(list(batch.upserts), batch.deletes, batch)
@@ -542,19 +538,18 @@ class TableSync:
                 stored = batch.end
         return stored
 
-    def _apply_ddl(self, batch: Batch, applied: CaptureStats) -> None:
+    def _apply_ddl(self, batch: Batch) -> None:
         """A statement on the table in the binlog: ALTER evolves the target's schema (the
         source's as it is now), TRUNCATE empties the target table; RENAME and DROP stop."""
         cfg = self.cfg
         assert self.shape is not None
-        statement = " ".join((batch.ddl or "").split())
         if batch.ddl_kind in ("rename", "drop"):
+            statement = " ".join((batch.ddl or "").split())
             raise SchemaError(
                 f"table {cfg.table!r}: the source ran `{statement[:200]}` (binlog position "
                 f"{batch.end}): its rows can no longer be followed. Point tables.json at the "
                 "table's new name, then drop the target table to copy it anew"
             )
-        applied.ddl.append(statement[:200])
         if batch.ddl_kind == "alter":
             with connect(self.source_engine, "source", self.source_settings) as conn:
                 [facts] = read_table_facts(conn, self.source_db, [cfg.table]).values()

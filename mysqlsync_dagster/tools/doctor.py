@@ -35,7 +35,7 @@ from mysqlsync_dagster.catalog import (
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.errors import CONNECTION_HINTS, ConfigError, mysql_error_code, redact
-from mysqlsync_dagster.pipeline.binlog import COMPRESSED_FIX, binlog_variables
+from mysqlsync_dagster.pipeline.binlog import ROW_SETTINGS, binlog_variables, setting_problems
 from mysqlsync_dagster.settings import (
     BINLOG_SERVER_ID_SPAN,
     DatabaseSettings,
@@ -231,22 +231,9 @@ def binlog_findings(
         f"the source writes no binlog, which capture 'binlog' ({names}) reads: set log_bin "
         "(log-bin=mysql-bin under [mariadb] in the server's config) and restart it",
     )
-    for variable, wanted in (
-        ("binlog_format", "ROW"),
-        ("binlog_row_image", "FULL"),
-        ("binlog_row_metadata", "FULL"),
-    ):
-        value = variables.get(variable, "").upper()
-        need(
-            "binlog",
-            value == wanted,
-            f"{variable}={wanted}",
-            f"{variable} is {value or 'not available'}, capture 'binlog' needs {wanted}: "
-            f"SET GLOBAL {variable} = '{wanted}' (and {variable}={wanted} in the server's "
-            "config)",
-        )
-    compressed = variables.get("log_bin_compress", "OFF").upper() in ("ON", "1")
-    need("binlog", not compressed, "log_bin_compress OFF", COMPRESSED_FIX)
+    for variable, problem in setting_problems(variables).items():
+        wanted = ROW_SETTINGS.get(variable, "OFF")
+        need("binlog", problem is None, f"{variable}={wanted}", problem or "")
     granted = grants.global_privs
     lacking = [
         privilege
