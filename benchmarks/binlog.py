@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +42,12 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
 
-from benchmarks.cycle import instance_yaml, start_daemon, stop_process_group  # noqa: E402
+from benchmarks.cycle import (  # noqa: E402
+    instance_yaml,
+    start_daemon,
+    stop_process_group,
+    stop_servers,
+)
 from mysqlsync_dagster.tools.bench import sync_in_subprocess  # noqa: E402
 from mysqlsync_dagster.tools.demo import orders_rows_sql  # noqa: E402
 from mysqlsync_dagster.tools.mariadb_server import BINLOG_ARGS, MariaDBServer  # noqa: E402
@@ -293,13 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         result["load_average_after"] = os.getloadavg()[0]
     finally:
-        for server in (source, target):
-            with contextlib.suppress(Exception):
-                server.stop()
-        if args.keep:
-            print(f"kept {base}")
-        else:
-            subprocess.run(["rm", "-rf", str(base)], check=False)
+        stop_servers(base, (source, target), keep=args.keep)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

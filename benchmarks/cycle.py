@@ -356,6 +356,17 @@ def start_daemon(base: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_servers(base: Path, servers: tuple[MariaDBServer, ...], *, keep: bool) -> None:
+    """Stop the throwaway servers; remove their directory unless `keep` (then say where)."""
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
+    if keep:
+        print(f"kept {base}")
+    else:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
@@ -632,13 +643,7 @@ def run_cycle(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if daemon is not None:
             stop_process_group(daemon)
-        for server in (source, target):
-            with contextlib.suppress(Exception):
-                server.stop()
-        if args.keep:
-            print(f"kept {base}")
-        else:
-            subprocess.run(["rm", "-rf", str(base)], check=False)
+        stop_servers(base, (source, target), keep=args.keep)
     return result
 
 

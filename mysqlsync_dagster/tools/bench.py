@@ -254,6 +254,20 @@ def sync_in_subprocess(env: dict[str, str], table: dict[str, Any]) -> dict[str, 
     return result
 
 
+def new_report(rows: int, batch_size: int, compression: str) -> dict[str, Any]:
+    """A benchmark report's header: the table, the settings, the machine, and its steps."""
+    return {
+        "rows": rows,
+        "batch_size": batch_size,
+        "compression": compression,
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "steps": [],
+        # a process that only imports what a sync imports: the floor under every sync row
+        "import_seconds": _import_seconds(),
+    }
+
+
 def _import_seconds() -> float:
     code = "import dagster, dlt, mysqlsync_dagster.orchestration.factory, mysqlsync_dagster.pipeline.run"
     seconds, _ = _timed(lambda: subprocess.run([sys.executable, "-c", code], check=True))
@@ -270,17 +284,7 @@ def run_benchmark(
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-bench-"))
     source = MariaDBServer(base / "source").start()
     target = MariaDBServer(base / "target").start()
-    report: dict[str, Any] = {
-        "rows": rows,
-        "wide_rows": wide_rows,
-        "batch_size": batch_size,
-        "compression": compression,
-        "cpus": os.cpu_count(),
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
-        "steps": [],
-        # a process that only imports what a sync imports: the floor under every sync row
-        "import_seconds": _import_seconds(),
-    }
+    report = new_report(rows, batch_size, compression) | {"wide_rows": wide_rows}
     try:
         admin = {
             side: sa.create_engine(server.url())

@@ -32,7 +32,6 @@ from mysqlsync_dagster.tools.bench import (
     LAG_SECONDS,
     MODES,
     STEP_RULE,
-    _import_seconds,
     change_one_percent,
     step_cells,
     step_header,
@@ -110,18 +109,6 @@ def matches(figures: dict[str, Any], expected: dict[str, Any]) -> dict[str, bool
         "row count": figures["rows_digest"][0] == expected["rows_digest"][0],
         "aggregates": figures["aggregates"] == expected["aggregates"],
         "row digest": figures["rows_digest"] == expected["rows_digest"],
-    }
-
-
-def new_report(rows: int, batch_size: int, compression: str) -> dict[str, Any]:
-    return {
-        "rows": rows,
-        "batch_size": batch_size,
-        "compression": compression,
-        "cpus": os.cpu_count(),
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
-        "steps": [],
-        "import_seconds": _import_seconds(),
     }
 
 

@@ -27,14 +27,13 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from mysqlsync_dagster.tools.bench import MODES, fill_source, run_measured
+from mysqlsync_dagster.tools.bench import MODES, fill_source, new_report, run_measured
 from mysqlsync_dagster.tools.bench_analytics import (
     compare_copies,
     copy_figures,
     finish,
     format_report,
     matches,
-    new_report,
     source_figures,
     sync_steps,
 )
