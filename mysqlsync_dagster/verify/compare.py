@@ -73,6 +73,12 @@ MAX_CHUNK_ROWS = 2_000_000
 ROW_DIFF_ROWS = 2_000  # a differing range this small is compared row digest by row digest
 KEY_DIFF_ROWS = 50_000  # ... and key by key when looking for deletes (keys are cheap to list)
 SPLIT_PARTS = 8  # a larger differing range is split into this many parts
+# A differing range whose parts mostly differ too (dense drift: a bulk UPDATE that left the
+# modifier alone) holds differing rows everywhere: splitting further would digest the same
+# rows again at every level. Its differing parts up to this size are compared row by row at
+# once (measured: 2,500 drifted rows in a 250,000-row slice took 13.8 s to narrow by
+# splitting alone).
+DENSE_LEAF_ROWS = 100_000
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
 KEY_BATCH = 500  # keys per `IN (...)` list
@@ -509,6 +515,13 @@ class TablePair:
                 self.plain_key(side, row[:-1]): unsigned64(row[-1]) for row in conn.execute(query)
             }
 
+    def row_diff(self, key_range: KeyRange, *, strict: bool, keys_only: bool) -> RowDiff:
+        """The differing rows of a range, from both sides' row digests (read at once)."""
+        source, target, _ = self.parallel(
+            lambda side: self.row_digests(side, key_range, strict=strict, keys_only=keys_only)
+        )
+        return diff_rows(source, target)
+
     def key_at(
         self,
         side: Side,
@@ -526,6 +539,34 @@ class TablePair:
         with self.engine(side).connect() as conn:
             row = conn.execute(query).first()
         return self.plain_key(side, row) if row else None
+
+    def keys_at(
+        self,
+        side: Side,
+        key_range: KeyRange,
+        offsets: Sequence[int],
+        *,
+        scoped: bool = False,
+        strict: bool = False,
+    ) -> list[Key]:
+        """The keys at ascending `offsets` into the range, up to its end. Each is read from
+        the one before it, so that the range's index is walked once, not once per offset."""
+        table = self.table(side)
+        keys = self.keys(table, side)
+        points: list[Key] = []
+        lower, last = key_range.lower, -1
+        with self.engine(side).connect() as conn:
+            for offset in offsets:
+                clauses = self.where(
+                    table, KeyRange(lower, key_range.upper), scoped=scoped, strict=strict, side=side
+                )
+                query = sa.select(*keys).where(*clauses).order_by(*keys)
+                row = conn.execute(query.limit(1).offset(offset - last - 1)).first()
+                if row is None:
+                    break
+                lower, last = self.plain_key(side, row), offset
+                points.append(lower)
+        return points
 
     def key_list(self, side: Side, key_range: KeyRange, limit: int | None = None) -> list[Key]:
         table = self.table(side)
@@ -720,42 +761,45 @@ def narrow(
 
     Adds the differing keys to `found`; stops once it holds `limit` of them. Returns whether
     the whole range was narrowed (every differing row found). `keys_only`: compare the key
-    sets of all rows (for deletes) rather than the synced rows' contents."""
+    sets of all rows (for deletes) rather than the synced rows' contents. Where most parts of
+    a split differ (dense drift), their parts up to `DENSE_LEAF_ROWS` are compared row by row
+    without splitting further."""
     if max(source.rows, target.rows) <= leaf_rows:
-        found.extend(
-            diff_rows(
-                pair.row_digests("source", key_range, strict=strict, keys_only=keys_only),
-                pair.row_digests("target", key_range, strict=strict, keys_only=keys_only),
-            )
-        )
+        found.extend(pair.row_diff(key_range, strict=strict, keys_only=keys_only))
         return True
     # Split at keys of the side holding more rows, so that every part holds fewer.
     side: Side = "source" if source.rows >= target.rows else "target"
     rows = max(source.rows, target.rows)
     offsets = [rows * i // SPLIT_PARTS for i in range(1, SPLIT_PARTS)]
-    points = [
-        p
-        for p in (
-            pair.key_at(side, key_range, o, scoped=not keys_only, strict=strict) for o in offsets
-        )
-        if p is not None
-    ]
-    for part in key_range.split(points):
-        if limit is not None and found.total >= limit:
-            return False
-        part_source, part_target, _ = pair.digests(part, strict=strict, keys_only=keys_only)
-        if part_source != part_target and not narrow(
+    points = pair.keys_at(side, key_range, offsets, scoped=not keys_only, strict=strict)
+    parts = key_range.split(points)
+
+    def descend(part: KeyRange, digests: tuple[Digest, Digest], leaf: int) -> bool:
+        return narrow(
             pair,
             part,
-            part_source,
-            part_target,
+            *digests,
             strict=strict,
             found=found,
             limit=limit,
             keys_only=keys_only,
-            leaf_rows=leaf_rows,
-        ):
+            leaf_rows=leaf,
+        )
+
+    differing: list[tuple[KeyRange, tuple[Digest, Digest]]] = []
+    for part in parts:
+        if limit is not None and found.total >= limit:
             return False
+        part_source, part_target, _ = pair.digests(part, strict=strict, keys_only=keys_only)
+        if part_source == part_target:
+            continue
+        if limit is None:
+            differing.append((part, (part_source, part_target)))
+        elif not descend(part, (part_source, part_target), leaf_rows):
+            return False  # a sample: each differing part looked into at once, until `limit`
+    dense = 2 * len(differing) > len(parts)
+    for part, digests in differing:
+        descend(part, digests, max(leaf_rows, DENSE_LEAF_ROWS) if dense else leaf_rows)
     return True
 
 

@@ -61,7 +61,7 @@ from mysqlsync_dagster.verify.compare import (
 from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys, key_set_differences
 
 REPAIR_ATTEMPTS = 3
-REPAIR_BATCH = 1_000  # keys copied from the source per extraction
+REPAIR_BATCH = 10_000  # keys copied from the source per repair (one load, KEYS_PER_QUERY a read)
 
 
 @dataclass
