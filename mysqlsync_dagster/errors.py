@@ -16,6 +16,7 @@ Classification (`is_retryable`):
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
@@ -175,6 +176,34 @@ def is_transient(error: BaseException) -> bool:
 def is_retryable(error: BaseException) -> bool:
     """Whether a failed table run can succeed if retried (see the module docstring)."""
     return isinstance(error, TableBusy | TransientCheckError) or is_transient(error)
+
+
+# A failed table run is retried up to RETRIES times; the n-th wait is (2**n - 1) times
+# RETRY_DELAY_SECONDS, +/- RETRY_DELAY_SECONDS of jitter: about 10 s, 30 s, 70 s and 150 s, which
+# cover a server restart or a failover without holding a failed run for long. (Dagster's
+# exponential backoff with plus-minus jitter, `orchestration/retries.py`; the CLI's runs without
+# Dagster wait the same, `retry_wait`.)
+RETRIES = 4
+RETRY_DELAY_SECONDS = 10.0
+
+
+def retry_wait(attempt: int, delay: float) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...) with a first wait `delay`."""
+    return max(0.0, (2**attempt - 1) * delay + (2 * random.random() - 1) * delay)
+
+
+def failure_message(table: str, error: BaseException, secrets: Iterable[str]) -> tuple[str, bool]:
+    """What to say when syncing `table` failed with `error` (free of secrets), and whether a
+    retry can help."""
+    retryable = is_retryable(error)
+    message = redact(user_message(error), secrets)
+    if not message.startswith(f"table {table!r}"):
+        message = f"table {table!r}: {message}"
+    if retryable:
+        message += " (transient: retried with backoff)"
+    else:
+        message += " (permanent: not retried; fix the cause and re-run)"
+    return message, retryable
 
 
 def user_message(error: BaseException) -> str:

@@ -159,7 +159,10 @@ def cli_sync(config: Path, environ: dict[str, str], cwd: Path) -> tuple[dict, st
     return line, imported.strip()
 
 
-def test_the_cli_reports_idle_tables_without_importing_dagster(sync_env, tmp_path: Path):
+def test_the_cli_runs_tables_without_importing_dagster(sync_env, tmp_path: Path):
+    """Without DAGSTER_HOME a CLI run is kept nowhere: it runs each table through the asset's
+    runner (`pipeline/runner.py`) without importing Dagster; with DAGSTER_HOME it is a Dagster
+    run, kept in the instance, and says the same."""
     sync_env.source_exec(DDL, FILL)
     time.sleep(1.1)
     cfg = items()
@@ -177,11 +180,23 @@ def test_the_cli_reports_idle_tables_without_importing_dagster(sync_env, tmp_pat
     assert line["rows_read"] == 0 and line["rows_written"] == 0
     assert line["metadata"]["dagster/row_count"] == 60
 
-    # a source write: the CLI runs the table through Dagster again
+    # a source write: the table is synced and verified, still without Dagster
     sync_env.source_exec("UPDATE items SET note = 'changed', updated_at = NOW() WHERE id = 9")
     line, imported = cli_sync(config, environ, tmp_path)
+    assert imported == "dagster not imported"
+    assert line["ok"] and line["strategy"] == "upsert" and line["checks"] == "3/3 ok"
+    assert line["rows_written"] >= 1 and line["metadata"]["rows_verified"] >= 60
+    assert line["metadata"]["dagster/row_count"] == 60
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+
+    # the same run through Dagster, kept in an instance: the same line and figures
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    sync_env.source_exec("UPDATE items SET note = 'again', updated_at = NOW() WHERE id = 9")
+    kept, imported = cli_sync(config, environ | {"DAGSTER_HOME": str(home)}, tmp_path)
     assert imported == "dagster imported"
-    assert line["strategy"] == "upsert" and line["rows_written"] >= 1
+    assert (kept["ok"], kept["strategy"], kept["checks"]) == (True, "upsert", "3/3 ok")
+    assert set(kept["metadata"]) == set(line["metadata"])
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -237,3 +238,43 @@ def test_classification_of_analytics_targets_errors(error, retryable):
         sa.exc.DBAPIError("SELECT 1", {}, error) if isinstance(error, psycopg2.Error) else error
     )
     assert retries.is_retryable(wrapped) is retryable
+
+
+def test_the_cli_without_dagster_retries_a_busy_table_then_a_permanent_error_not(
+    sync_env, tmp_path, monkeypatch, capsys
+):
+    """`mysqlsync-dagster sync` without DAGSTER_HOME runs tables without Dagster
+    (`pipeline/runner.py`): it retries as the asset's retry policy does."""
+    from mysqlsync_dagster.targets.mysql.target import lock_name
+    from mysqlsync_dagster.tools import cli
+
+    sync_env.source_exec(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT, updated_at DATETIME NOT NULL)",
+        "INSERT INTO items VALUES (1, 1, '2024-01-01'), (2, 2, '2024-01-01')",
+    )
+    config = tmp_path / "tables.json"
+    config.write_text(json.dumps([TABLE, {"table": "missing", "primary_key": "id"}]))
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout's demo
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("SOURCE_DB_URL", sync_env.source_url())
+    monkeypatch.setenv("TARGET_DB_URL", sync_env.target_url())
+    monkeypatch.setenv("SYNC_RETRIES", "3")
+    monkeypatch.setenv("SYNC_RETRY_DELAY", "0.5")
+    # another sync holds the table's lock for 2 s: the run finds the table busy (transient)
+    holder = sync_env.target.connect()
+    name = lock_name(sync_env.target_db, "items")
+    assert holder.exec_driver_sql(f"SELECT GET_LOCK('{name}', 0)").scalar() == 1
+    release = threading.Timer(2.0, lambda: holder.exec_driver_sql(f"SELECT RELEASE_LOCK('{name}')"))
+    release.start()
+    try:
+        code = cli.main(["--config", str(config), "sync", "-v"])
+    finally:
+        release.join()
+        holder.close()
+    printed = capsys.readouterr()
+    assert code == 1  # the missing table
+    assert "retry 1 of 3" in printed.err and "transient" in printed.err
+    assert "items" in printed.out and "ok" in printed.out.splitlines()[1]
+    assert "table 'missing' does not exist in the source database" in printed.out
+    assert "permanent: not retried" in printed.out
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")

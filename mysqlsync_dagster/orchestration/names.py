@@ -19,7 +19,6 @@ TARGET_POOL = "mysqlsync_target"  # one slot per table sync writing to the targe
 # runs at once use the cores, and a run that crashes takes at most this many tables with it
 # (run_retries re-launches it).
 TABLES_PER_RUN = 25
-PARTITION_LOCK_WAIT_SECONDS = 60  # backfill runs of one table queue on its lock, briefly
 # a run tag: "full" makes a checks-only run verify whole tables instead of the rolling slice
 VERIFY_TAG = "mysqlsync/verify"
 # a run tag: what started the run ("schedule", "sensor", "binlog", "cli")

@@ -16,13 +16,16 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from mysqlsync_dagster.errors import is_retryable, redact, user_message
+from mysqlsync_dagster.errors import RETRIES, RETRY_DELAY_SECONDS, failure_message
 from mysqlsync_dagster.settings import Settings
 
 # Waits of about 10 s, 30 s, 70 s, 150 s (each +/- 10 s of jitter) cover a server restart or a
-# failover without holding a failed run for long.
+# failover without holding a failed run for long (errors.RETRIES).
 RETRY_POLICY = dg.RetryPolicy(
-    max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    max_retries=RETRIES,
+    delay=RETRY_DELAY_SECONDS,
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
 )
 
 
@@ -45,14 +48,7 @@ def retry_policy(settings: Settings) -> dg.RetryPolicy:
 
 def sync_failure(table: str, error: BaseException, secrets: Iterable[str]) -> dg.Failure:
     """The `dg.Failure` to raise for `error` while syncing `table` (message free of secrets)."""
-    retryable = is_retryable(error)
-    message = redact(user_message(error), secrets)
-    if not message.startswith(f"table {table!r}"):
-        message = f"table {table!r}: {message}"
-    if retryable:
-        message += " (transient: retried with backoff)"
-    else:
-        message += " (permanent: not retried; fix the cause and re-run)"
+    message, retryable = failure_message(table, error, secrets)
     return dg.Failure(
         description=message,
         metadata={"table": table, "retryable": retryable},

@@ -75,12 +75,61 @@ class SyncReport:
     def rows_per_second(self) -> float:
         return self.rows_written / self.seconds if self.seconds > 0 else 0.0
 
+    def figures(self) -> dict[str, Any]:
+        """The report as plain values (what `sync --json` prints): numbers as numbers, and
+        text entries only when they say something (the UI lists blank ones as blank rows)."""
+        figures: dict[str, Any] = {
+            "dagster/table_name": f"{self.target_database}.{self.target}",
+            "mode": self.mode,
+            "strategy": self.strategy,
+            "load_id": self.load_id,
+            "rows_extracted": self.rows_extracted,
+            "rows_written": self.rows_written,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "batches": self.batches,
+            "files": self.files,
+            "bytes_loaded": self.bytes_loaded,
+            "zero_dates_to_null": self.zero_dates_to_null,
+        }
+        for name in ("cursor_before", "cursor_after"):
+            if getattr(self, name):
+                figures[name] = getattr(self, name)
+        for name in ("columns_added", "columns_changed", "columns_dropped_in_source"):
+            if getattr(self, name):
+                figures[name] = ", ".join(getattr(self, name))
+        if self.row_count is not None:
+            figures["dagster/row_count"] = self.row_count
+        if self.warnings:
+            figures["warnings"] = "\n".join(self.warnings)
+        rounded = {"reader_peak_rss_mb": 1, "binlog_lag_seconds": 3, "verify_seconds": 3}
+        for name in (
+            "source_rows_estimate",
+            "reader_peak_rss_mb",
+            "rows_deleted",
+            "rows_verified",
+            "rows_repaired",
+            "events_applied",
+            "transactions_applied",
+            "binlog_lag_seconds",
+            "verify_seconds",
+            "window",
+            *STAGING_FIELDS,
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, float):
+                value = round(value, rounded.get(name, 2 if name == "compression_ratio" else 3))
+            figures[name] = value
+        return figures
+
     def to_metadata(self) -> dict[str, Any]:
-        """The materialization's metadata: typed values, numbers as numbers."""
+        """The materialization's metadata: `figures()` typed for the UI (numbers it can plot,
+        the staging directory as a path) and the target's column schema."""
         import dagster as dg
 
         metadata: dict[str, Any] = {
-            "dagster/table_name": f"{self.target_database}.{self.target}",
             "dagster/column_schema": dg.TableSchema(
                 columns=[
                     dg.TableColumn(
@@ -90,63 +139,17 @@ class SyncReport:
                     )
                     for name, column_type, nullable in self.columns
                 ]
-            ),
-            "mode": self.mode,
-            "strategy": self.strategy,
-            "load_id": self.load_id,
-            "rows_extracted": dg.MetadataValue.int(self.rows_extracted),
-            "rows_written": dg.MetadataValue.int(self.rows_written),
-            "seconds": dg.MetadataValue.float(round(self.seconds, 3)),
-            "rows_per_second": dg.MetadataValue.float(round(self.rows_per_second, 1)),
-            "batches": dg.MetadataValue.int(self.batches),
-            "files": dg.MetadataValue.int(self.files),
-            "bytes_loaded": dg.MetadataValue.int(self.bytes_loaded),
-            "zero_dates_to_null": dg.MetadataValue.int(self.zero_dates_to_null),
+            )
         }
-        # text entries only when they say something (the UI lists blank ones as blank rows)
-        for name in ("cursor_before", "cursor_after"):
-            if getattr(self, name):
-                metadata[name] = getattr(self, name)
-        for name in ("columns_added", "columns_changed", "columns_dropped_in_source"):
-            if getattr(self, name):
-                metadata[name] = ", ".join(getattr(self, name))
-        if self.row_count is not None:
-            metadata["dagster/row_count"] = dg.MetadataValue.int(self.row_count)
-        if self.warnings:
-            metadata["warnings"] = "\n".join(self.warnings)
-        if self.source_rows_estimate is not None:
-            metadata["source_rows_estimate"] = dg.MetadataValue.int(self.source_rows_estimate)
-        if self.reader_peak_rss_mb is not None:
-            metadata["reader_peak_rss_mb"] = dg.MetadataValue.float(
-                round(self.reader_peak_rss_mb, 1)
-            )
-        for name in ("rows_deleted", "rows_verified", "rows_repaired", "events_applied"):
-            value = getattr(self, name)
-            if value is not None:
-                metadata[name] = dg.MetadataValue.int(value)
-        if self.transactions_applied is not None:
-            metadata["transactions_applied"] = dg.MetadataValue.int(self.transactions_applied)
-        if self.binlog_lag_seconds is not None:
-            metadata["binlog_lag_seconds"] = dg.MetadataValue.float(
-                round(self.binlog_lag_seconds, 3)
-            )
-        if self.verify_seconds is not None:
-            metadata["verify_seconds"] = dg.MetadataValue.float(round(self.verify_seconds, 3))
-        if self.window is not None:
-            metadata["window"] = self.window
-        for name in STAGING_FIELDS:
-            value = getattr(self, name)
-            if value is None:
-                continue
+        for name, value in self.figures().items():
             if name == "staging_dir":
                 metadata[name] = dg.MetadataValue.path(value)
-            elif isinstance(value, float):
-                digits = 2 if name == "compression_ratio" else 3
-                metadata[name] = dg.MetadataValue.float(round(value, digits))
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                metadata[name] = value
             elif isinstance(value, int):
                 metadata[name] = dg.MetadataValue.int(value)
             else:
-                metadata[name] = value
+                metadata[name] = dg.MetadataValue.float(value)
         return metadata
 
     @classmethod
