@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.config import parse_tables_config
-from mysqlsync_dagster.errors import SchemaError, SourceReadError, TableBusy
+from mysqlsync_dagster.errors import SchemaError, SourceReadError, TableBusy, is_retryable
 from mysqlsync_dagster.orchestration import retries
 from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.settings import Settings
@@ -237,7 +237,7 @@ def test_classification_of_analytics_targets_errors(error, retryable):
     wrapped = (
         sa.exc.DBAPIError("SELECT 1", {}, error) if isinstance(error, psycopg2.Error) else error
     )
-    assert retries.is_retryable(wrapped) is retryable
+    assert is_retryable(wrapped) is retryable
 
 
 def test_the_cli_without_dagster_retries_a_busy_table_then_a_permanent_error_not(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -372,10 +373,11 @@ def run_table(
 def plain_log(verbose: bool) -> logging.Logger:
     """The log of runs without Dagster: INFO to stderr with `-v`, else errors only."""
     log = logging.getLogger("mysqlsync_dagster.run")
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
+    for old in list(log.handlers):  # bound to the stderr of an earlier call
+        log.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
     log.setLevel(logging.INFO if verbose else logging.ERROR)
     return log
