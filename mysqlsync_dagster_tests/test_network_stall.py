@@ -237,31 +237,6 @@ def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env)
     assert process.returncode is not None  # killed by close(), not left reading
 
 
-def test_a_prestarted_reader_is_taken_once_and_a_dead_one_replaced(sync_env):
-    """The CLI starts a reader before it imports the pipeline (`source_stream.prestart`);
-    the first sync takes it and reads through it, the next gets a new one."""
-    from mysqlsync_dagster.pipeline import source_stream
-    from mysqlsync_dagster.settings import DatabaseSettings
-
-    url = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
-    source_stream.prestart()
-    spare = source_stream._spare
-    assert spare is not None and spare._process.poll() is None
-    with source_stream.SourceStream.take() as stream:
-        assert stream is spare
-        assert [b.num_rows for b in stream.read(url.connectorx_url(), "SELECT 1 AS x", 10)] == [1]
-    with source_stream.SourceStream.take() as stream:
-        assert stream is not spare  # nothing prestarted: a new reader
-    source_stream.prestart()
-    dead = source_stream._spare
-    dead._process.kill()
-    dead._process.wait()
-    with source_stream.SourceStream.take() as stream:
-        assert stream is not dead and stream._process.poll() is None
-        assert [b.num_rows for b in stream.read(url.connectorx_url(), "SELECT 2 AS x", 10)] == [1]
-    assert dead._process.stdin.closed  # the dead one was closed
-
-
 def test_the_reader_dies_with_a_killed_sync_process():
     """A sync process SIGKILLed (the OOM killer, `docker kill`) does not leave its reader
     behind, holding a source connection."""

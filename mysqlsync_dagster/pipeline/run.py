@@ -181,7 +181,7 @@ class TableSync:
     def prepare(self) -> None:
         cfg = self.cfg
         if backend_name(self.source_settings) == "connectorx":  # start-up overlaps preparing
-            self._source_stream = SourceStream.take()
+            self._source_stream = SourceStream()
         with connect(self.source_engine, "source", self.source_settings) as conn:
             [facts] = read_table_facts(conn, self.source_db, [cfg.table]).values()
             self._validate(facts, conn)

@@ -23,48 +23,21 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
+
+import pyarrow as pa
 
 from mysqlsync_dagster.errors import SourceReadError
-
-if TYPE_CHECKING:  # imported where used: `prestart` runs before anything heavy is imported
-    import pyarrow as pa
 
 ERROR_PREFIX = "mysqlsync-source-stream-error: "
 RSS_PREFIX = "mysqlsync-source-stream-peak-rss-kb: "
 
 
-_spare: SourceStream | None = None
-_spare_lock = threading.Lock()
-
-
-def prestart() -> None:
-    """Start a reader now for the next `SourceStream.take()`, so that its start-up overlaps
-    what the process does before it reads (the CLI: importing the pipeline, about 1 s)."""
-    global _spare
-    with _spare_lock:
-        if _spare is None:
-            _spare = SourceStream()
-
-
 class SourceStream:
     """A child process that reads one query with connectorx: `read()` once, then `close()`
     (also on leaving a `with` block), which kills the child if it still runs."""
-
-    @classmethod
-    def take(cls) -> SourceStream:
-        """The reader `prestart` started, if it still waits for its request; else a new one."""
-        global _spare
-        with _spare_lock:
-            spare, _spare = _spare, None
-        if spare is not None and spare._process.poll() is None:
-            return spare
-        if spare is not None:
-            spare.close()
-        return cls()
 
     def __init__(self) -> None:
         # the reader's own peak memory, as it reported on exit; set by close()
@@ -87,8 +60,6 @@ class SourceStream:
         self, conn: str, query: str, batch_size: int, protocol: str = "binary"
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of `query` on the source at `conn` (a connectorx URL)."""
-        import pyarrow as pa
-
         request = {"conn": conn, "query": query, "batch_size": batch_size, "protocol": protocol}
         assert self._process.stdin is not None and self._process.stdout is not None
         with contextlib.suppress(OSError):  # a child that died: its error is reported below
@@ -139,7 +110,6 @@ class SourceStream:
 
 def _serve(request: dict[str, Any]) -> None:
     import connectorx as cx
-    import pyarrow as pa
 
     reader = cx.read_sql(
         request["conn"],

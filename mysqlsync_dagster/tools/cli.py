@@ -129,11 +129,6 @@ def run_directly(
     policy retries it (`SYNC_RETRIES`, `SYNC_RETRY_DELAY`)."""
     if not tables:
         return []
-    with contextlib.suppress(Exception):  # (a bad setting is reported by the table's run)
-        if settings.database("source").connectorx_tls:
-            from mysqlsync_dagster.pipeline import source_stream
-
-            source_stream.prestart()  # its start-up overlaps the imports below
     import uuid
 
     from mysqlsync_dagster.errors import RETRIES, RETRY_DELAY_SECONDS, failure_message, retry_wait
