@@ -126,16 +126,19 @@ def run_directly(
     ready: Callable[[], None] | None,
 ) -> list[TableOutcome]:
     """Each table's run by the runner, one after another, retried as the asset's retry
-    policy retries it (`SYNC_RETRIES`, `SYNC_RETRY_DELAY`)."""
+    policy retries it (`SYNC_RETRIES`, `SYNC_RETRY_DELAY`). Tables proven idle are reported
+    first, before the sync and the verification are imported (about 1 s): a run of idle
+    tables stays a process of a few tenths of a second."""
     if not tables:
         return []
     import uuid
 
     from mysqlsync_dagster.errors import RETRIES, RETRY_DELAY_SECONDS, failure_message, retry_wait
     from mysqlsync_dagster.pipeline import runner
-    from mysqlsync_dagster.pipeline.staging import StagingSettings
 
-    def staging() -> StagingSettings:
+    def staging() -> Any:
+        from mysqlsync_dagster.pipeline.staging import StagingSettings
+
         return StagingSettings.parse(
             *(
                 settings.values.get(name) or None
@@ -148,12 +151,24 @@ def run_directly(
     target = runner.PlainDatabase("target", settings)
     retries = RETRIES if settings.sync_retries is None else settings.sync_retries
     delay = RETRY_DELAY_SECONDS if settings.sync_retry_delay is None else settings.sync_retry_delay
-    if ready is not None:
-        ready()
     started = time.perf_counter()
-    outcomes = []
+    outcomes: dict[str, TableOutcome] = {}
     try:
-        for cfg in tables:
+        for cfg in tables:  # an error here only means "not proven idle": the run says more
+            with contextlib.suppress(Exception):
+                begun = time.perf_counter()
+                scope = runner.RunScope(log=log, run_id="")
+                found = runner.probe_idle(scope, cfg, source, target).idle
+                if found is not None:
+                    seconds = time.perf_counter() - begun
+                    finished = runner.idle_finished(scope, cfg, found, seconds, settings)
+                    outcomes[cfg.table] = _finished_outcome(cfg, [finished])
+        busy = [cfg for cfg in tables if cfg.table not in outcomes]
+        if busy:
+            runner.load_pipeline()
+        if ready is not None:
+            ready()
+        for cfg in busy:
             for attempt in range(retries + 1):
                 scope = runner.RunScope(log=log, run_id=str(uuid.uuid4()))
                 try:
@@ -161,20 +176,20 @@ def run_directly(
                 except Exception as error:
                     message, retryable = failure_message(cfg.table, error, _secrets(source, target))
                     if not retryable or attempt == retries:
-                        outcomes.append(TableOutcome(cfg, ok=False, error=message))
+                        outcomes[cfg.table] = TableOutcome(cfg, ok=False, error=message)
                         break
                     wait = retry_wait(attempt + 1, delay)
                     log.warning("%s: retry %d of %d in %.0fs", message, attempt + 1, retries, wait)
                     time.sleep(wait)
                 else:
-                    outcomes.append(_finished_outcome(cfg, steps))
+                    outcomes[cfg.table] = _finished_outcome(cfg, steps)
                     break
     finally:
         source.dispose()
         target.dispose()
     if verbose:
         print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return outcomes
+    return [outcomes[cfg.table] for cfg in tables]
 
 
 def _secrets(*databases: Any) -> list[str]:
