@@ -200,6 +200,32 @@ def test_the_cli_runs_tables_without_importing_dagster(sync_env, tmp_path: Path)
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
 
 
+def test_cli_runs_verify_their_slices_then_idle(sync_env, tmp_path: Path):
+    """CLI runs (without Dagster) of a table neither side writes: after the run that stores
+    the proof, runs only verify their slice until the slices cover the table, then idle."""
+    sync_env.source_exec(DDL, FILL)
+    time.sleep(1.1)
+    config = tmp_path / "tables.json"
+    config.write_text(json.dumps([items(verify_budget=20)]))
+    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {
+        "SOURCE_DB_URL": sync_env.source_url(),
+        "TARGET_DB_URL": sync_env.target_url(),
+    }
+    strategies = []
+    for _ in range(7):
+        line, _ = cli_sync(config, environ, tmp_path)
+        assert line["ok"] and line["checks"] == "3/3 ok"
+        strategies.append(line["strategy"])
+        if line["strategy"] == "idle":
+            break
+        time.sleep(1.1)
+    # the copy, the run that stores the proof, 60 rows in slices of 20, then idle
+    assert strategies[0] == "swap"
+    assert strategies[-1] == "idle" and strategies.count("verify") >= 2, strategies
+    assert "upsert" not in strategies[strategies.index("verify") :], strategies
+    assert sync_env.target_rows("items") == sync_env.source_rows("items")
+
+
 def test_a_quiet_table_is_swept_whole_before_it_idles_and_counts_nothing_meanwhile(sync_env):
     """While neither side is written, runs still verify their slice (not their counts: those
     cannot have changed) until the slices have covered the table; then the table idles."""

@@ -104,11 +104,19 @@ class Finished:
 
 
 def probe_idle(
-    scope: RunScope, cfg: TableConfig, source_db: Database, target_db: Database
+    scope: RunScope,
+    cfg: TableConfig,
+    source_db: Database,
+    target_db: Database,
+    *,
+    clear: bool = True,
 ) -> idle.Probe:
     """Is the table idle, does its proof stand (`verify/idle.py`)? If it is not idle, the
     stored proof is voided before the run writes anything (the run stores a new one if all
-    its checks pass). An error here only means a full run (which reports it properly)."""
+    its checks pass); `clear` False only looks (the CLI's look at its tables before their
+    runs: a proof that stands without covering the table yet must survive until its run,
+    which then only verifies its slice). An error here only means a full run (which reports
+    it properly)."""
     if scope.window not in (None, ALL_PARTITIONS):  # a run of some partitions
         return idle.Probe()
     if target_db.settings().dialect != "mysql":  # the proof reads InnoDB's write times
@@ -117,7 +125,7 @@ def probe_idle(
         return idle.Probe()
     try:
         probed = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
-        if probed.idle is None:
+        if probed.idle is None and clear:
             with target_db.engine.begin() as conn:
                 idle.clear(conn, STATE_TABLE, cfg.target)
     except Exception as error:

@@ -158,7 +158,7 @@ def run_directly(
             with contextlib.suppress(Exception):
                 begun = time.perf_counter()
                 scope = runner.RunScope(log=log, run_id="")
-                found = runner.probe_idle(scope, cfg, source, target).idle
+                found = runner.probe_idle(scope, cfg, source, target, clear=False).idle
                 if found is not None:
                     seconds = time.perf_counter() - begun
                     finished = runner.idle_finished(scope, cfg, found, seconds, settings)
