@@ -79,6 +79,11 @@ SPLIT_PARTS = 8  # a larger differing range is split into this many parts
 # once (measured: 2,500 drifted rows in a 250,000-row slice took 13.8 s to narrow by
 # splitting alone).
 DENSE_LEAF_ROWS = 100_000
+# ... and, where the key is one integer column on both sides of one engine, first as digests of
+# buckets of this many consecutive key values (one GROUP BY a side), so that only the rows of
+# differing buckets are read one by one.
+BUCKET_KEYS = 16
+INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
 KEY_BATCH = 500  # keys per `IN (...)` list
@@ -522,6 +527,64 @@ class TablePair:
         )
         return diff_rows(source, target)
 
+    def dense_row_diff(self, key_range: KeyRange, *, strict: bool, keys_only: bool) -> RowDiff:
+        """`row_diff` of a range where differing rows are everywhere. With one integer key on
+        both sides of one engine, digests of key buckets (`BUCKET_KEYS` values each) first:
+        only the rows of the buckets that differ are read one by one (at 1% drift, about one
+        row in six instead of every row)."""
+        key = self.key_columns[0]
+        if (
+            self.cross_engine
+            or len(self.key_columns) != 1
+            or self.shape.column(key).data_type not in INTEGER_TYPES
+        ):
+            return self.row_diff(key_range, strict=strict, keys_only=keys_only)
+
+        def buckets(side: Side) -> dict[int, tuple[int, int]]:
+            table = self.table(side)
+            bucket = table.c[key].op("DIV")(BUCKET_KEYS)
+            query = (
+                sa.select(
+                    bucket, sa.func.count(), sa.func.bit_xor(self.row_digest(side, keys_only))
+                )
+                .where(
+                    *self.where(table, key_range, scoped=not keys_only, strict=strict, side=side)
+                )
+                .group_by(bucket)
+            )
+            with self.engine(side).connect() as conn:
+                return {int(b): (int(n), unsigned64(x or 0)) for b, n, x in conn.execute(query)}
+
+        source, target, _ = self.parallel(buckets)
+        differing = sorted(
+            b for b in source.keys() | target.keys() if source.get(b) != target.get(b)
+        )
+        found = RowDiff()
+        for start in range(0, len(differing), KEY_BATCH):
+            chosen = differing[start : start + KEY_BATCH]
+
+            def rows(side: Side, chosen: list[int] = chosen) -> dict[Key, int]:
+                table = self.table(side)
+                query = (
+                    sa.select(table.c[key], self.row_digest(side, keys_only))
+                    .where(
+                        *self.where(
+                            table, key_range, scoped=not keys_only, strict=strict, side=side
+                        ),
+                        table.c[key].op("DIV")(BUCKET_KEYS).in_(chosen),
+                    )
+                    .order_by(table.c[key])
+                )
+                with self.engine(side).connect() as conn:
+                    return {
+                        self.plain_key(side, row[:1]): unsigned64(row[1])
+                        for row in conn.execute(query)
+                    }
+
+            source_rows, target_rows, _ = self.parallel(rows)
+            found.extend(diff_rows(source_rows, target_rows))
+        return found
+
     def key_at(
         self,
         side: Side,
@@ -799,7 +862,10 @@ def narrow(
             return False  # a sample: each differing part looked into at once, until `limit`
     dense = 2 * len(differing) > len(parts)
     for part, digests in differing:
-        descend(part, digests, max(leaf_rows, DENSE_LEAF_ROWS) if dense else leaf_rows)
+        if dense and max(digests[0].rows, digests[1].rows) <= DENSE_LEAF_ROWS:
+            found.extend(pair.dense_row_diff(part, strict=strict, keys_only=keys_only))
+        else:
+            descend(part, digests, leaf_rows)
     return True
 
 
