@@ -1,8 +1,9 @@
 """The asset factory: one dlt-backed Dagster asset per configured table.
 
 Building definitions never touches a database: specs come from tables.json alone, and the
-run-time machinery (`table_run.py`: dlt, pyarrow, the pipeline, the verification) is imported
-only when a table's step runs, so that loading the code location stays cheap.
+run-time machinery (`table_run.py` and the runner it drives, `pipeline/runner.py`: dlt, pyarrow,
+the pipeline, the verification) is imported only when a table's step runs, so that loading the
+code location stays cheap.
 """
 
 import datetime as dt
