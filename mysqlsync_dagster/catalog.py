@@ -44,7 +44,8 @@ DATE_TYPES = frozenset({"date", "datetime"})
 TEXT_TYPES = frozenset(
     {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set"}
 )
-NUMERIC_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "year"})
+INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
+NUMERIC_TYPES = INTEGER_TYPES | {"decimal", "year"}
 # Types a modifier column may have: they order changes in time (or by version number).
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 # Types a partitioned table's modifier may have: time windows are laid over them.

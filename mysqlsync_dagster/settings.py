@@ -56,6 +56,11 @@ _SIDE_PARTS = {
     "DB_SSL_KEY": "client key (mutual TLS)",
     "DB_SSL_VERIFY": "verify the certificate and the host name (true)",
 }
+STAGING_VARIABLES = {  # StagingSettings.parse argument -> variable
+    "directory": "STAGING_DIR",
+    "compression": "PARQUET_COMPRESSION",
+    "retention_hours": "STAGING_RETENTION_HOURS",
+}
 POOL_VARIABLES = {  # DatabaseSettings field -> variable, shared by both sides
     "pool_size": "POOL_SIZE",
     "max_overflow": "MAX_OVERFLOW",

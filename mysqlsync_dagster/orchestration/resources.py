@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from mysqlsync_dagster.db import create_engine
 from mysqlsync_dagster.settings import (
     POOL_VARIABLES,
+    STAGING_VARIABLES,
     DatabaseSettings,
     Settings,
     database_settings,
@@ -112,13 +113,6 @@ class MySQLResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.dispose()
-
-
-STAGING_VARIABLES = {
-    "directory": "STAGING_DIR",
-    "compression": "PARQUET_COMPRESSION",
-    "retention_hours": "STAGING_RETENTION_HOURS",
-}
 
 
 class StagingResource(dg.ConfigurableResource):

@@ -88,7 +88,7 @@ def run_table(
             else:  # a failed pre-sync check, reported at once
                 yield from selected(context, [check_result(step, key)])
     except Exception as error:
-        secrets = source_db.settings().secrets + target_db.settings().secrets
+        secrets = runner.secrets_of(source_db, target_db)
         raise retries.sync_failure(cfg.table, error, secrets) from None
     assert finished is not None
     report = finished.report

@@ -13,6 +13,7 @@ idle table's run stays a small process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -169,6 +170,16 @@ def load_pipeline() -> None:
     """Import the sync and the verification now (the CLI: before its start-up is declared
     over, see `__main__`), rather than in the first table's run."""
     import mysqlsync_dagster.pipeline.sync_run  # noqa: F401
+
+
+def secrets_of(*databases: Database) -> list[str]:
+    """The passwords of the databases whose settings can be read (for redacting a failure's
+    message: reading them must not raise in its place)."""
+    secrets: list[str] = []
+    for database in databases:
+        with contextlib.suppress(Exception):
+            secrets += database.settings().secrets
+    return secrets
 
 
 def plain_log(verbose: bool) -> logging.Logger:

@@ -19,6 +19,7 @@ from mysqlsync_dagster.pipeline.runner import (
     Database,
     Finished,
     RunScope,
+    secrets_of,
 )
 from mysqlsync_dagster.pipeline.staging import StagingSettings, stage
 from mysqlsync_dagster.pipeline.windows import ModifierWindow
@@ -62,7 +63,7 @@ class TableRun:
 
     @property
     def secrets(self) -> list[str]:
-        return self.source_db.settings().secrets + self.target_db.settings().secrets
+        return secrets_of(self.source_db, self.target_db)
 
     @classmethod
     def start(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mysqlsync_dagster.config import TableConfig, load_tables_config
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.pipeline.report import SyncReport
-from mysqlsync_dagster.settings import Settings, load_dotenv_file
+from mysqlsync_dagster.settings import STAGING_VARIABLES, Settings, load_dotenv_file
 from mysqlsync_dagster.tools.text import text_table
 
 if TYPE_CHECKING:  # imported where used: a `sync` without DAGSTER_HOME never imports Dagster
@@ -140,10 +140,7 @@ def run_directly(
         from mysqlsync_dagster.pipeline.staging import StagingSettings
 
         return StagingSettings.parse(
-            *(
-                settings.values.get(name) or None
-                for name in ("STAGING_DIR", "PARQUET_COMPRESSION", "STAGING_RETENTION_HOURS")
-            )
+            **{arg: settings.values.get(name) or None for arg, name in STAGING_VARIABLES.items()}
         )
 
     log = runner.plain_log(verbose)
@@ -174,7 +171,9 @@ def run_directly(
                 try:
                     steps = list(runner.run_table(scope, cfg, source, target, staging, settings))
                 except Exception as error:
-                    message, retryable = failure_message(cfg.table, error, _secrets(source, target))
+                    message, retryable = failure_message(
+                        cfg.table, error, runner.secrets_of(source, target)
+                    )
                     if not retryable or attempt == retries:
                         outcomes[cfg.table] = TableOutcome(cfg, ok=False, error=message)
                         break
@@ -190,15 +189,6 @@ def run_directly(
     if verbose:
         print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return [outcomes[cfg.table] for cfg in tables]
-
-
-def _secrets(*databases: Any) -> list[str]:
-    """The passwords of the databases whose settings can be read."""
-    secrets: list[str] = []
-    for database in databases:
-        with contextlib.suppress(Exception):
-            secrets += database.settings().secrets
-    return secrets
 
 
 def _finished_outcome(cfg: TableConfig, steps: list[Any]) -> TableOutcome:

@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import (
+    INTEGER_TYPES,
     TEXT_TYPES,
     Column,
     TableShape,
@@ -83,7 +84,6 @@ DENSE_LEAF_ROWS = 100_000
 # buckets of this many consecutive key values (one GROUP BY a side), so that only the rows of
 # differing buckets are read one by one.
 BUCKET_KEYS = 16
-INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
 MAX_NARROWED_CHUNKS = 20
 SAMPLE_KEYS = 20
 KEY_BATCH = 500  # keys per `IN (...)` list
@@ -540,17 +540,21 @@ class TablePair:
         ):
             return self.row_diff(key_range, strict=strict, keys_only=keys_only)
 
+        def bucket(table: sa.TableClause) -> sa.ColumnElement[Any]:
+            return table.c[key].op("DIV")(BUCKET_KEYS)
+
         def buckets(side: Side) -> dict[int, tuple[int, int]]:
             table = self.table(side)
-            bucket = table.c[key].op("DIV")(BUCKET_KEYS)
             query = (
                 sa.select(
-                    bucket, sa.func.count(), sa.func.bit_xor(self.row_digest(side, keys_only))
+                    bucket(table),
+                    sa.func.count(),
+                    sa.func.bit_xor(self.row_digest(side, keys_only)),
                 )
                 .where(
                     *self.where(table, key_range, scoped=not keys_only, strict=strict, side=side)
                 )
-                .group_by(bucket)
+                .group_by(bucket(table))
             )
             with self.engine(side).connect() as conn:
                 return {int(b): (int(n), unsigned64(x or 0)) for b, n, x in conn.execute(query)}
@@ -571,7 +575,7 @@ class TablePair:
                         *self.where(
                             table, key_range, scoped=not keys_only, strict=strict, side=side
                         ),
-                        table.c[key].op("DIV")(BUCKET_KEYS).in_(chosen),
+                        bucket(table).in_(chosen),
                     )
                     .order_by(table.c[key])
                 )
@@ -595,13 +599,8 @@ class TablePair:
         strict: bool = False,
     ) -> Key | None:
         """The key `offset` rows into the range (0 = its first), or None past its end."""
-        table = self.table(side)
-        keys = self.keys(table, side)
-        clauses = self.where(table, key_range, scoped=scoped, strict=strict, side=side)
-        query = sa.select(*keys).where(*clauses).order_by(*keys).limit(1).offset(offset)
-        with self.engine(side).connect() as conn:
-            row = conn.execute(query).first()
-        return self.plain_key(side, row) if row else None
+        found = self.keys_at(side, key_range, [offset], scoped=scoped, strict=strict)
+        return found[0] if found else None
 
     def keys_at(
         self,
@@ -837,7 +836,7 @@ def narrow(
     points = pair.keys_at(side, key_range, offsets, scoped=not keys_only, strict=strict)
     parts = key_range.split(points)
 
-    def descend(part: KeyRange, digests: tuple[Digest, Digest], leaf: int) -> bool:
+    def descend(part: KeyRange, digests: tuple[Digest, Digest]) -> bool:
         return narrow(
             pair,
             part,
@@ -846,7 +845,7 @@ def narrow(
             found=found,
             limit=limit,
             keys_only=keys_only,
-            leaf_rows=leaf,
+            leaf_rows=leaf_rows,
         )
 
     differing: list[tuple[KeyRange, tuple[Digest, Digest]]] = []
@@ -858,14 +857,14 @@ def narrow(
             continue
         if limit is None:
             differing.append((part, (part_source, part_target)))
-        elif not descend(part, (part_source, part_target), leaf_rows):
+        elif not descend(part, (part_source, part_target)):
             return False  # a sample: each differing part looked into at once, until `limit`
     dense = 2 * len(differing) > len(parts)
     for part, digests in differing:
         if dense and max(digests[0].rows, digests[1].rows) <= DENSE_LEAF_ROWS:
             found.extend(pair.dense_row_diff(part, strict=strict, keys_only=keys_only))
         else:
-            descend(part, digests, leaf_rows)
+            descend(part, digests)
     return True
 
 
