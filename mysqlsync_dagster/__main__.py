@@ -20,11 +20,30 @@ def startup_done() -> None:
     gc.enable()
 
 
+def syncs(argv: list[str]) -> bool:
+    """Does this command line sync tables (its command, the first word that is not an
+    option or an option's value, is `sync`)?"""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word == "sync"
+    return False
+
+
 def run() -> None:
     gc.disable()
+    source_stream = None
+    if syncs(sys.argv[1:]):  # the source reader starts up beside the CLI's own start-up
+        from mysqlsync_dagster.pipeline import source_stream
+
+        source_stream.prestart()
     from mysqlsync_dagster.tools import cli
 
     code = cli.main(ready=startup_done)
+    if source_stream is not None:
+        source_stream.discard_spare()
     gc.freeze()  # nothing left to collect that the exit would not free anyway
     sys.exit(code)
 

@@ -12,9 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster_tests.harness import materialization_metadata
+from mysqlsync_dagster_tests.harness import (
+    fetch_comparable,
+    materialization_metadata,
+    stored_cursor,
+)
 
 DDL = (
     "CREATE TABLE items (id INT PRIMARY KEY, note VARCHAR(40) NOT NULL,"
@@ -138,7 +143,8 @@ def test_a_write_committed_late_within_lag_seconds_is_not_hidden(sync_env):
 
 def cli_sync(config: Path, environ: dict[str, str], cwd: Path) -> tuple[dict, str]:
     """`mysqlsync-dagster sync --json` of the one table in `config`, in a fresh interpreter:
-    its line, and which of Dagster and dlt it imported ("dagster dlt", "dlt" or "neither")."""
+    its line, and which of Dagster and dlt it imported ("dagster", "dlt" or "neither"; dlt runs
+    in the source reader, a child process of its own)."""
     code = (
         "import sys; from mysqlsync_dagster.tools import cli;"
         f" code = cli.main(['--config', {str(config)!r}, 'sync', '--json']);"
@@ -183,7 +189,8 @@ def test_the_cli_runs_tables_without_importing_dagster(sync_env, tmp_path: Path)
     # a source write: the table is synced and verified, still without Dagster
     sync_env.source_exec("UPDATE items SET note = 'changed', updated_at = NOW() WHERE id = 9")
     line, imported = cli_sync(config, environ, tmp_path)
-    assert imported == "dlt"
+    assert imported == "neither"  # the rows came through dlt in the source reader
+    assert line["metadata"]["reader_peak_rss_mb"] > 0
     assert line["ok"] and line["strategy"] == "upsert" and line["checks"] == "3/3 ok"
     assert line["rows_written"] >= 1 and line["metadata"]["rows_verified"] >= 60
     assert line["metadata"]["dagster/row_count"] == 60
@@ -194,7 +201,7 @@ def test_the_cli_runs_tables_without_importing_dagster(sync_env, tmp_path: Path)
     home.mkdir()
     sync_env.source_exec("UPDATE items SET note = 'again', updated_at = NOW() WHERE id = 9")
     kept, imported = cli_sync(config, environ | {"DAGSTER_HOME": str(home)}, tmp_path)
-    assert imported == "dagster dlt"
+    assert imported == "dagster"
     assert (kept["ok"], kept["strategy"], kept["checks"]) == (True, "upsert", "3/3 ok")
     assert set(kept["metadata"]) == set(line["metadata"])
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
@@ -268,3 +275,36 @@ def test_an_unchanged_full_refresh_table_is_not_copied_again(sync_env):
     sync_env.source_exec("DELETE FROM items WHERE id = 60")
     assert sync_once(sync_env, cfg)["strategy"] == "swap"
     assert sync_env.target_rows("items") == sync_env.source_rows("items")
+
+
+@pytest.mark.parametrize("mode", ["direct", "staging"])
+def test_a_write_with_nothing_after_the_cursor_reads_nothing(sync_env, mode):
+    """A source written without a row after the cursor (a fix that leaves the modifier alone,
+    say) is not idle, but its run has nothing to read: it reads and writes nothing and goes
+    on to its verification, which finds and mends the row. A row at the cursor that differs
+    is read as usual."""
+    sync_env.source_exec(DDL, FILL)
+    time.sleep(1.1)
+    cfg = items(mode=mode)
+    assert sync_once(sync_env, cfg)["strategy"] == "swap"
+    cursor = stored_cursor(sync_env, "items")
+    time.sleep(1.1)
+    sync_env.source_exec("UPDATE items SET note = 'fixed' WHERE id = 5")
+    metadata = sync_once(sync_env, cfg)
+    assert metadata["strategy"] == "upsert"
+    assert metadata["rows_extracted"] == 0 and metadata["rows_written"] == 0
+    assert metadata["rows_repaired"] == 1  # the verification's slice found it
+    assert stored_cursor(sync_env, "items") == cursor
+    assert fetch_comparable(sync_env.target, "items", skip_dlt=True) == fetch_comparable(
+        sync_env.source, "items"
+    )
+
+    # the row at the cursor (id 60, the latest modifier) changed: read, not repaired
+    time.sleep(1.1)
+    sync_env.source_exec("UPDATE items SET note = 'at the cursor' WHERE id = 60")
+    metadata = sync_once(sync_env, cfg)
+    assert metadata["rows_extracted"] == 1 and metadata["rows_written"] == 1
+    assert metadata["rows_repaired"] == 0
+    assert fetch_comparable(sync_env.target, "items", skip_dlt=True) == fetch_comparable(
+        sync_env.source, "items"
+    )

@@ -46,7 +46,8 @@ def test_rerun_is_idempotent(sync_env):
     before = sync_env.target_rows("orders")
     for _ in range(2):
         meta = materialization_metadata(sync_env.sync([ORDERS]))
-        assert meta["rows_written"] == 1  # only the row at the cursor is re-read
+        # nothing after the cursor, and the row at it unchanged: nothing read or written
+        assert meta["rows_extracted"] == 0 and meta["rows_written"] == 0
         assert sync_env.target_rows("orders") == before == sync_env.source_rows("orders")
 
 

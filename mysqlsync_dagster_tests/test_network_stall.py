@@ -237,6 +237,53 @@ def test_source_stream_reports_the_readers_error_and_leaves_no_process(sync_env)
     assert process.returncode is not None  # killed by close(), not left reading
 
 
+def test_one_reader_serves_a_run_s_reads_one_after_another(sync_env):
+    """The reader answers one request after another (a run's extraction, then its repairs by
+    key), each through the table's dlt resource; a read broken off ends it, and a run then
+    needs a new one (`usable`)."""
+    from dlt.extract.resource import DltResource
+
+    from mysqlsync_dagster.pipeline import source_stream
+    from mysqlsync_dagster.pipeline.source_stream import ResourceSpec, SourceStream
+    from mysqlsync_dagster.settings import DatabaseSettings
+
+    url = DatabaseSettings(url=sync_env.servers.source.url.set(database=sync_env.source_db))
+    sync_env.source_exec(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_5000",
+    )
+    spec = ResourceSpec("t", "t", sync_env.source_db, ["id", "v"], ["id"], "merge")
+    request = {
+        "conn": url.connectorx_url(),
+        "query": "SELECT CAST(id AS CHAR) AS id, v FROM t WHERE id <= 3",
+        "batch_size": 1000,
+        "protocol": "binary",
+        "resource": vars(spec),
+    }
+    resource = source_stream._resource(request)  # what the reader iterates
+    assert isinstance(resource, DltResource) and resource.name == "t"
+    assert [row for item in resource for row in item.to_pylist()] == [
+        {"id": "1", "v": "v1"},
+        {"id": "2", "v": "v2"},
+        {"id": "3", "v": "v3"},
+    ]
+
+    with SourceStream() as stream:
+        first = list(stream.read(url.connectorx_url(), "SELECT id FROM t", 1000, spec=spec))
+        assert sum(b.num_rows for b in first) == 5000 and stream.usable
+        again = list(stream.read(url.connectorx_url(), "SELECT id FROM t WHERE id > 4990", 1000))
+        assert [v for b in again for v in b.column(0).to_pylist()] == list(range(4991, 5001))
+        empty = list(stream.read(url.connectorx_url(), "SELECT id FROM t WHERE id < 0", 1000))
+        assert empty == [] and stream.usable
+        assert stream.peak_rss_mb is not None and stream.peak_rss_mb > 0
+        broken = stream.read(url.connectorx_url(), "SELECT id FROM t", 1000)
+        assert next(broken).num_rows == 1000
+        broken.close()  # the consumer stops midway: the reader cannot serve another
+        assert not stream.usable
+        process = stream._process
+    assert process.returncode is not None
+
+
 def test_the_reader_dies_with_a_killed_sync_process():
     """A sync process SIGKILLed (the OOM killer, `docker kill`) does not leave its reader
     behind, holding a source connection."""

@@ -343,7 +343,7 @@ def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converg
     assert sync_env.sync([ORDERS]).success
     before, cursor_before = sync_env.target_rows("orders"), stored_cursor(sync_env)
     sync_env.source_exec("UPDATE orders SET status = 'paid', updated_at = NOW() WHERE id <= 100")
-    resource = TableSync.dlt_resource
+    resource = TableSync.batches
 
     def breaks_after_three_batches(self):
         for number, batch in enumerate(resource(self)):
@@ -351,7 +351,7 @@ def test_an_extraction_that_fails_midway_leaves_the_target_and_the_rerun_converg
                 raise ConnectionError("Lost connection to server during query")
             yield batch
 
-    monkeypatch.setattr(TableSync, "dlt_resource", breaks_after_three_batches)
+    monkeypatch.setattr(TableSync, "batches", breaks_after_three_batches)
     assert "Lost connection to server during query" in failed_sync(
         sync_env, monkeypatch, {**ORDERS, "batch_size": 10}
     )

@@ -1,11 +1,13 @@
-"""Extraction: the dlt `sql_table` resource that reads a source table's rows as wire text.
+"""Extraction: the table's dlt `sql_table` resource, reading a source table's rows as wire text.
 
-The resource runs on the connectorx backend (Arrow record batches of up to `batch_size` rows,
-streamed from a child process, see `source_stream.py`), selecting the wire text of every
-column (see `wire.py`): no value goes through a lossy Python type. A TLS source is read the
-same way, its certificate and host name verified as the PyMySQL connections verify them (see
+The resource runs on dlt's connectorx backend (Arrow record batches of up to `batch_size`
+rows) in the source reader, a child process (`source_stream.py`): the sync process receives the
+batches, and does not import dlt itself. Every column is selected as its wire text (see
+`wire.py`): no value goes through a lossy Python type. A TLS source is read the same way, its
+certificate and host name verified as the PyMySQL connections verify them (see
 `DatabaseSettings.connectorx_url`); only a source with a client certificate (mutual TLS), which
-connectorx's driver cannot present, is read by dlt's pyarrow backend over the PyMySQL engine.
+connectorx's driver cannot present, is read by dlt's pyarrow backend over the PyMySQL engine,
+in the sync process.
 """
 
 from __future__ import annotations
@@ -14,47 +16,65 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import sqlalchemy as sa
-from dlt.extract.resource import DltResource
-from dlt.sources.sql_database import sql_table
-from dlt.sources.sql_database.helpers import ConnectorXTableLoader
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import PLAIN_MYSQL
 from mysqlsync_dagster.errors import ReadTimeout
-from mysqlsync_dagster.pipeline.source_stream import SourceStream
+from mysqlsync_dagster.pipeline.source_stream import ResourceSpec, SourceStream
 from mysqlsync_dagster.pipeline.wire import WireColumn
 from mysqlsync_dagster.settings import DatabaseSettings
 
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-class WireTableLoader(ConnectorXTableLoader):
-    """Reads the wire SELECT with connectorx, in a child process (see `source_stream.py`).
 
-    dlt compiles with the engine's dialect, whose driver (PyMySQL) doubles every `%`; connectorx
-    sends the text as is, so it is compiled here for a driver-less dialect instead. Each batch is
-    yielded as an Arrow table, as dlt's connectorx loader does (the wire SELECT has no temporal
-    columns, so none of its temporal fix-ups apply).
-    """
+def query_text(query: Any) -> str:
+    """The wire SELECT as connectorx takes it. SQLAlchemy's MySQL dialect compiles for a
+    driver (PyMySQL) that doubles every `%`; connectorx sends the text as is, so it is
+    compiled for a driver-less dialect instead."""
+    return str(query.compile(dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}))
 
-    def compile_query(self, query: Any) -> str:
-        return str(query.compile(dialect=PLAIN_MYSQL, compile_kwargs={"literal_binds": True}))
 
-    def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
-        """Reads through `backend_kwargs["stream"]` (a `SourceStream` started early), or a new
-        one. connectorx has no read timeout of its own: with `read_timeout` in
-        `backend_kwargs`, a stream that delivers no batch for that long fails (`ReadTimeout`)
-        and its reader is killed."""
-        kwargs = dict(backend_kwargs or {})
-        timeout = kwargs.get("read_timeout")
-        query = self.compile_query(self.make_query())
-        batch_size = int(kwargs.get("batch_size") or self.chunk_size)
-        with kwargs.get("stream") or SourceStream() as stream:
-            batches = stream.read(kwargs["conn"], query, batch_size)
-            for batch in iterate_with_timeout(batches, timeout) if timeout else batches:
-                yield pa.Table.from_batches([batch])
+def resource_spec(
+    cfg: TableConfig, wire: list[WireColumn], source: DatabaseSettings
+) -> ResourceSpec:
+    """The table's dlt resource, as the source reader builds it."""
+    return ResourceSpec(
+        name=cfg.key,
+        table=cfg.table,
+        schema=source.database,
+        columns=[w.column.name for w in wire],
+        primary_key=list(cfg.primary_key),
+        write_disposition="merge" if cfg.incremental else "replace",
+    )
+
+
+def read_stream(
+    stream: SourceStream,
+    cfg: TableConfig,
+    wire: list[WireColumn],
+    query: Any,
+    source: DatabaseSettings,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The batches of `query` (the wire SELECT) through `stream`, the source reader. connectorx
+    has no read timeout of its own: with `DB_READ_TIMEOUT`, a stream that delivers no batch for
+    that long fails (`ReadTimeout`) and its reader is killed."""
+    batches = stream.read(
+        source.connectorx_url(),
+        query_text(query),
+        batch_rows,
+        spec=resource_spec(cfg, wire, source),
+    )
+    timeout = source.read_timeout
+    try:
+        yield from iterate_with_timeout(batches, timeout) if timeout else batches
+    except BaseException:
+        stream.close()  # a read broken off (or stalled): its reader cannot serve another
+        raise
 
 
 def iterate_with_timeout(items: Iterator[Any], timeout: float) -> Iterator[Any]:
@@ -127,23 +147,13 @@ def table_resource(
     source: DatabaseSettings,
     engine: sa.Engine,
     batch_rows: int,
-    stream: SourceStream | None,
-) -> DltResource:
-    """The dlt resource that yields the rows of `query` (the wire SELECT) in Arrow batches."""
+) -> Any:
+    """The dlt resource on dlt's pyarrow backend over the PyMySQL `engine`, in this process:
+    for a source that needs a client certificate (`backend_name`)."""
+    from dlt.sources.sql_database import sql_table
+
     metadata = sa.MetaData(schema=source.database)
     sa.Table(cfg.table, metadata, *[sa.Column(w.column.name, sa.Text) for w in wire])
-    backend: dict[str, Any] = {"backend": "pyarrow"}
-    if backend_name(source) == "connectorx":
-        backend = {
-            "backend": "connectorx",
-            "table_loader_class": WireTableLoader,
-            "backend_kwargs": {
-                "conn": source.connectorx_url(),
-                "read_timeout": source.read_timeout,
-                "batch_size": batch_rows,
-                "stream": stream,
-            },
-        }
     return sql_table(
         credentials=engine,
         table=cfg.table,
@@ -151,7 +161,7 @@ def table_resource(
         chunk_size=batch_rows,
         reflection_level="minimal",
         query_adapter_callback=lambda _query, _table: query,
-        **backend,
+        backend="pyarrow",
         write_disposition="merge" if cfg.incremental else "replace",
         primary_key=list(cfg.primary_key),
     ).with_name(cfg.key)

@@ -21,14 +21,13 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
-from dlt.extract.resource import DltResource
 
 from mysqlsync_dagster.catalog import (
     TableFacts,
@@ -45,7 +44,12 @@ from mysqlsync_dagster.db import connect, key_in
 from mysqlsync_dagster.errors import BinlogPurged, SchemaError, TableBusy
 from mysqlsync_dagster.pipeline import binlog
 from mysqlsync_dagster.pipeline.binlog import Batch, CaptureStats, Position
-from mysqlsync_dagster.pipeline.extract import backend_name, extract_batch_rows, table_resource
+from mysqlsync_dagster.pipeline.extract import (
+    backend_name,
+    extract_batch_rows,
+    read_stream,
+    table_resource,
+)
 from mysqlsync_dagster.pipeline.parts import (
     Extraction,
     ExtractionProgress,
@@ -106,13 +110,15 @@ class TableSync:
         binlog_server_id: int = BINLOG_SERVER_ID,
         resnapshot: bool = False,
         follow_seconds: float = 0.0,
+        source_stream: SourceStream | None = None,
     ) -> None:
         """`window`: a partition run; upsert only the rows whose modifier falls in it, never
         swap the table, never read or write the incremental cursor (stateless). `timezone`:
         `SOURCE_TIMEZONE`, the zone of naive DATETIME modifiers. A binlog table (not in a
         partition run) follows the binlog (`pipeline/binlog.py`): `binlog_server_id` is
         `BINLOG_SERVER_ID`, `resnapshot` `BINLOG_RESNAPSHOT`, `follow_seconds`
-        `BINLOG_FOLLOW_SECONDS`."""
+        `BINLOG_FOLLOW_SECONDS`. `source_stream`: the source reader, if the run started it
+        already (its start-up then overlaps the run's own); else one is started here."""
         self.cfg = cfg
         self.timezone = timezone
         self.window = window
@@ -124,7 +130,7 @@ class TableSync:
         self.log = log or logging.getLogger("mysqlsync_dagster")
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
         self._lock: Lock | None = None
-        self._source_stream: SourceStream | None = None
+        self._source_stream = source_stream
         self._started = time.perf_counter()
         self.shape: TableShape | None = None
         self.wire: list[WireColumn] = []
@@ -144,6 +150,8 @@ class TableSync:
         self.follow_seconds = follow_seconds
         self.position_before: Position | None = None
         self.snapshot_at: Position | None = None
+        # an incremental run with nothing to read (`_nothing_new`): no loader, no extraction
+        self.unchanged = False
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> TableSync:
@@ -164,7 +172,7 @@ class TableSync:
 
     @property
     def strategy(self) -> Strategy:
-        if self.applies_events:
+        if self.applies_events or self.unchanged:
             return "upsert"
         assert self.loader is not None
         return self.loader.strategy
@@ -181,7 +189,7 @@ class TableSync:
     def prepare(self) -> None:
         cfg = self.cfg
         if backend_name(self.source_settings) == "connectorx":  # start-up overlaps preparing
-            self._source_stream = SourceStream()
+            self._reader()
         with connect(self.source_engine, "source", self.source_settings) as conn:
             [facts] = read_table_facts(conn, self.source_db, [cfg.table]).values()
             self._validate(facts, conn)
@@ -227,6 +235,14 @@ class TableSync:
         strategy: Strategy = "upsert" if windowed else "swap"
         if cfg.incremental and self.window is None:
             self.cursor_snapshot = self._source_max_modifier()
+            if self._nothing_new():
+                self.unchanged = True
+                self.log.info(
+                    "%s: no row changed since cursor %s: nothing to read",
+                    cfg.table,
+                    self.cursor_before,
+                )
+                return
         self.loader = self.target.loader(
             cfg.target,
             self.wire,
@@ -255,6 +271,38 @@ class TableSync:
             "the last sync" if self.cursor_before else "the start",
             self.cursor_before,
         )
+
+    def _nothing_new(self) -> bool:
+        """Would an incremental run read nothing new? Only when the source has no row after
+        the stored cursor, which this run would store again, and the rows at the cursor
+        (which every run re-reads) are the same on both sides (the verification's digest of
+        the window): then the run reads and writes nothing, and goes on to its verification.
+        Not after a schema change (the target's new columns are filled by reading)."""
+        changes = self.schema_changes
+        if (
+            self.cursor_before is None
+            or self.cursor_snapshot != self.cursor_before
+            or changes is None
+            or changes.added
+            or changes.modified
+        ):
+            return False
+        assert self.shape is not None
+        from mysqlsync_dagster.verify.compare import KeyRange, TablePair
+
+        pair = TablePair(
+            cfg=self.cfg,
+            source_engine=self.source_engine,
+            target_engine=self.target.engine,
+            shape=self.shape,
+            key_columns=self.shape.primary_key or tuple(self.cfg.primary_key),
+            cursor=self.cursor_before,
+            target=self.target,
+        )
+        if pair.count_after_cursor("source"):
+            return False
+        source, target, _ = pair.narrowed_to(self.cursor_before).digests(KeyRange())
+        return source == target
 
     def _validate(self, facts: TableFacts, conn: sa.Connection) -> None:
         """The preflight rules (`catalog.preflight`): a failed one stops the run with its
@@ -386,17 +434,42 @@ class TableSync:
         that stored it held back below `lag_seconds` before its own read."""
         return self.cursor_before
 
-    def dlt_resource(self) -> DltResource:
-        """The table's dlt resource: the rows of `query()` in Arrow batches."""
-        return table_resource(
+    def batches(self) -> Iterator[pa.Table | pa.RecordBatch]:
+        """The rows of `query()` in Arrow batches, from the table's dlt resource."""
+        return self.read(self.query())
+
+    def read(self, query: sa.Select[Any]) -> Iterator[pa.Table | pa.RecordBatch]:
+        """The rows of `query` (a wire SELECT) in Arrow batches, from the table's dlt resource:
+        run by the source reader on dlt's connectorx backend, or here on its pyarrow backend
+        (`extract.backend_name`)."""
+        if backend_name(self.source_settings) != "connectorx":
+            return iter(
+                table_resource(
+                    self.cfg,
+                    self.wire,
+                    query,
+                    self.source_settings,
+                    self.source_engine,
+                    self.extract_batch_rows,
+                )
+            )
+        return read_stream(
+            self._reader(),
             self.cfg,
             self.wire,
-            self.query(),
+            query,
             self.source_settings,
-            self.source_engine,
             self.extract_batch_rows,
-            self._source_stream,
         )
+
+    def _reader(self) -> SourceStream:
+        """The source reader: the one started for this run, or a new one if it has ended
+        (a read broken off)."""
+        if self._source_stream is None or not self._source_stream.usable:
+            if self._source_stream is not None:
+                self._source_stream.close()
+            self._source_stream = SourceStream()
+        return self._source_stream
 
     # -- the run ---------------------------------------------------------------------
     def run(self, parts: PartSink, load_id: str) -> SyncReport:
@@ -407,12 +480,15 @@ class TableSync:
         if self.applies_events:
             assert self.position_before is not None
             return self._capture_report(self.apply_changes(self.position_before))
+        if self.unchanged:  # the cursor stays; the state records the run
+            self.target.commit(_NoRows(), self.cfg.target, self.cursor_after, record_state=True)
+            return self._report(0, 0)
         loader = self.loader
         assert loader is not None and self.shape is not None
         started = time.perf_counter()
         total = self.source_rows_estimate if self.strategy == "swap" else None
         progress = ExtractionProgress(self.log.info, self.cfg.table, total)
-        extraction = Extraction(self.dlt_resource, parts, progress).start()
+        extraction = Extraction(self.batches, parts, progress).start()
         try:
             for part in extraction.parts():
                 loader.load_part(part, load_id)
@@ -606,16 +682,7 @@ class TableSync:
         loader.prepare()
         try:
             for start in range(0, len(keys), KEYS_PER_QUERY):
-                resource = table_resource(
-                    cfg,
-                    self.wire,
-                    self.query(keys[start : start + KEYS_PER_QUERY]),
-                    self.source_settings,
-                    self.source_engine,
-                    self.extract_batch_rows,
-                    None,
-                )
-                for item in resource:
+                for item in self.read(self.query(keys[start : start + KEYS_PER_QUERY])):
                     part = (
                         pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
                     )

@@ -32,6 +32,7 @@ from mysqlsync_dagster.verify import idle
 from mysqlsync_dagster.verify.outcome import CheckOutcome
 
 if TYPE_CHECKING:
+    from mysqlsync_dagster.pipeline.source_stream import SourceStream
     from mysqlsync_dagster.pipeline.staging import StagingSettings
     from mysqlsync_dagster.targets.base import Target
 
@@ -142,18 +143,43 @@ def run_table(
     target_db: Database,
     staging: Callable[[], StagingSettings],
     settings: Settings,
+    reader: SourceStream | None = None,
 ) -> Iterator[CheckOutcome | Finished]:
     """A table's run, in both modes: yields the pre-sync check at once if it failed (the sync
     then fails for that reason), and last the `Finished` run. Errors of the sync are raised
-    as they are; the caller says whether a retry can help (`errors.is_retryable`)."""
+    as they are; the caller says whether a retry can help (`errors.is_retryable`). `reader`:
+    the source reader, if the caller started it already (`start_reader`)."""
     started = time.perf_counter()
-    probed = probe_idle(scope, cfg, source_db, target_db)
-    if probed.idle is not None:
-        yield idle_finished(scope, cfg, probed.idle, time.perf_counter() - started, settings)
-        return
-    from mysqlsync_dagster.pipeline.sync_run import run_synced
+    try:
+        probed = probe_idle(scope, cfg, source_db, target_db)
+        if probed.idle is not None:
+            yield idle_finished(scope, cfg, probed.idle, time.perf_counter() - started, settings)
+            return
+        if reader is None:
+            reader = start_reader(cfg, source_db, probed)
+        from mysqlsync_dagster.pipeline.sync_run import run_synced
 
-    yield from run_synced(scope, cfg, source_db, target_db, staging, settings, probed)
+        yield from run_synced(scope, cfg, source_db, target_db, staging, settings, probed, reader)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def start_reader(cfg: TableConfig, source_db: Database, probed: idle.Probe) -> SourceStream | None:
+    """Start the source reader of a run that will read rows (`source_stream.py`: about 0.5 s
+    of start-up, on the other core, while this process imports and prepares the sync); None
+    when the run reads no rows (idle, or quiet), is a binlog run (which mostly applies
+    events: its snapshot starts a reader of its own), or reads by dlt's pyarrow backend."""
+    if probed.idle is not None or probed.standing is not None or cfg.binlog:
+        return None
+    try:
+        if not source_db.settings().connectorx_tls:
+            return None
+    except Exception:  # bad settings: the run reports them
+        return None
+    from mysqlsync_dagster.pipeline import source_stream
+
+    return source_stream.take()
 
 
 def idle_finished(

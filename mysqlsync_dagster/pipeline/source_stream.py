@@ -1,4 +1,5 @@
-"""connectorx's streaming read of the source, run in a child process.
+"""The source reader: a child process that runs the table's dlt `sql_table` resource on
+dlt's connectorx backend and streams its Arrow batches to the sync process.
 
 connectorx holds Python's GIL for as long as its Rust code waits on the network: while it
 connects and runs the query (`read_sql(..., return_type="arrow_stream")`) and while it fetches
@@ -7,11 +8,15 @@ each batch. A stalled source network would freeze the whole Python process, so n
 process free: it receives the batches over a pipe (Arrow IPC, no conversion), its watchdog can
 time out, and `SourceStream.close` then kills the child and with it the stalled connection.
 
-The child is this file run as a script (`python -P source_stream.py`, importing only pyarrow and
-connectorx). It starts when the sync starts, so that its start-up (about 0.3 s) overlaps the
-sync's preparation, then waits for its one request on stdin: a JSON line with the URL (and its
-password: never on a command line), the query and the batch size. It reports a failure on its
-stderr as one line `ERROR_PREFIX + "<type>: <message>"` and exits 1.
+The child is this file run as a script (`python -P source_stream.py`). It imports pyarrow,
+connectorx and dlt's `sql_database` source (about 0.5 s), so it is started as soon as a run
+knows it has rows to read (`runner.run_table`, the CLI before importing the sync), and the sync
+process itself never imports dlt for a connectorx source: the two start-ups overlap on two
+cores. It then serves requests, one JSON line each on its stdin (the URL, with its password:
+never on a command line; the query; the batch size; the resource's name, table and key), each
+answered by one Arrow IPC stream on its stdout, until its stdin closes: the run's extraction
+and its repairs by key share one reader. It reports a failure on its stderr as one line
+`ERROR_PREFIX + "<type>: <message>"` and exits 1.
 """
 
 from __future__ import annotations
@@ -24,24 +29,39 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
+from typing import IO, TYPE_CHECKING, Any
 
 from mysqlsync_dagster.errors import SourceReadError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ERROR_PREFIX = "mysqlsync-source-stream-error: "
 RSS_PREFIX = "mysqlsync-source-stream-peak-rss-kb: "
 
 
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What the child needs to build the table's dlt resource (no connection of its own: the
+    rows come from the request's query)."""
+
+    name: str  # the resource's name (the table's key)
+    table: str
+    schema: str  # the source database
+    columns: list[str]
+    primary_key: list[str]
+    write_disposition: str  # "merge" for incremental tables, else "replace"
+
+
 class SourceStream:
-    """A child process that reads one query with connectorx: `read()` once, then `close()`
-    (also on leaving a `with` block), which kills the child if it still runs."""
+    """A child process that reads queries with dlt's connectorx backend: `read()` as often as
+    needed, one after another, then `close()` (also on leaving a `with` block), which kills
+    the child if it still runs. A read left unfinished (an error, a timeout, a consumer that
+    stopped) closes the stream: it cannot serve another."""
 
     def __init__(self) -> None:
-        # the reader's own peak memory, as it reported on exit; set by close()
-        self.peak_rss_mb: float | None = None
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self._process = subprocess.Popen(
             [sys.executable, "-P", str(Path(__file__).resolve())],
@@ -49,6 +69,9 @@ class SourceStream:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
         )
+        self._closed = False
+        self._reading = False  # a request not yet answered to its end
+        self._peak_rss_mb: float | None = None
 
     def __enter__(self) -> SourceStream:
         return self
@@ -56,24 +79,44 @@ class SourceStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def usable(self) -> bool:
+        """Can it take another request (its child alive, no read broken off)?"""
+        return not self._closed and self._process.poll() is None
+
     def read(
-        self, conn: str, query: str, batch_size: int, protocol: str = "binary"
+        self,
+        conn: str,
+        query: str,
+        batch_size: int,
+        protocol: str = "binary",
+        spec: ResourceSpec | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """The record batches of `query` on the source at `conn` (a connectorx URL)."""
+        """The record batches of `query` on the source at `conn` (a connectorx URL), through
+        the dlt resource `spec` describes (a default one when None)."""
+        import pyarrow as pa  # pyarrow reads the pipe with the GIL released while it waits
+
         request = {"conn": conn, "query": query, "batch_size": batch_size, "protocol": protocol}
+        if spec is not None:
+            request["resource"] = asdict(spec)
         assert self._process.stdin is not None and self._process.stdout is not None
-        with contextlib.suppress(OSError):  # a child that died: its error is reported below
-            self._process.stdin.write(json.dumps(request).encode() + b"\n")
-            self._process.stdin.close()
+        if self._closed:
+            raise SourceReadError("the source reader was closed")
+        self._reading = True
         try:
-            # pyarrow reads the pipe with the GIL released while it waits
-            yield from pa.ipc.open_stream(self._process.stdout)
-        except (pa.ArrowInvalid, OSError) as error:  # the stream broke off: say why
-            self._process.wait()
-            message = self._child_error() or f"{type(error).__name__}: {error}"
-            raise SourceReadError(message) from None
-        if self._process.wait() != 0:
-            raise SourceReadError(self._child_error() or "the source reader failed")
+            with contextlib.suppress(OSError):  # a child that died: its error is reported below
+                self._process.stdin.write(json.dumps(request).encode() + b"\n")
+                self._process.stdin.flush()
+            try:
+                yield from pa.ipc.open_stream(self._process.stdout)
+            except (pa.ArrowInvalid, OSError) as error:  # the stream broke off: say why
+                self._process.wait()
+                message = self._child_error() or f"{type(error).__name__}: {error}"
+                raise SourceReadError(message) from None
+            self._reading = False
+        finally:
+            if self._reading:  # a request half answered: the child cannot serve another
+                self.close()
 
     def _child_lines(self) -> list[str]:
         with contextlib.suppress(OSError, ValueError):
@@ -81,11 +124,17 @@ class SourceStream:
             return self._stderr.read().decode(errors="replace").splitlines()
         return []
 
-    def _reported_peak_rss_mb(self) -> float | None:
-        sizes = [
-            line[len(RSS_PREFIX) :] for line in self._child_lines() if line.startswith(RSS_PREFIX)
-        ]
-        return int(sizes[-1]) / 1024 if sizes else None
+    @property
+    def peak_rss_mb(self) -> float | None:
+        """The reader's own peak memory, as it reported after its last answer."""
+        if not self._stderr.closed:
+            sizes = [
+                line[len(RSS_PREFIX) :]
+                for line in self._child_lines()
+                if line.startswith(RSS_PREFIX)
+            ]
+            self._peak_rss_mb = int(sizes[-1]) / 1024 if sizes else None
+        return self._peak_rss_mb
 
     def _child_error(self) -> str | None:
         lines = [line for line in self._child_lines() if not line.startswith(RSS_PREFIX)]
@@ -97,30 +146,126 @@ class SourceStream:
         return "\n".join(lines[-5:]) or None
 
     def close(self) -> None:
+        """End the child. It is killed: it holds nothing that needs a clean exit (a read in
+        progress is abandoned with its connection), it has reported its peak memory after each
+        answer, and an interpreter's exit with dlt loaded would cost this process 0.1 s."""
+        if self._closed and self._stderr.closed:
+            return
+        self._closed = True
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
-        if self.peak_rss_mb is None:  # a second close() finds its stderr closed
-            self.peak_rss_mb = self._reported_peak_rss_mb()
+        _ = self.peak_rss_mb  # read before its file is closed
         for stream in (self._process.stdin, self._process.stdout, self._stderr):
             with contextlib.suppress(OSError):
                 if stream is not None:
                     stream.close()
 
 
-def _serve(request: dict[str, Any]) -> None:
-    import connectorx as cx
+# The reader started before the process knew it would need one (`prestart`), until a run
+# takes it (`take`).
+_spare: SourceStream | None = None
 
-    reader = cx.read_sql(
-        request["conn"],
-        request["query"],
-        return_type="arrow_stream",
-        batch_size=int(request["batch_size"]),
-        protocol=request["protocol"],
-    )
-    with pa.ipc.new_stream(sys.stdout.buffer, reader.schema) as writer:
-        for batch in reader:
+
+def prestart() -> None:
+    """Start a reader now, for the run that will need one: `mysqlsync-dagster sync` calls
+    this first thing (`__main__`), so that the reader's start-up (about 0.6 s, mostly importing
+    dlt) runs on the other core while this process imports the CLI and probes the tables. A
+    run that reads nothing leaves it to `discard_spare` (it is killed)."""
+    global _spare
+    if _spare is None:
+        _spare = SourceStream()
+
+
+def take() -> SourceStream:
+    """A reader for a run: the one started early (`prestart`), else a new one."""
+    global _spare
+    stream, _spare = _spare, None
+    if stream is not None and stream.usable:
+        return stream
+    if stream is not None:
+        stream.close()
+    return SourceStream()
+
+
+def discard_spare() -> None:
+    """Kill the reader started early, if no run took it."""
+    global _spare
+    stream, _spare = _spare, None
+    if stream is not None:
+        stream.close()
+
+
+# -- the child --------------------------------------------------------------------------
+
+
+def _resource(request: dict[str, Any]) -> Any:
+    """The table's dlt `sql_table` resource on dlt's connectorx backend, streaming Arrow
+    batches of the request's query (the wire SELECT, compiled by the sync process)."""
+    import sqlalchemy as sa
+    from dlt.sources.sql_database import sql_table
+    from dlt.sources.sql_database.helpers import ConnectorXTableLoader
+
+    spec = request.get("resource") or {
+        "name": "query",
+        "table": "query",
+        "schema": None,
+        "columns": [],
+        "primary_key": [],
+        "write_disposition": "append",
+    }
+
+    class QueryLoader(ConnectorXTableLoader):
+        """dlt's connectorx loader, reading the request's query as it is."""
+
+        def compile_query(self, query: Any) -> str:
+            return str(request["query"])
+
+        def make_query(self) -> Any:
+            return None  # the query is already text
+
+    metadata = sa.MetaData(schema=spec["schema"])
+    sa.Table(spec["table"], metadata, *[sa.Column(c, sa.Text) for c in spec["columns"]])
+    return sql_table(
+        # never connected: dlt's connectorx loader reads through `conn` below
+        credentials=sa.create_engine("mysql+pymysql://"),
+        table=spec["table"],
+        metadata=metadata,
+        chunk_size=int(request["batch_size"]),
+        reflection_level="minimal",
+        backend="connectorx",
+        table_loader_class=QueryLoader,
+        backend_kwargs={
+            "conn": request["conn"],
+            "return_type": "arrow_stream",
+            "batch_size": int(request["batch_size"]),
+            "protocol": request["protocol"],
+        },
+        write_disposition=spec["write_disposition"],
+        primary_key=spec["primary_key"] or None,
+    ).with_name(spec["name"])
+
+
+def _serve(request: dict[str, Any]) -> None:
+    import pyarrow as pa
+
+    writer = None
+    for item in _resource(request):
+        batches = item.to_batches() if isinstance(item, pa.Table) else [item]
+        for batch in batches:
+            if writer is None:
+                writer = pa.ipc.new_stream(sys.stdout.buffer, batch.schema)
             writer.write_batch(batch)
+    if writer is None:  # no rows: an empty stream
+        writer = pa.ipc.new_stream(sys.stdout.buffer, pa.schema([]))
+    _report_peak_rss()  # before the end of the stream, so the sync finds it once that is read
+    writer.close()
+    sys.stdout.buffer.flush()
+
+
+def _report_peak_rss() -> None:
+    sys.stderr.write(f"{RSS_PREFIX}{_own_peak_rss_kb()}\n")
+    sys.stderr.flush()
 
 
 def _own_peak_rss_kb() -> int:
@@ -145,15 +290,23 @@ def _die_with_parent() -> None:
         sys.exit(1)
 
 
+def _warm_up() -> None:
+    """What the first request would load, loaded while the sync process prepares it: the
+    modules (connectorx, pyarrow, dlt), and dlt's configuration and run context, which it
+    resolves when it builds its first resource (about 0.15 s)."""
+    import connectorx  # noqa: F401
+    import dlt.common.libs.pyarrow  # noqa: F401 (what dlt's connectorx loader imports)
+
+    _resource({"conn": "", "query": "", "batch_size": 1, "protocol": "binary"})
+
+
 def main() -> int:
     _die_with_parent()
-    import connectorx  # noqa: F401 (loaded while the parent prepares the sync)
+    _warm_up()
 
-    line = sys.stdin.readline()
-    if not line:  # the sync ended before extracting (it failed, or was cancelled)
-        return 0
     try:
-        _serve(json.loads(line))
+        for line in sys.stdin:  # one request a line, until the sync closes its end
+            _serve(json.loads(line))
     except BrokenPipeError:  # the parent stopped reading (closed the stream)
         return 1
     except BaseException as error:  # a driver panic included (pyo3's PanicException)
@@ -161,7 +314,7 @@ def main() -> int:
         sys.stderr.write(ERROR_PREFIX + text + "\n")
         return 1
     finally:
-        sys.stderr.write(f"{RSS_PREFIX}{_own_peak_rss_kb()}\n")
+        _report_peak_rss()
     return 0
 
 

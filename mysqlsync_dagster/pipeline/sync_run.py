@@ -21,6 +21,7 @@ from mysqlsync_dagster.pipeline.runner import (
     RunScope,
     secrets_of,
 )
+from mysqlsync_dagster.pipeline.source_stream import SourceStream
 from mysqlsync_dagster.pipeline.staging import StagingSettings, stage
 from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.settings import Settings
@@ -79,7 +80,7 @@ class TableRun:
         pre_sync = source_row_count(cfg, source_db.engine, count=False)
         return cls(scope, cfg, source_db, target_db, pre_sync, settings)
 
-    def table_sync(self) -> TableSync:
+    def table_sync(self, reader: SourceStream | None = None) -> TableSync:
         return TableSync(
             self.cfg,
             self.source_db.settings(),
@@ -91,6 +92,7 @@ class TableRun:
             binlog_server_id=self.settings.binlog_server_id,
             resnapshot=self.settings.binlog_resnapshot,
             follow_seconds=self.scope.follow_seconds,
+            source_stream=reader,
         )
 
     def lock_wait_seconds(self) -> int:
@@ -192,8 +194,8 @@ class TableRun:
 def quiet_report(sync: TableSync, settings: Settings) -> SyncReport:
     """A quiet run (`verify/idle.py`: the proof stands, the slices have not yet covered the
     table): nothing to copy, so nothing is read or written; the run only verifies its slice."""
-    assert sync.loader is not None
-    sync.loader.discard()  # the work table `prepare` made
+    if sync.loader is not None:
+        sync.loader.discard()  # the work table `prepare` made
     cfg = sync.cfg
     sync.log.info("%s: neither side written since the last verified run: verifying only", cfg.table)
     return SyncReport(
@@ -233,6 +235,7 @@ def run_synced(
     staging: Callable[[], StagingSettings],
     settings: Settings,
     probed: idle.Probe,
+    reader: SourceStream | None = None,
 ) -> Iterator[CheckOutcome | Finished]:
     """`runner.run_table` for a table that is not idle: the pre-sync check (yielded at once
     if it failed), the sync (or, when the proof stands, only the slice), the verification and
@@ -240,9 +243,11 @@ def run_synced(
     run = TableRun.start(scope, cfg, source_db, target_db, settings)
     if not run.pre_sync.passed:
         yield run.pre_sync
-    with run.table_sync() as sync:
+    with run.table_sync(reader) as sync:
         if probed.standing is not None:  # neither side written since a verified run
             report = quiet_report(sync, settings)
+        elif sync.unchanged:  # nothing to read: no staging run, no load id
+            report = sync.run(MemoryParts(sync.work_dir), "")
         else:
             load_id = new_load_id()
             report = sync.run(parts_for(sync, staging, scope.run_id, load_id), load_id)

@@ -150,17 +150,23 @@ def run_directly(
     delay = RETRY_DELAY_SECONDS if settings.sync_retry_delay is None else settings.sync_retry_delay
     started = time.perf_counter()
     outcomes: dict[str, TableOutcome] = {}
+    probes: dict[str, Any] = {}
+    reader = None  # the first busy table's source reader, started before the imports
     try:
         for cfg in tables:  # an error here only means "not proven idle": the run says more
             with contextlib.suppress(Exception):
                 begun = time.perf_counter()
                 scope = runner.RunScope(log=log, run_id="")
-                found = runner.probe_idle(scope, cfg, source, target, clear=False).idle
-                if found is not None:
+                probes[cfg.table] = probed = runner.probe_idle(
+                    scope, cfg, source, target, clear=False
+                )
+                if probed.idle is not None:
                     seconds = time.perf_counter() - begun
-                    finished = runner.idle_finished(scope, cfg, found, seconds, settings)
+                    finished = runner.idle_finished(scope, cfg, probed.idle, seconds, settings)
                     outcomes[cfg.table] = _finished_outcome(cfg, [finished])
         busy = [cfg for cfg in tables if cfg.table not in outcomes]
+        if busy and busy[0].table in probes:
+            reader = runner.start_reader(busy[0], source, probes[busy[0].table])
         if busy:
             runner.load_pipeline()
         if ready is not None:
@@ -169,7 +175,9 @@ def run_directly(
             for attempt in range(retries + 1):
                 scope = runner.RunScope(log=log, run_id=str(uuid.uuid4()))
                 try:
-                    steps = list(runner.run_table(scope, cfg, source, target, staging, settings))
+                    run = runner.run_table(scope, cfg, source, target, staging, settings, reader)
+                    reader = None  # the run owns it (and closes it)
+                    steps = list(run)
                 except Exception as error:
                     message, retryable = failure_message(
                         cfg.table, error, runner.secrets_of(source, target)
@@ -184,6 +192,8 @@ def run_directly(
                     outcomes[cfg.table] = _finished_outcome(cfg, steps)
                     break
     finally:
+        if reader is not None:
+            reader.close()
         source.dispose()
         target.dispose()
     if verbose:
