@@ -71,6 +71,9 @@ from mysqlsync_dagster.targets.base import Loader, Lock, SchemaReport, Strategy,
 # Keys per SELECT (copying rows by key) and per DELETE: an IN list this long stays well
 # within max_allowed_packet and PostgreSQL's parameter limit.
 KEYS_PER_QUERY = 5_000
+# An incremental run whose rows from the cursor on are at most this many compares them on both
+# sides before reading them (`TableSync._nothing_new`): rows already copied are not read again.
+NOTHING_NEW_ROWS = 1_000
 # A binlog run that follows the binlog (`BINLOG_FOLLOW_SECONDS`) looks at its end this often.
 FOLLOW_POLL_SECONDS = 0.25
 
@@ -237,8 +240,11 @@ class TableSync:
             self.cursor_snapshot = self._source_max_modifier()
             if self._nothing_new():
                 self.unchanged = True
+                if self._source_stream is not None:  # its start-up would only take CPU
+                    self._source_stream.close()  # from the verification (a repair starts one)
+                    self._source_stream = None
                 self.log.info(
-                    "%s: no row changed since cursor %s: nothing to read",
+                    "%s: the rows from cursor %s on are already copied: nothing to read",
                     cfg.table,
                     self.cursor_before,
                 )
@@ -273,35 +279,40 @@ class TableSync:
         )
 
     def _nothing_new(self) -> bool:
-        """Would an incremental run read nothing new? Only when the source has no row after
-        the stored cursor, which this run would store again, and the rows at the cursor
-        (which every run re-reads) are the same on both sides (the verification's digest of
-        the window): then the run reads and writes nothing, and goes on to its verification.
-        Not after a schema change (the target's new columns are filled by reading)."""
+        """Would this incremental run read only rows the target already holds as they are?
+        It re-reads every row from the stored cursor on (the rows at the cursor, those held
+        back by `lag_seconds`, and NULL modifiers): when those are few (`NOTHING_NEW_ROWS`)
+        and the verification's digest finds them the same on both sides, there is nothing to
+        copy. The run then reads and writes nothing, stores the new cursor, and goes on to its
+        verification (which mends a row changed without its modifier, say). Not after a
+        schema change: the target's new columns are filled by reading."""
         changes = self.schema_changes
-        if (
-            self.cursor_before is None
-            or self.cursor_snapshot != self.cursor_before
-            or changes is None
-            or changes.added
-            or changes.modified
-        ):
+        cfg = self.cfg
+        if self.cursor_before is None or changes is None or changes.added or changes.modified:
             return False
-        assert self.shape is not None
+        assert self.shape is not None and cfg.modifier is not None
+        table = sa.table(cfg.table, sa.column(cfg.modifier), schema=self.source_db)
+        data_type = self.shape.column(cfg.modifier).data_type
+        window = changed_since(table.c[cfg.modifier], data_type, self.cursor_before)
+        rows = sa.select(sa.literal(1)).select_from(table).where(window)
+        bounded = rows.limit(NOTHING_NEW_ROWS + 1).subquery()
+        with self.source_engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(bounded)).scalar_one() > (
+                NOTHING_NEW_ROWS
+            ):
+                return False
         from mysqlsync_dagster.verify.compare import KeyRange, TablePair
 
         pair = TablePair(
-            cfg=self.cfg,
+            cfg=cfg,
             source_engine=self.source_engine,
             target_engine=self.target.engine,
             shape=self.shape,
-            key_columns=self.shape.primary_key or tuple(self.cfg.primary_key),
-            cursor=self.cursor_before,
+            key_columns=self.shape.primary_key or tuple(cfg.primary_key),
+            since=self.cursor_before,  # the rows the run would read, nothing else
             target=self.target,
         )
-        if pair.count_after_cursor("source"):
-            return False
-        source, target, _ = pair.narrowed_to(self.cursor_before).digests(KeyRange())
+        source, target, _ = pair.digests(KeyRange())
         return source == target
 
     def _validate(self, facts: TableFacts, conn: sa.Connection) -> None:

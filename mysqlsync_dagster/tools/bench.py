@@ -39,6 +39,11 @@ from mysqlsync_dagster.tools.demo import SCHEMA, orders_rows_sql
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer, find_binary
 
 ORDERS_DDL = next(s for s in SCHEMA if "CREATE TABLE orders" in s)
+# Both servers' InnoDB buffer pool: large enough for the target's three copies of the 1M-row
+# `orders` (the dump's and one per mode, about 150 MB each), as a production server is sized to
+# hold its tables. The test servers' 256M held two of them: every run after a full copy of the
+# other mode read the pages it merged into and verified from disk (`--buffer-pool 256M`).
+BUFFER_POOL = "1G"
 MODES = ("direct", "staging")
 
 # The wide table: 40 columns of mixed types, (name, type, value from `seq`).
@@ -280,11 +285,16 @@ def run_benchmark(
     wide_rows: int = 200_000,
     compression: str = "zstd",
     keep: bool = False,
+    buffer_pool: str = BUFFER_POOL,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-bench-"))
-    source = MariaDBServer(base / "source").start()
-    target = MariaDBServer(base / "target").start()
-    report = new_report(rows, batch_size, compression) | {"wide_rows": wide_rows}
+    pool = (f"--innodb-buffer-pool-size={buffer_pool}",)
+    source = MariaDBServer(base / "source", extra_args=pool).start()
+    target = MariaDBServer(base / "target", extra_args=pool).start()
+    report = new_report(rows, batch_size, compression) | {
+        "wide_rows": wide_rows,
+        "buffer_pool": buffer_pool,
+    }
     try:
         admin = {
             side: sa.create_engine(server.url())
@@ -423,6 +433,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"orders {report['rows']:,} rows, wide (40 columns) {report['wide_rows']:,} rows;"
         f" batch_size {report['batch_size']:,}; staging codec {report['compression']};"
+        f" buffer pool {report.get('buffer_pool', '256M')};"
         f" {report['cpus']} CPUs, load average {report['load_average_before'][0]} before,"
         f" {report['load_average_after'][0]} after",
         "",
@@ -471,6 +482,7 @@ def run_from_args(args: Any) -> int:
         args.batch_size,
         wide_rows=args.wide_rows,
         compression=args.compression,
+        buffer_pool=args.buffer_pool,
     )
     print(format_report(report))
     if args.json:

@@ -439,6 +439,11 @@ def add_bench_arguments(parser: Any) -> None:
     parser.add_argument("--compression", default="zstd", help="PARQUET_COMPRESSION for staging")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
+        "--buffer-pool",
+        default="1G",
+        help="the MariaDB servers' innodb_buffer_pool_size (1G: the target's copies fit)",
+    )
+    parser.add_argument(
         "--target",
         choices=("mariadb", "postgres", "duckdb"),
         default="mariadb",

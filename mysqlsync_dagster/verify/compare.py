@@ -459,7 +459,21 @@ class TablePair:
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
+        if self.scoped and self.window is None and self.since is None and self._is_mysql(side):
+            # the synced scope is every row but those after the cursor: MySQL counts all rows
+            # on its smallest index and those after the cursor on the modifier's, in one
+            # snapshot, in half the time it takes to test the modifier of every row
+            modifier = table.c[self.cfg.modifier]
+            bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
+            after = modifier >= bound if strict else modifier > bound
+            everything = sa.select(sa.func.count()).select_from(table)
+            with self.engine(side).connect() as conn, conn.begin():
+                total = int(conn.execute(everything).scalar_one())
+                return total - int(conn.execute(everything.where(after)).scalar_one())
         return self._count(side, table, *self.where(table, KeyRange(), strict=strict, side=side))
+
+    def _is_mysql(self, side: Side) -> bool:
+        return side == "source" or self.target is None or self.target.kind == "mysql"
 
     def count_after_cursor(self, side: Side) -> int:
         """Rows whose modifier is after the cursor (changed since the run read the source):
