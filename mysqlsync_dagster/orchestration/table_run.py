@@ -93,9 +93,10 @@ def run_table(
     assert finished is not None
     report = finished.report
     if report.strategy != "idle":
-        marked = mark_partitions(
-            context, key, {"synced_by": "a run of all partitions", "load_id": report.load_id}
-        )
+        tags = {"synced_by": "a run of all partitions"}
+        if report.load_id:  # none when the run had nothing to read
+            tags["load_id"] = report.load_id
+        marked = mark_partitions(context, key, tags)
         if marked:
             context.log.info("%s: %s partitions marked up to date", cfg.table, f"{marked:,}")
     yield dg.MaterializeResult(asset_key=key, metadata=report.to_metadata() | finished.metadata)

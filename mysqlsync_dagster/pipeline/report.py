@@ -82,7 +82,6 @@ class SyncReport:
             "dagster/table_name": f"{self.target_database}.{self.target}",
             "mode": self.mode,
             "strategy": self.strategy,
-            "load_id": self.load_id,
             "rows_extracted": self.rows_extracted,
             "rows_written": self.rows_written,
             "seconds": round(self.seconds, 3),
@@ -92,7 +91,7 @@ class SyncReport:
             "bytes_loaded": self.bytes_loaded,
             "zero_dates_to_null": self.zero_dates_to_null,
         }
-        for name in ("cursor_before", "cursor_after"):
+        for name in ("load_id", "cursor_before", "cursor_after"):  # none without a load
             if getattr(self, name):
                 figures[name] = getattr(self, name)
         for name in ("columns_added", "columns_changed", "columns_dropped_in_source"):
