@@ -6,8 +6,11 @@ parts on disk for staging mode), the verification and repair, the idle proof, th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import TransientCheckError, is_transient
@@ -40,7 +43,13 @@ from mysqlsync_dagster.verify.compare import (
     with_counted_rows,
 )
 from mysqlsync_dagster.verify.deletes import delete_missing_rows
-from mysqlsync_dagster.verify.heal import count_outcome, heal, verify_outcome
+from mysqlsync_dagster.verify.heal import (
+    SourceHalf,
+    count_outcome,
+    heal,
+    source_half,
+    verify_outcome,
+)
 
 
 @dataclass
@@ -105,8 +114,30 @@ class TableRun:
             return int(self.scope.follow_seconds) + PARTITION_LOCK_WAIT_SECONDS
         return 0
 
+    def source_half(self, sync: TableSync) -> Future[SourceHalf] | None:
+        """An incremental run's source half of its slice and count (`heal.source_half`),
+        started before its rows are read: the source is idle while the run waits for them
+        and loads them. None when the run verifies otherwise (no checksum, a partition)."""
+        cfg = self.cfg
+        if not cfg.checksum or self.window is not None or sync.strategy != "upsert" or cfg.binlog:
+            return None
+
+        def take() -> SourceHalf:
+            pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine)
+            pair = dataclasses.replace(pair, cursor=sync.cursor_after)  # the scope it stores
+            return source_half(pair, sync.target.read_sweep(cfg.target), cfg.verify_budget)
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mysqlsync-source-half")
+        future = pool.submit(take)
+        pool.shutdown(wait=False)
+        return future
+
     def verify(
-        self, sync: TableSync, report: SyncReport, standing: idle.Proof | None = None
+        self,
+        sync: TableSync,
+        report: SyncReport,
+        standing: idle.Proof | None = None,
+        half: Future[SourceHalf] | None = None,
     ) -> list[CheckOutcome]:
         """After the load committed, with the table's lock still held: verify what the run
         synced and a slice of the rest, repairing what differs (verify/heal.py); the verdicts
@@ -132,6 +163,7 @@ class TableRun:
                 window_since=sync.read_from if incremental else None,
                 log=self.scope.log,
                 known_rows=standing.rows if standing is not None else None,
+                source=_taken(half, self.scope.log),
             )
             if not partition:
                 sync.target.write_sweep(cfg.target, healing.sweep)
@@ -191,6 +223,17 @@ class TableRun:
         return [pre_sync, *outcomes]
 
 
+def _taken(half: Future[SourceHalf] | None, log: Any) -> SourceHalf | None:
+    """The source half, if it was taken (else the verification takes both halves itself)."""
+    if half is None:
+        return None
+    try:
+        return half.result()
+    except Exception as error:
+        log.info("source half of the slice not taken early (%s)", type(error).__name__)
+        return None
+
+
 def quiet_report(sync: TableSync, settings: Settings) -> SyncReport:
     """A quiet run (`verify/idle.py`: the proof stands, the slices have not yet covered the
     table): nothing to copy, so nothing is read or written; the run only verifies its slice."""
@@ -243,6 +286,7 @@ def run_synced(
     run = TableRun.start(scope, cfg, source_db, target_db, settings)
     if not run.pre_sync.passed:
         yield run.pre_sync
+    half = None
     with run.table_sync(reader) as sync:
         if probed.standing is not None:  # neither side written since a verified run
             report = quiet_report(sync, settings)
@@ -250,8 +294,9 @@ def run_synced(
             report = sync.run(MemoryParts(sync.work_dir), "")
         else:
             load_id = new_load_id()
+            half = run.source_half(sync)
             report = sync.run(parts_for(sync, staging, scope.run_id, load_id), load_id)
-        outcomes = run.verify(sync, report, probed.standing)
+        outcomes = run.verify(sync, report, probed.standing, half)
         if all(o.passed for o in outcomes):
             run.record_idle_proof(probed)
     if report.strategy == "swap":

@@ -33,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,42 @@ from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys, key_
 
 REPAIR_ATTEMPTS = 3
 REPAIR_BATCH = 10_000  # keys copied from the source per repair (one load, KEYS_PER_QUERY a read)
+
+
+@dataclass
+class SourceHalf:
+    """The source's half of a run's rolling slice, and its count, taken while the run's rows
+    are still being read and loaded (`source_half`): the load does not change the source, and
+    the source server is otherwise idle then. The verification after the load then computes
+    only the target's half of the same ranges, and counts the target while it does."""
+
+    start: Key | None  # the sweep's place the slice starts from
+    budget: int
+    cursor: str | None  # the synced scope's end the digests were taken with
+    ranges: list[tuple[KeyRange, Digest]] = field(default_factory=list)
+    source_rows: int | None = None  # the synced scope's rows
+
+
+def source_half(pair: TablePair, sweep: SweepState, budget: int) -> SourceHalf:
+    """The source's digests of the slice `_sweep` would compare from `sweep`'s place (the
+    same ranges, sized by the source's pace alone) and the count of its synced scope; `pair`
+    scoped to the cursor the run will store."""
+    start = sweep.position if sweep.started_at is not None else None
+    half = SourceHalf(start, budget, pair.cursor)
+    chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, start, 0
+    while rows_seen < budget:
+        rows = max(1, min(chunk_rows, budget - rows_seen))
+        key_range = _slice_range(pair, lower, rows, last=rows == budget - rows_seen)
+        began = time.perf_counter()
+        digest = pair.digest("source", key_range)
+        half.ranges.append((key_range, digest))
+        rows_seen += digest.rows
+        if key_range.upper is None:
+            break
+        chunk_rows = next_chunk_rows(chunk_rows, time.perf_counter() - began)
+        lower = key_range.upper
+    half.source_rows = pair.count("source")
+    return half
 
 
 @dataclass
@@ -107,29 +144,28 @@ def heal(
     log: logging.Logger | None = None,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None),
     known_rows: int | None = None,
+    source: SourceHalf | None = None,
 ) -> Healing:
     """Verify the synced window and a slice of `budget` rows from `sweep`'s place (`budget`
     None: the whole table, for partition runs and `check --full`); with `repair`, mend what
     differs. `repair` None only reports (the CLI's `check`). `known_rows`: both sides' rows,
     proven unchanged since they were counted and matched (`verify/idle.py`): not counted again
-    unless the slice finds a difference."""
+    unless the slice finds a difference. `source`: the source's half of the slice, taken
+    during the load (`source_half`), if it starts where the sweep stands."""
     started = time.perf_counter()
     healing = Healing(sweep=SweepState(**vars(sweep)))
     resolver = Resolver(pair, repair, healing)
-    if window_since is not None:
-        window = pair.narrowed_to(window_since)
-        source, target, _ = window.digests(KeyRange())
-        healing.window_rows = source.rows
-        healing.ranges += 1
-        if source != target:
-            healing.differing_ranges += 1
-            resolver.narrow_and_resolve(window, KeyRange(), source, target)
-    _sweep(pair, resolver, healing, budget, now)
-    if known_rows is not None and not healing.differing_ranges:
-        healing.source_rows = healing.target_rows = known_rows
-        healing.counts_known = True
-    else:
-        _counts(pair, resolver, healing)
+    position = sweep.position if sweep.started_at is not None else None
+    if source is not None and (source.budget, source.start, source.cursor) != (
+        budget,
+        position,
+        pair.cursor,
+    ):
+        source = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the target's count runs beside the target's half of the slice (both cores busy)
+        counted = pool.submit(pair.count, "target") if source is not None else None
+        _verify(pair, resolver, healing, budget, now, window_since, known_rows, source, counted)
     if log is not None and repair is not None and healing.rows_repaired:
         log.info(
             "%s: repaired %s rows from the source (%s)",
@@ -141,12 +177,53 @@ def heal(
     return healing
 
 
-def _counts(pair: TablePair, resolver: Resolver, healing: Healing) -> None:
+def _verify(
+    pair: TablePair,
+    resolver: Resolver,
+    healing: Healing,
+    budget: int | None,
+    now: Callable[[], dt.datetime],
+    window_since: str | None,
+    known_rows: int | None,
+    source: SourceHalf | None,
+    counted: Future[int] | None,
+) -> None:
+    """`heal`'s three steps: the window, the slice, the counts."""
+    if window_since is not None:
+        window = pair.narrowed_to(window_since)
+        source_digest, target_digest, _ = window.digests(KeyRange())
+        healing.window_rows = source_digest.rows
+        healing.ranges += 1
+        if source_digest != target_digest:
+            healing.differing_ranges += 1
+            resolver.narrow_and_resolve(window, KeyRange(), source_digest, target_digest)
+    _sweep(pair, resolver, healing, budget, now, source)
+    if known_rows is not None and not healing.differing_ranges:
+        healing.source_rows = healing.target_rows = known_rows
+        healing.counts_known = True
+        return
+    early = None
+    if source is not None and counted is not None and not healing.rows_repaired:
+        # counted before any repair: still the target's rows
+        assert source.source_rows is not None
+        early = (source.source_rows, counted.result())
+    _counts(pair, resolver, healing, early)
+
+
+def _counts(
+    pair: TablePair, resolver: Resolver, healing: Healing, early: tuple[int, int] | None = None
+) -> None:
     """Count both sides; when the counts differ in a way the slice does not explain (nor the
     rows at the cursor, nor the deleted rows already known to be kept), compare the key sets
-    of the whole table, then count again."""
+    of the whole table, then count again. `early`: both counts taken already (the source's
+    during the load, the target's beside the slice): they serve unless they differ."""
     for attempt in range(2):
-        source, target, _ = pair.parallel(lambda side: pair.count(side))
+        if early is not None and attempt == 0:
+            source, target = early
+            if source != target:  # counted at different times: count again, at once
+                source, target, _ = pair.parallel(lambda side: pair.count(side))
+        else:
+            source, target, _ = pair.parallel(lambda side: pair.count(side))
         healing.source_rows, healing.target_rows, healing.rows_at_cursor = source, target, 0
         if source == target:
             healing.sweep.kept = 0
@@ -173,30 +250,32 @@ def _sweep(
     healing: Healing,
     budget: int | None,
     now: Callable[[], dt.datetime],
+    half: SourceHalf | None = None,
 ) -> None:
-    """Compare consecutive key ranges from the sweep's place until `budget` rows."""
+    """Compare consecutive key ranges from the sweep's place until `budget` rows (the ranges
+    of `half`, whose source digests are taken already, first)."""
     state = healing.sweep
     if state.started_at is None or state.position is None:
         state.started_at, state.runs, state.position = now(), 0, None
     state.runs += 1
+    planned = list(half.ranges) if half is not None else []
     chunk_rows = FIRST_CHUNK_ROWS
     lower = state.position
-    chunked = bool(pair.shape.primary_key)
     while True:
         remaining = None if budget is None else budget - healing.sweep_rows
         if remaining is not None and remaining <= 0:
             state.position = lower
             return
-        rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
-        upper = pair.key_at("source", KeyRange(lower), rows - 1) if chunked else None
-        if (
-            upper is not None
-            and rows == remaining
-            and pair.key_at("source", KeyRange(upper), 0) is None
-        ):
-            upper = None  # the budget ends with the table: this slice completes the sweep
-        key_range = KeyRange(lower, upper)
-        source, target, seconds = pair.digests(key_range)
+        if planned:
+            key_range, source = planned.pop(0)
+            began = time.perf_counter()
+            target = pair.digest("target", key_range)
+            seconds, upper = time.perf_counter() - began, key_range.upper
+        else:
+            rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
+            key_range = _slice_range(pair, lower, rows, last=rows == remaining)
+            source, target, seconds = pair.digests(key_range)
+            upper = key_range.upper
         healing.ranges += 1
         healing.sweep_rows += source.rows
         if source != target:
@@ -212,6 +291,18 @@ def _sweep(
             return
         chunk_rows = next_chunk_rows(chunk_rows, seconds)
         lower = upper
+
+
+def _slice_range(pair: TablePair, lower: Key | None, rows: int, *, last: bool) -> KeyRange:
+    """The slice's next range: `rows` source rows after `lower` (all of them without a
+    primary key). When the budget ends with it (`last`) and so does the table, it is left
+    unbounded: it completes the sweep."""
+    if not pair.shape.primary_key:
+        return KeyRange(lower)
+    upper = pair.key_at("source", KeyRange(lower), rows - 1)
+    if upper is not None and last and pair.key_at("source", KeyRange(upper), 0) is None:
+        upper = None
+    return KeyRange(lower, upper)
 
 
 def _same_before_cursor(pair: TablePair, key_range: KeyRange) -> bool:
