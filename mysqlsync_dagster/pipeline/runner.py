@@ -182,6 +182,14 @@ def start_reader(cfg: TableConfig, source_db: Database, probed: idle.Probe) -> S
     return source_stream.take()
 
 
+def discard_reader() -> None:
+    """Kill the source reader started with the process (`source_stream.prestart`), when the
+    run's tables read nothing (idle, quiet) or read otherwise."""
+    stream = sys.modules.get("mysqlsync_dagster.pipeline.source_stream")
+    if stream is not None:
+        stream.discard_spare()
+
+
 def idle_finished(
     scope: RunScope, cfg: TableConfig, found: idle.Idle, seconds: float, settings: Settings
 ) -> Finished:

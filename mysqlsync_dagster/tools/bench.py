@@ -461,8 +461,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"process s: the whole sync process, start-up included (importing dagster, dlt and this"
         f" package alone takes {report['import_seconds']:.2f}s); in-run s: the asset's own time;"
-        " peak RSS: the sync process; reader MB: its connectorx reader process, which runs"
-        " alongside it; sum MB: both peaks added (an upper bound of their joint peak)"
+        " peak RSS: the sync process, or its reader when that is larger (Linux adds a reaped"
+        " child's peak to its parent's); reader MB: the source reader (the dlt resource on"
+        " connectorx, a child process), as it reported; sum MB: both added (an upper bound)"
     )
     lines.append(f"copies match source (count + CRC32 sum): {report['copies_match_source']}")
     return "\n".join(lines)

@@ -167,6 +167,8 @@ def run_directly(
         busy = [cfg for cfg in tables if cfg.table not in outcomes]
         if busy and busy[0].table in probes:
             reader = runner.start_reader(busy[0], source, probes[busy[0].table])
+        if reader is None:  # the one started with the process would only take CPU
+            runner.discard_reader()
         if busy:
             runner.load_pipeline()
         if ready is not None:
