@@ -43,7 +43,7 @@ def run() -> None:
 
     code = cli.main(ready=startup_done)
     if source_stream is not None:
-        source_stream.discard_spare()
+        source_stream.discard_idle()
     gc.freeze()  # nothing left to collect that the exit would not free anyway
     sys.exit(code)
 

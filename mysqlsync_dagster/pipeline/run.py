@@ -57,7 +57,7 @@ from mysqlsync_dagster.pipeline.parts import (
     new_load_id,
 )
 from mysqlsync_dagster.pipeline.report import SyncReport
-from mysqlsync_dagster.pipeline.source_stream import SourceStream
+from mysqlsync_dagster.pipeline.source_stream import SourceStream, give_back, take
 from mysqlsync_dagster.pipeline.windows import (
     ModifierWindow,
     changed_since,
@@ -240,9 +240,12 @@ class TableSync:
             self.cursor_snapshot = self._source_max_modifier()
             if self._nothing_new():
                 self.unchanged = True
-                if self._source_stream is not None:  # its start-up would only take CPU
-                    self._source_stream.close()  # from the verification (a repair starts one)
-                    self._source_stream = None
+                if self._source_stream is not None and not self._source_stream.served:
+                    # still starting up, perhaps: that would only take CPU from the
+                    # verification (a repair takes another); a warm one waits for the next run
+                    self._source_stream.close()
+                give_back(self._source_stream)
+                self._source_stream = None
                 self.log.info(
                     "%s: the rows from cursor %s on are already copied: nothing to read",
                     cfg.table,
@@ -479,7 +482,7 @@ class TableSync:
         if self._source_stream is None or not self._source_stream.usable:
             if self._source_stream is not None:
                 self._source_stream.close()
-            self._source_stream = SourceStream()
+            self._source_stream = take()
         return self._source_stream
 
     # -- the run ---------------------------------------------------------------------
@@ -745,7 +748,6 @@ class TableSync:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        if self._source_stream is not None:
-            self._source_stream.close()
-            self._source_stream = None
+        give_back(self._source_stream)  # for this process's next run, if it can serve one
+        self._source_stream = None
         shutil.rmtree(self.work_dir, ignore_errors=True)

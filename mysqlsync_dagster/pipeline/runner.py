@@ -161,8 +161,10 @@ def run_table(
 
         yield from run_synced(scope, cfg, source_db, target_db, staging, settings, probed, reader)
     finally:
-        if reader is not None:
-            reader.close()
+        if reader is not None:  # kept for the next run if it can serve one
+            from mysqlsync_dagster.pipeline.source_stream import give_back
+
+            give_back(reader)
 
 
 def start_reader(cfg: TableConfig, source_db: Database, probed: idle.Probe) -> SourceStream | None:
@@ -183,11 +185,12 @@ def start_reader(cfg: TableConfig, source_db: Database, probed: idle.Probe) -> S
 
 
 def discard_reader() -> None:
-    """Kill the source reader started with the process (`source_stream.prestart`), when the
-    run's tables read nothing (idle, quiet) or read otherwise."""
+    """Kill the idle source readers: the one started with the process
+    (`source_stream.prestart`) when the first table reads nothing (idle, quiet) or reads
+    otherwise, and those kept for a next table once the CLI's tables are done."""
     stream = sys.modules.get("mysqlsync_dagster.pipeline.source_stream")
     if stream is not None:
-        stream.discard_spare()
+        stream.discard_idle()
 
 
 def idle_finished(

@@ -21,6 +21,7 @@ and its repairs by key share one reader. It reports a failure on its stderr as o
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -28,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +73,7 @@ class SourceStream:
         )
         self._closed = False
         self._reading = False  # a request not yet answered to its end
+        self.served = 0  # requests answered to their end
         self._peak_rss_mb: float | None = None
 
     def __enter__(self) -> SourceStream:
@@ -114,6 +117,7 @@ class SourceStream:
                 message = self._child_error() or f"{type(error).__name__}: {error}"
                 raise SourceReadError(message) from None
             self._reading = False
+            self.served += 1
         finally:
             if self._reading:  # a request half answered: the child cannot serve another
                 self.close()
@@ -162,38 +166,58 @@ class SourceStream:
                     stream.close()
 
 
-# The reader started before the process knew it would need one (`prestart`), until a run
-# takes it (`take`).
-_spare: SourceStream | None = None
+# Readers that served a run and wait for the next one (a run worker's next table, the CLI's
+# next table), or the one started before the process knew it would need it (`prestart`).
+MAX_IDLE_READERS = 2
+_idle: list[SourceStream] = []
+_idle_lock = threading.Lock()
 
 
 def prestart() -> None:
     """Start a reader now, for the run that will need one: `mysqlsync-dagster sync` calls
     this first thing (`__main__`), so that the reader's start-up (about 0.6 s, mostly importing
     dlt) runs on the other core while this process imports the CLI and probes the tables. A
-    run that reads nothing leaves it to `discard_spare` (it is killed)."""
-    global _spare
-    if _spare is None:
-        _spare = SourceStream()
+    run that reads nothing has it killed (`discard_idle`)."""
+    with _idle_lock:
+        if not _idle:
+            _idle.append(SourceStream())
 
 
 def take() -> SourceStream:
-    """A reader for a run: the one started early (`prestart`), else a new one."""
-    global _spare
-    stream, _spare = _spare, None
-    if stream is not None and stream.usable:
-        return stream
-    if stream is not None:
-        stream.close()
+    """A reader for a run: an idle one (it has imported dlt already), else a new one."""
+    with _idle_lock:
+        while _idle:
+            stream = _idle.pop()
+            if stream.usable:
+                return stream
+            stream.close()
     return SourceStream()
 
 
-def discard_spare() -> None:
-    """Kill the reader started early, if no run took it."""
-    global _spare
-    stream, _spare = _spare, None
-    if stream is not None:
+def give_back(stream: SourceStream | None) -> None:
+    """A run is done with `stream`: keep it for the next run of this process if it can serve
+    one (a worker's runs then pay for the reader's start-up once), else end it."""
+    if stream is None:
+        return
+    with _idle_lock:
+        if any(idle is stream for idle in _idle):
+            return
+        if stream.usable and len(_idle) < MAX_IDLE_READERS:
+            _idle.append(stream)
+            return
+    stream.close()
+
+
+def discard_idle() -> None:
+    """Kill the readers no run has taken (the process ends, or its runs read nothing)."""
+    with _idle_lock:
+        streams = list(_idle)
+        _idle.clear()
+    for stream in streams:
         stream.close()
+
+
+atexit.register(discard_idle)
 
 
 # -- the child --------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def run_directly(
     finally:
         if reader is not None:
             reader.close()
+        runner.discard_reader()  # the readers kept for a next table
         source.dispose()
         target.dispose()
     if verbose:
