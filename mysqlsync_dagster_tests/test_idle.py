@@ -308,3 +308,22 @@ def test_a_write_with_nothing_after_the_cursor_reads_nothing(sync_env, mode):
     assert fetch_comparable(sync_env.target, "items", skip_dlt=True) == fetch_comparable(
         sync_env.source, "items"
     )
+
+
+def test_a_slice_counts_toward_idle_only_after_the_second_of_the_last_write():
+    """UPDATE_TIME has whole seconds: a write later in the second of the target's last write
+    leaves it as it is. A slice compared in that second may have run before such a write, so
+    it does not count toward the coverage that lets the table idle; one begun after it does."""
+    import datetime as dt
+
+    from mysqlsync_dagster.verify.idle import Proof, TableClock, swept_rows
+
+    written = 1_700_000_000.0  # the target's UPDATE_TIME, a whole second
+    proof = Proof(1.0, written, "token", 5000, dt.datetime(2026, 1, 1), swept=3000)
+    same_second = TableClock(written, written + 0.9, None)
+    later = TableClock(written, written + 1.0, None)
+    assert swept_rows(proof, written, same_second, 1000) == 3000
+    assert swept_rows(proof, written, later, 1000) == 4000
+    assert swept_rows(proof, written, None, 1000) == 3000  # when the run began is unknown
+    assert swept_rows(proof, written + 1, later, 1000) == 0  # written since: anew
+    assert swept_rows(None, written, later, 1000) == 0

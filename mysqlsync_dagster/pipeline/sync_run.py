@@ -205,6 +205,7 @@ class TableRun:
                     self.target_rows,
                     self.swept,
                     probed.standing,
+                    probed.target,
                 )
         except Exception as error:
             self.scope.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)

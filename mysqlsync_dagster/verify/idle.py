@@ -227,6 +227,7 @@ class Probe:
     idle: Idle | None = None
     standing: Proof | None = None
     source: TableClock | None = None
+    target: TableClock | None = None  # the target's, when the run began
 
 
 def probe(cfg: TableConfig, source: sa.Engine, target: sa.Engine, state_table: str) -> Probe:
@@ -238,10 +239,10 @@ def probe(cfg: TableConfig, source: sa.Engine, target: sa.Engine, state_table: s
         target_clock = read_clock(conn, cfg.target)
         proof = read_proof(conn, state_table, cfg.target) if target_clock else None
     if proof is None or not standing(cfg, proof, source_clock, target_clock):
-        return Probe(source=source_clock)
+        return Probe(source=source_clock, target=target_clock)
     assert source_clock is not None and target_clock is not None
     found = Idle(proof, source_clock, target_clock) if proof.covers_table(cfg) else None
-    return Probe(found, proof, source_clock)
+    return Probe(found, proof, source_clock, target_clock)
 
 
 def record(
@@ -252,6 +253,7 @@ def record(
     rows: int | None,
     slice_rows: int,
     previous: Proof | None = None,
+    began: TableClock | None = None,
 ) -> bool:
     """After a run whose checks all passed (its writes committed): store its proof. False when
     the target's write time is unknown.
@@ -259,14 +261,17 @@ def record(
     The rows swept since the proof's observation: `previous`'s (the proof that stood when the
     run began) plus this run's `slice_rows`, as long as the target's write time has not moved;
     otherwise (a run the proof did not stand for, whose slice came before its own writes were
-    observed, or repairs, or someone else's write during the run) the count starts anew. (A
-    write by someone else later in the second read here would leave the write time as it is:
-    the slices that must cover the table before it idles all run later, and compare it.)"""
+    observed, or repairs, or someone else's write during the run) the count starts anew.
+
+    A write by someone else later in the second of the target's last write leaves the write
+    time as it is (whole seconds). So a slice counts only when its run began (`began`, the
+    target's clock then) after that second: the slices that must cover the table before it
+    idles then all compare the table as such a write left it. (Runs a second or less apart,
+    as in tests, are the ones this holds back.)"""
     target = read_clock(conn, cfg.target)
     if target is None or target.written is None:
         return False
-    unmoved = previous is not None and target.written == previous.target_written
-    swept = previous.swept + slice_rows if unmoved and previous is not None else 0
+    swept = swept_rows(previous, target.written, began, slice_rows)
     conn.execute(
         sa.text(
             f"UPDATE `{state_table}` SET idle_read_at = :r, idle_target_written = :w,"
@@ -283,6 +288,18 @@ def record(
         },
     )
     return True
+
+
+def swept_rows(
+    previous: Proof | None, written: float, began: TableClock | None, slice_rows: int
+) -> int:
+    """The rows compared since neither side was written (`record`): `previous`'s and this
+    run's slice while the target's write time `written` has not moved, the slice only when
+    the run began after that write's second."""
+    if previous is None or written != previous.target_written:
+        return 0
+    after = began is not None and began.now >= written + UPDATE_TIME_GRAIN
+    return previous.swept + (slice_rows if after else 0)
 
 
 def clear(conn: sa.Connection, state_table: str, target_table: str) -> None:
