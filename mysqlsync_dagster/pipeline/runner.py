@@ -168,7 +168,7 @@ def run_table(
 
 
 def start_reader(cfg: TableConfig, source_db: Database, probed: idle.Probe) -> SourceStream | None:
-    """Start the source reader of a run that will read rows (`source_stream.py`: about 0.5 s
+    """Start the source reader of a run that will read rows (`source_stream.py`: about 0.6 s
     of start-up, on the other core, while this process imports and prepares the sync); None
     when the run reads no rows (idle, or quiet), is a binlog run (which mostly applies
     events: its snapshot starts a reader of its own), or reads by dlt's pyarrow backend."""
