@@ -240,11 +240,12 @@ class TableSync:
             self.cursor_snapshot = self._source_max_modifier()
             if self._nothing_new():
                 self.unchanged = True
-                if self._source_stream is not None and not self._source_stream.served:
+                if self._source_stream is not None and self._source_stream.served:
+                    give_back(self._source_stream)  # warm: it waits for the next run
+                elif self._source_stream is not None:
                     # still starting up, perhaps: that would only take CPU from the
-                    # verification (a repair takes another); a warm one waits for the next run
+                    # verification (a repair takes another)
                     self._source_stream.close()
-                give_back(self._source_stream)
                 self._source_stream = None
                 self.log.info(
                     "%s: the rows from cursor %s on are already copied: nothing to read",

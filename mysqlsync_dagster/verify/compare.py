@@ -459,21 +459,24 @@ class TablePair:
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
-        if self.scoped and self.window is None and self.since is None and self._is_mysql(side):
+        mysql = side == "source" or not self.cross_engine
+        if self.scoped and self.window is None and self.since is None and mysql:
             # the synced scope is every row but those after the cursor: MySQL counts all rows
             # on its smallest index and those after the cursor on the modifier's, in one
             # snapshot, in half the time it takes to test the modifier of every row
-            modifier = table.c[self.cfg.modifier]
-            bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
-            after = modifier >= bound if strict else modifier > bound
             everything = sa.select(sa.func.count()).select_from(table)
+            after = everything.where(self._after_cursor(table, strict=strict))
             with self.engine(side).connect() as conn, conn.begin():
                 total = int(conn.execute(everything).scalar_one())
-                return total - int(conn.execute(everything.where(after)).scalar_one())
+                return total - int(conn.execute(after).scalar_one())
         return self._count(side, table, *self.where(table, KeyRange(), strict=strict, side=side))
 
-    def _is_mysql(self, side: Side) -> bool:
-        return side == "source" or self.target is None or self.target.kind == "mysql"
+    def _after_cursor(self, table: sa.TableClause, *, strict: bool = False) -> Any:
+        """Rows whose modifier is after the cursor (`strict`: at it, too): outside the
+        synced scope, found through the modifier's index."""
+        bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
+        modifier = table.c[self.cfg.modifier]
+        return modifier >= bound if strict else modifier > bound
 
     def count_after_cursor(self, side: Side) -> int:
         """Rows whose modifier is after the cursor (changed since the run read the source):
@@ -481,8 +484,7 @@ class TablePair:
         if not self.scoped:
             return 0
         table = self.table(side)
-        bound = cursor_literal(self.shape.column(self.cfg.modifier).data_type, self.cursor)
-        return self._count(side, table, table.c[self.cfg.modifier] > bound)
+        return self._count(side, table, self._after_cursor(table))
 
     def _count(self, side: Side, table: sa.TableClause, *clauses: sa.ColumnElement[bool]) -> int:
         query = sa.select(sa.func.count()).select_from(table).where(*clauses)

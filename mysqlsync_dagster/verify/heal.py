@@ -79,11 +79,16 @@ class SourceHalf:
     source_rows: int | None = None  # the synced scope's rows
 
 
+def sweep_start(sweep: SweepState) -> Key | None:
+    """Where a run's slice starts: the sweep's place, or the table's start for a new sweep."""
+    return sweep.position if sweep.started_at is not None else None
+
+
 def source_half(pair: TablePair, sweep: SweepState, budget: int) -> SourceHalf:
     """The source's digests of the slice `_sweep` would compare from `sweep`'s place (the
     same ranges, sized by the source's pace alone) and the count of its synced scope; `pair`
     scoped to the cursor the run will store."""
-    start = sweep.position if sweep.started_at is not None else None
+    start = sweep_start(sweep)
     half = SourceHalf(start, budget, pair.cursor)
     chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, start, 0
     while rows_seen < budget:
@@ -155,10 +160,9 @@ def heal(
     started = time.perf_counter()
     healing = Healing(sweep=SweepState(**vars(sweep)))
     resolver = Resolver(pair, repair, healing)
-    position = sweep.position if sweep.started_at is not None else None
     if source is not None and (source.budget, source.start, source.cursor) != (
         budget,
-        position,
+        sweep_start(sweep),
         pair.cursor,
     ):
         source = None
@@ -255,7 +259,7 @@ def _sweep(
     """Compare consecutive key ranges from the sweep's place until `budget` rows (the ranges
     of `half`, whose source digests are taken already, first)."""
     state = healing.sweep
-    if state.started_at is None or state.position is None:
+    if sweep_start(state) is None:  # a new sweep
         state.started_at, state.runs, state.position = now(), 0, None
     state.runs += 1
     planned = list(half.ranges) if half is not None else []
