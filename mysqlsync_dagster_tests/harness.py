@@ -195,6 +195,24 @@ class SyncEnv:
         )
 
 
+def python_lines(
+    code: str, *args: str, environ: Mapping[str, str], cwd: Path
+) -> tuple[list[dict[str, Any]], str]:
+    """Run `code` (which runs `mysqlsync-dagster sync --json`) in a fresh interpreter: the
+    JSON lines the sync printed, and what the code printed after them."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=dict(environ),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report, _, after = done.stdout.rpartition("]")
+    return json.loads(report + "]"), after
+
+
 def start_sync_process(
     env: SyncEnv, tables: Sequence[dict[str, Any]], cwd: Path, environ: Mapping[str, str] = {}
 ) -> subprocess.Popen[bytes]:

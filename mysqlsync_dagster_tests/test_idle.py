@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ import sqlalchemy as sa
 from mysqlsync_dagster_tests.harness import (
     fetch_comparable,
     materialization_metadata,
+    python_lines,
     stored_cursor,
 )
 
@@ -151,17 +150,7 @@ def cli_sync(config: Path, environ: dict[str, str], cwd: Path) -> tuple[dict, st
         " print(' '.join(m for m in ('dagster', 'dlt') if m in sys.modules) or 'neither');"
         " sys.exit(code)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environ,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report, _, imported = done.stdout.rpartition("]")
-    [line] = json.loads(report + "]")
+    [line], imported = python_lines(code, environ=environ, cwd=cwd)
     return line, imported.strip()
 
 

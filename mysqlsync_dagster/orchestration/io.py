@@ -102,11 +102,11 @@ class TargetTableReader(dg.ConfigurableIOManager):
         with self.target_db.engine.connect() as conn:
             result = conn.connection.dbapi_connection.execute(query)  # type: ignore[union-attr]
             if wanted is pa.RecordBatchReader:  # read whole first: the connection goes back
-                table = result.fetch_arrow_table()
+                table = result.to_arrow_table()
                 return pa.RecordBatchReader.from_batches(
                     table.schema, table.to_batches(max_chunksize=self.read_batch_size)
                 )
-            data = result.fetch_arrow_table()
+            data = result.to_arrow_table()
         return data.to_pandas() if getattr(wanted, "__name__", "") == "DataFrame" else data
 
     def _mysql_columns(self, table: str) -> dict[str, str]:

@@ -167,8 +167,13 @@ def heal(
     ):
         source = None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # the target's count runs beside the target's half of the slice (both cores busy)
-        counted = pool.submit(pair.count, "target") if source is not None else None
+        # the counts run beside the slice: the target's beside the target's half, or both
+        # beside both halves (the target's digest ends first and leaves its core idle)
+        counted: Future[tuple[int, int]] | None = None
+        if source is not None:
+            counted = pool.submit(lambda: (source.source_rows, pair.count("target")))
+        elif known_rows is None:
+            counted = pool.submit(lambda: pair.parallel(lambda side: pair.count(side))[:2])
         _verify(pair, resolver, healing, budget, now, window_since, known_rows, source, counted)
     if log is not None and repair is not None and healing.rows_repaired:
         log.info(
@@ -190,7 +195,7 @@ def _verify(
     window_since: str | None,
     known_rows: int | None,
     source: SourceHalf | None,
-    counted: Future[int] | None,
+    counted: Future[tuple[int, int]] | None,
 ) -> None:
     """`heal`'s three steps: the window, the slice, the counts."""
     if window_since is not None:
@@ -206,11 +211,8 @@ def _verify(
         healing.source_rows = healing.target_rows = known_rows
         healing.counts_known = True
         return
-    early = None
-    if source is not None and counted is not None and not healing.rows_repaired:
-        # counted before any repair: still the target's rows
-        assert source.source_rows is not None
-        early = (source.source_rows, counted.result())
+    # counted before any repair (a repair's count would differ): the early counts serve
+    early = counted.result() if counted is not None and not healing.rows_repaired else None
     _counts(pair, resolver, healing, early)
 
 
