@@ -13,6 +13,7 @@ import time
 import dagster as dg
 import pytest
 
+from mysqlsync_dagster.verify.compare import TablePair
 from mysqlsync_dagster_tests.harness import fetch_comparable, materialization_metadata
 
 ORDERS = {"table": "orders", "primary_key": "id", "modifier": "updated_at"}
@@ -269,6 +270,21 @@ def test_the_source_half_taken_during_the_load_finds_the_same_drift(sync_env, mo
         return taken[-1]
 
     monkeypatch.setattr(sync_run, "source_half", spy)
+    # the source's digest of a slice range waits (up to 20 s) until the verification has
+    # begun the target's digest of that range: it does not wait for the source's
+    target_began: dict[object, threading.Event] = {}
+    overlapped = []
+    real_digest = TablePair.digest
+
+    def digest(self, side, key_range, **kwargs):
+        began = target_began.setdefault(key_range, threading.Event())
+        if side == "target" and not kwargs:
+            began.set()
+        elif threading.current_thread().name == "mysqlsync-source-half":
+            overlapped.append(began.wait(20))
+        return real_digest(self, side, key_range, **kwargs)
+
+    monkeypatch.setattr(TablePair, "digest", digest)
     sync_env.target_exec(
         "UPDATE orders SET status = 'edited by hand' WHERE id = 10",
         "DELETE FROM orders WHERE id = 20",
@@ -283,6 +299,7 @@ def test_the_source_half_taken_during_the_load_finds_the_same_drift(sync_env, mo
     # the one changed within lag_seconds, which the next run reads again
     [half] = taken
     assert half.source_rows == 499 and sum(d.rows for _, d in half.ranges) == 499
+    assert overlapped and all(overlapped)  # each range's two digests ran at the same time
     verdicts = checks(result)
     assert verdicts["row_count_match"].passed and verdicts["checksum_match"].passed
     assert fetch_comparable(sync_env.target, "orders", skip_dlt=True) == fetch_comparable(

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,14 +123,20 @@ class TableRun:
         if not cfg.checksum or self.window is not None or sync.strategy != "upsert" or cfg.binlog:
             return None
 
-        def take() -> SourceHalf:
-            pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine)
-            pair = dataclasses.replace(pair, cursor=sync.cursor_after)  # the scope it stores
-            return source_half(pair, sync.target.read_sweep(cfg.target), cfg.verify_budget)
+        future: Future[SourceHalf] = Future()
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mysqlsync-source-half")
-        future = pool.submit(take)
-        pool.shutdown(wait=False)
+        def take() -> None:  # the half is handed over at once, then taken range by range
+            try:
+                pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine)
+                pair = dataclasses.replace(pair, cursor=sync.cursor_after)  # the scope it stores
+                half = source_half(pair, sync.target.read_sweep(cfg.target), cfg.verify_budget)
+            except BaseException as error:
+                future.set_exception(error)
+                return
+            future.set_result(half)
+            half.take(pair)
+
+        threading.Thread(target=take, name="mysqlsync-source-half", daemon=True).start()
         return future
 
     def verify(

@@ -30,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,15 +69,77 @@ REPAIR_BATCH = 10_000  # keys copied from the source per repair (one load, KEYS_
 @dataclass
 class SourceHalf:
     """The source's half of a run's rolling slice, and its count, taken while the run's rows
-    are still being read and loaded (`source_half`): the load does not change the source, and
-    the source server is otherwise idle then. The verification after the load then computes
-    only the target's half of the same ranges, and counts the target while it does."""
+    are still being read and loaded (`take`, in a thread of its own): the load does not change
+    the source, and the source server is otherwise idle then. Each range is published as soon
+    as it is planned, before its digest is taken, so the verification after the load digests
+    the target's side of a range while the source's is still being computed, and counts the
+    target meanwhile."""
 
     start: Key | None  # the sweep's place the slice starts from
     budget: int
     cursor: str | None  # the synced scope's end the digests were taken with
-    ranges: list[tuple[KeyRange, Digest]] = field(default_factory=list)
+    taken: list[tuple[KeyRange, Future[Digest]]] = field(default_factory=list)
     source_rows: int | None = None  # the synced scope's rows
+    finished: bool = False  # every range and the count taken, or given up
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    @property
+    def ranges(self) -> list[tuple[KeyRange, Digest]]:
+        """The ranges whose source digest has been taken, with it."""
+        return [(r, d.result()) for r, d in self.taken if d.done() and d.exception() is None]
+
+    def take(self, pair: TablePair) -> None:
+        """The source's digests of the slice `_sweep` would compare from the sweep's place
+        (the same ranges, sized by the source's pace alone) and the count of its synced scope;
+        `pair` scoped to the cursor the run will store. Never raises: what it could not take,
+        the verification takes itself."""
+        try:
+            chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, self.start, 0
+            while rows_seen < self.budget:
+                rows = max(1, min(chunk_rows, self.budget - rows_seen))
+                key_range = _slice_range(pair, lower, rows, last=rows == self.budget - rows_seen)
+                digest: Future[Digest] = Future()
+                with self._changed:
+                    self.taken.append((key_range, digest))
+                    self._changed.notify_all()
+                began = time.perf_counter()
+                try:
+                    digest.set_result(pair.digest("source", key_range))
+                except BaseException as error:
+                    digest.set_exception(error)
+                    raise
+                rows_seen += digest.result().rows
+                if key_range.upper is None:
+                    break
+                chunk_rows = next_chunk_rows(chunk_rows, time.perf_counter() - began)
+                lower = key_range.upper
+            self.source_rows = pair.count("source")
+        except Exception:  # the verification takes the rest itself
+            pass
+        finally:
+            with self._changed:
+                self.finished = True
+                self._changed.notify_all()
+
+    def planned(self) -> Iterator[tuple[KeyRange, Future[Digest]]]:
+        """The ranges in order, each as soon as it is planned (its digest may be pending)."""
+        position = 0
+        while True:
+            with self._changed:
+                self._changed.wait_for(
+                    lambda at=position: len(self.taken) > at or self.finished  # type: ignore[misc]
+                )
+                if len(self.taken) <= position:
+                    return
+                item = self.taken[position]
+            position += 1
+            yield item
+
+    def counted_rows(self) -> int | None:
+        """The source's count, once taken (None if it could not be)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.finished)
+        return self.source_rows
 
 
 def sweep_start(sweep: SweepState) -> Key | None:
@@ -85,25 +148,8 @@ def sweep_start(sweep: SweepState) -> Key | None:
 
 
 def source_half(pair: TablePair, sweep: SweepState, budget: int) -> SourceHalf:
-    """The source's digests of the slice `_sweep` would compare from `sweep`'s place (the
-    same ranges, sized by the source's pace alone) and the count of its synced scope; `pair`
-    scoped to the cursor the run will store."""
-    start = sweep_start(sweep)
-    half = SourceHalf(start, budget, pair.cursor)
-    chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, start, 0
-    while rows_seen < budget:
-        rows = max(1, min(chunk_rows, budget - rows_seen))
-        key_range = _slice_range(pair, lower, rows, last=rows == budget - rows_seen)
-        began = time.perf_counter()
-        digest = pair.digest("source", key_range)
-        half.ranges.append((key_range, digest))
-        rows_seen += digest.rows
-        if key_range.upper is None:
-            break
-        chunk_rows = next_chunk_rows(chunk_rows, time.perf_counter() - began)
-        lower = key_range.upper
-    half.source_rows = pair.count("source")
-    return half
+    """A `SourceHalf` of the slice from `sweep`'s place, to be taken (`take`)."""
+    return SourceHalf(sweep_start(sweep), budget, pair.cursor)
 
 
 @dataclass
@@ -171,7 +217,7 @@ def heal(
         # beside both halves (the target's digest ends first and leaves its core idle)
         counted: Future[tuple[int, int]] | None = None
         if source is not None:
-            counted = pool.submit(lambda: (source.source_rows, pair.count("target")))
+            counted = pool.submit(_early_counts, pair, source)
         elif known_rows is None:
             counted = pool.submit(lambda: pair.parallel(lambda side: pair.count(side))[:2])
         _verify(pair, resolver, healing, budget, now, window_since, known_rows, source, counted)
@@ -214,6 +260,14 @@ def _verify(
     # counted before any repair (a repair's count would differ): the early counts serve
     early = counted.result() if counted is not None and not healing.rows_repaired else None
     _counts(pair, resolver, healing, early)
+
+
+def _early_counts(pair: TablePair, half: SourceHalf) -> tuple[int, int]:
+    """The target's count, and the source's as its half took it (counted here if it could
+    not be)."""
+    target = pair.count("target")
+    source = half.counted_rows()
+    return (pair.count("source") if source is None else source), target
 
 
 def _counts(
@@ -264,7 +318,7 @@ def _sweep(
     if sweep_start(state) is None:  # a new sweep
         state.started_at, state.runs, state.position = now(), 0, None
     state.runs += 1
-    planned = list(half.ranges) if half is not None else []
+    planned = half.planned() if half is not None else iter(())
     chunk_rows = FIRST_CHUNK_ROWS
     lower = state.position
     while True:
@@ -272,11 +326,16 @@ def _sweep(
         if remaining is not None and remaining <= 0:
             state.position = lower
             return
-        if planned:
-            key_range, source = planned.pop(0)
+        taken = next(planned, None)
+        if taken is not None:  # the target's digest while the source's may still be running
+            key_range, pending = taken
             began = time.perf_counter()
             target = pair.digest("target", key_range)
             seconds, upper = time.perf_counter() - began, key_range.upper
+            try:
+                source = pending.result()
+            except Exception:
+                source = pair.digest("source", key_range)
         else:
             rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
             key_range = _slice_range(pair, lower, rows, last=rows == remaining)

@@ -200,13 +200,14 @@ class DuckDBLoader:
             sql = (
                 f"INSERT INTO {qualified(self.schema, into)}"
                 f" ({', '.join(quote(c) for c in columns)})"
-                f" SELECT {', '.join(values)}, :load_id,"
-                f" :token || CAST(:first + row_number() OVER () AS VARCHAR) FROM {view}"
+                f" SELECT {', '.join(values)}, {_literal(load_id)}, {_literal(self.run_token)}"
+                f" || CAST({int(self._inserted)} + row_number() OVER () AS VARCHAR) FROM {view}"
             )  # `_dlt_id`: the run's token and the row's number (uuid() per row cost 40%)
             if self.strategy == "upsert":
                 sql += self._on_conflict()
-            parameters = {"load_id": load_id, "token": self.run_token, "first": self._inserted}
-            conn.execute(sa.text(sql), parameters)
+            # the run's own values as literals: with bound parameters DuckDB's ON CONFLICT
+            # took 0.35 s instead of 0.04 s for 10,000 rows into 1M
+            conn.exec_driver_sql(sql)
         except sa.exc.DBAPIError as error:
             raise LoadError(f"{self.target}: DuckDB refused a batch: {error.orig}") from error
         finally:
@@ -216,7 +217,9 @@ class DuckDBLoader:
         data = [w for w in self.wire if w.column.name not in self._key]
         if not data:
             return " ON CONFLICT DO NOTHING"
-        names = [w.column.name for w in self.wire] + list(DLT_COLUMNS)
+        # not the key's own columns (equal, byte for byte): DuckDB turns an update of an
+        # indexed column into a delete and an insert (10,000 rows into 1M: 0.55 s, not 0.05 s)
+        names = [w.column.name for w in data] + list(DLT_COLUMNS)
         assignments = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names)
 
         def differs(wire: WireColumn) -> str:
@@ -325,6 +328,11 @@ class DuckDBTarget(state.StateInSchema):
         merge_each_part: bool,
     ) -> DuckDBLoader:
         return DuckDBLoader(self.engine, self.schema, table, wire, strategy, batch_size)
+
+
+def _literal(text: str) -> str:
+    """A DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _retype(column: Column, key: bool, current: str) -> str | None:
