@@ -145,7 +145,7 @@ def _postgres_engine(settings: DatabaseSettings) -> Engine:
     the settings say (`verify-full` with a CA, `require` without verification)."""
     connect_args: dict[str, object] = {
         "connect_timeout": settings.connect_timeout,
-        "options": "-c TimeZone=UTC -c client_encoding=UTF8",
+        "options": "-c TimeZone=UTC -c client_encoding=UTF8 -c DateStyle=ISO",
         "application_name": "mysqlsync-dagster",
         "keepalives": 1,
         "keepalives_idle": 30,

@@ -265,8 +265,8 @@ def test_the_source_half_taken_during_the_load_finds_the_same_drift(sync_env, mo
     taken = []
     real = sync_run.source_half
 
-    def spy(pair, sweep, budget):
-        taken.append(real(pair, sweep, budget))
+    def spy(*args):
+        taken.append(real(*args))
         return taken[-1]
 
     monkeypatch.setattr(sync_run, "source_half", spy)
@@ -300,6 +300,10 @@ def test_the_source_half_taken_during_the_load_finds_the_same_drift(sync_env, mo
     [half] = taken
     assert half.source_rows == 499 and sum(d.rows for _, d in half.ranges) == 499
     assert overlapped and all(overlapped)  # each range's two digests ran at the same time
+    # the synced window's source digest, taken early: the row at the stored cursor (the
+    # changed row is within lag_seconds, after the stored scope)
+    assert half.window.result().rows == 1
+    assert "(1 synced, 499 of the rolling slice" in checks(result)["checksum_match"].description
     verdicts = checks(result)
     assert verdicts["row_count_match"].passed and verdicts["checksum_match"].passed
     assert fetch_comparable(sync_env.target, "orders", skip_dlt=True) == fetch_comparable(

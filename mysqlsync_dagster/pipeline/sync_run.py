@@ -129,7 +129,8 @@ class TableRun:
             try:
                 pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine)
                 pair = dataclasses.replace(pair, cursor=sync.cursor_after)  # the scope it stores
-                half = source_half(pair, sync.target.read_sweep(cfg.target), cfg.verify_budget)
+                sweep = sync.target.read_sweep(cfg.target)
+                half = source_half(pair, sweep, cfg.verify_budget, sync.read_from)
             except BaseException as error:
                 future.set_exception(error)
                 return

@@ -78,6 +78,8 @@ class SourceHalf:
     start: Key | None  # the sweep's place the slice starts from
     budget: int
     cursor: str | None  # the synced scope's end the digests were taken with
+    window_since: str | None = None  # the synced window's start, if its digest is taken too
+    window: Future[Digest] = field(default_factory=Future)  # the synced window's source digest
     taken: list[tuple[KeyRange, Future[Digest]]] = field(default_factory=list)
     source_rows: int | None = None  # the synced scope's rows
     finished: bool = False  # every range and the count taken, or given up
@@ -94,6 +96,13 @@ class SourceHalf:
         `pair` scoped to the cursor the run will store. Never raises: what it could not take,
         the verification takes itself."""
         try:
+            if self.window_since is not None:  # the verification compares the window first
+                try:
+                    window = pair.narrowed_to(self.window_since)
+                    self.window.set_result(window.digest("source", KeyRange()))
+                except BaseException as error:
+                    self.window.set_exception(error)
+                    raise
             chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, self.start, 0
             while rows_seen < self.budget:
                 rows = max(1, min(chunk_rows, self.budget - rows_seen))
@@ -147,9 +156,12 @@ def sweep_start(sweep: SweepState) -> Key | None:
     return sweep.position if sweep.started_at is not None else None
 
 
-def source_half(pair: TablePair, sweep: SweepState, budget: int) -> SourceHalf:
-    """A `SourceHalf` of the slice from `sweep`'s place, to be taken (`take`)."""
-    return SourceHalf(sweep_start(sweep), budget, pair.cursor)
+def source_half(
+    pair: TablePair, sweep: SweepState, budget: int, window_since: str | None = None
+) -> SourceHalf:
+    """A `SourceHalf` of the slice from `sweep`'s place (and of the synced window from
+    `window_since`), to be taken (`take`)."""
+    return SourceHalf(sweep_start(sweep), budget, pair.cursor, window_since)
 
 
 @dataclass
@@ -246,7 +258,14 @@ def _verify(
     """`heal`'s three steps: the window, the slice, the counts."""
     if window_since is not None:
         window = pair.narrowed_to(window_since)
-        source_digest, target_digest, _ = window.digests(KeyRange())
+        if source is not None and source.window_since == window_since:
+            target_digest = window.digest("target", KeyRange())
+            try:  # taken during the load
+                source_digest = source.window.result()
+            except Exception:
+                source_digest = window.digest("source", KeyRange())
+        else:
+            source_digest, target_digest, _ = window.digests(KeyRange())
         healing.window_rows = source_digest.rows
         healing.ranges += 1
         if source_digest != target_digest:
