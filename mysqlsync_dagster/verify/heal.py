@@ -36,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -62,6 +63,7 @@ from mysqlsync_dagster.verify.compare import (
 )
 from mysqlsync_dagster.verify.deletes import absent_in_source, delete_keys, key_set_differences
 
+T = TypeVar("T")
 REPAIR_ATTEMPTS = 3
 REPAIR_BATCH = 10_000  # keys copied from the source per repair (one load, KEYS_PER_QUERY a read)
 
@@ -97,12 +99,8 @@ class SourceHalf:
         the verification takes itself."""
         try:
             if self.window_since is not None:  # the verification compares the window first
-                try:
-                    window = pair.narrowed_to(self.window_since)
-                    self.window.set_result(window.digest("source", KeyRange()))
-                except BaseException as error:
-                    self.window.set_exception(error)
-                    raise
+                window = pair.narrowed_to(self.window_since)
+                _fulfil(self.window, partial(window.digest, "source", KeyRange()))
             chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, self.start, 0
             while rows_seen < self.budget:
                 rows = max(1, min(chunk_rows, self.budget - rows_seen))
@@ -112,12 +110,7 @@ class SourceHalf:
                     self.taken.append((key_range, digest))
                     self._changed.notify_all()
                 began = time.perf_counter()
-                try:
-                    digest.set_result(pair.digest("source", key_range))
-                except BaseException as error:
-                    digest.set_exception(error)
-                    raise
-                rows_seen += digest.result().rows
+                rows_seen += _fulfil(digest, partial(pair.digest, "source", key_range)).rows
                 if key_range.upper is None:
                     break
                 chunk_rows = next_chunk_rows(chunk_rows, time.perf_counter() - began)
@@ -149,6 +142,31 @@ class SourceHalf:
         with self._changed:
             self._changed.wait_for(lambda: self.finished)
         return self.source_rows
+
+
+def _fulfil(future: Future[T], compute: Callable[[], T]) -> T:
+    """`compute()`, its result or its error also set on `future` (for the other thread)."""
+    try:
+        result = compute()
+    except BaseException as error:
+        future.set_exception(error)
+        raise
+    future.set_result(result)
+    return result
+
+
+def _taken_or(pending: Future[T], compute: Callable[[], T]) -> T:
+    """What the source half took, or `compute()` where it could not take it."""
+    try:
+        return pending.result()
+    except Exception:
+        return compute()
+
+
+def _counted(pair: TablePair) -> tuple[int, int]:
+    """Both sides' counts of the synced scope, taken at once."""
+    source, target, _ = pair.parallel(lambda side: pair.count(side))
+    return source, target
 
 
 def sweep_start(sweep: SweepState) -> Key | None:
@@ -231,7 +249,7 @@ def heal(
         if source is not None:
             counted = pool.submit(_early_counts, pair, source)
         elif known_rows is None:
-            counted = pool.submit(lambda: pair.parallel(lambda side: pair.count(side))[:2])
+            counted = pool.submit(_counted, pair)
         _verify(pair, resolver, healing, budget, now, window_since, known_rows, source, counted)
     if log is not None and repair is not None and healing.rows_repaired:
         log.info(
@@ -260,10 +278,7 @@ def _verify(
         window = pair.narrowed_to(window_since)
         if source is not None and source.window_since == window_since:
             target_digest = window.digest("target", KeyRange())
-            try:  # taken during the load
-                source_digest = source.window.result()
-            except Exception:
-                source_digest = window.digest("source", KeyRange())
+            source_digest = _taken_or(source.window, partial(window.digest, "source", KeyRange()))
         else:
             source_digest, target_digest, _ = window.digests(KeyRange())
         healing.window_rows = source_digest.rows
@@ -297,12 +312,10 @@ def _counts(
     of the whole table, then count again. `early`: both counts taken already (the source's
     during the load, the target's beside the slice): they serve unless they differ."""
     for attempt in range(2):
-        if early is not None and attempt == 0:
+        if attempt == 0 and early is not None and early[0] == early[1]:
             source, target = early
-            if source != target:  # counted at different times: count again, at once
-                source, target, _ = pair.parallel(lambda side: pair.count(side))
-        else:
-            source, target, _ = pair.parallel(lambda side: pair.count(side))
+        else:  # early counts that differ were taken at different times: count again, at once
+            source, target = _counted(pair)
         healing.source_rows, healing.target_rows, healing.rows_at_cursor = source, target, 0
         if source == target:
             healing.sweep.kept = 0
@@ -351,10 +364,7 @@ def _sweep(
             began = time.perf_counter()
             target = pair.digest("target", key_range)
             seconds, upper = time.perf_counter() - began, key_range.upper
-            try:
-                source = pending.result()
-            except Exception:
-                source = pair.digest("source", key_range)
+            source = _taken_or(pending, partial(pair.digest, "source", key_range))
         else:
             rows = chunk_rows if remaining is None else max(1, min(chunk_rows, remaining))
             key_range = _slice_range(pair, lower, rows, last=rows == remaining)

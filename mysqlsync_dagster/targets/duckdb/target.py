@@ -44,6 +44,7 @@ from mysqlsync_dagster.targets.postgres import state
 from mysqlsync_dagster.targets.postgres.ddl import (
     default_sql,
     diff_columns,
+    literal,
     qualified,
     quote,
     short_name,
@@ -200,8 +201,8 @@ class DuckDBLoader:
             sql = (
                 f"INSERT INTO {qualified(self.schema, into)}"
                 f" ({', '.join(quote(c) for c in columns)})"
-                f" SELECT {', '.join(values)}, {_literal(load_id)}, {_literal(self.run_token)}"
-                f" || CAST({int(self._inserted)} + row_number() OVER () AS VARCHAR) FROM {view}"
+                f" SELECT {', '.join(values)}, {literal(load_id)}, {literal(self.run_token)}"
+                f" || CAST({self._inserted} + row_number() OVER () AS VARCHAR) FROM {view}"
             )  # `_dlt_id`: the run's token and the row's number (uuid() per row cost 40%)
             if self.strategy == "upsert":
                 sql += self._on_conflict()
@@ -328,11 +329,6 @@ class DuckDBTarget(state.StateInSchema):
         merge_each_part: bool,
     ) -> DuckDBLoader:
         return DuckDBLoader(self.engine, self.schema, table, wire, strategy, batch_size)
-
-
-def _literal(text: str) -> str:
-    """A DuckDB string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _retype(column: Column, key: bool, current: str) -> str | None:

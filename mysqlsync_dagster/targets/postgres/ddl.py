@@ -31,6 +31,11 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """A string literal (PostgreSQL and DuckDB spell them alike)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(schema: str, table: str) -> str:
     return f"{quote(schema)}.{quote(table)}"
 

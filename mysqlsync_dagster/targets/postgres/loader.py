@@ -45,7 +45,7 @@ from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
 from mysqlsync_dagster.targets.base import LoadsInFlight, Strategy
 from mysqlsync_dagster.targets.mysql.loader import LoadStats
-from mysqlsync_dagster.targets.postgres.ddl import qualified, quote, short_name
+from mysqlsync_dagster.targets.postgres.ddl import literal, qualified, quote, short_name
 
 _CSV_OPTIONS = pacsv.WriteOptions(
     include_header=False, quoting_style="all_valid", null_string="", batch_size=8192
@@ -118,11 +118,10 @@ class PostgresLoader(LoadsInFlight):
             # (gen_random_uuid() per row measured at half of COPY's time; no Python string
             # per row either)
             conn.exec_driver_sql(f"CREATE SEQUENCE {self._q(self.sequence)}")
-            token = "'" + self.run_token.replace("'", "''") + "'"
-            sequence = "'" + self._q(self.sequence).replace("'", "''") + "'"
             conn.exec_driver_sql(
                 f"ALTER TABLE {self._q(self._into)} ALTER COLUMN {quote(DLT_ID_COLUMN)}"
-                f" SET DEFAULT {token} || nextval({sequence})"
+                f" SET DEFAULT {literal(self.run_token)}"
+                f" || nextval({literal(self._q(self.sequence))})"
             )
         self._start_streams(self.load_streams if self._bulk_only else 1, "mysqlsync-copy")
 
@@ -199,11 +198,10 @@ class PostgresLoader(LoadsInFlight):
     def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:
         self.stats.load_id = load_id
         if self._load_id != load_id:
-            literal = "'" + load_id.replace("'", "''") + "'"
             with self.engine.begin() as conn:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {self._q(self._into)} ALTER COLUMN"
-                    f" {quote(LOAD_ID_COLUMN)} SET DEFAULT {literal}"
+                    f" {quote(LOAD_ID_COLUMN)} SET DEFAULT {literal(load_id)}"
                 )
             self._load_id = load_id
         for batch in batches:
