@@ -42,6 +42,12 @@ class BinlogPurged(SchemaError):
     """A binlog table's stored position is gone from the source's binlog (a retry cannot help)."""
 
 
+class SourceRestarted(SyncError):
+    """The source server restarted while the run read it: what was read may have been cut
+    short without an error (connectorx can end a result early when the server dies), so the
+    run is not committed; trying again reads it whole."""
+
+
 class LoadError(RuntimeError):
     """The target refused or altered data; nothing of the failing batch was kept."""
 
@@ -175,7 +181,9 @@ def is_transient(error: BaseException) -> bool:
 
 def is_retryable(error: BaseException) -> bool:
     """Whether a failed table run can succeed if retried (see the module docstring)."""
-    return isinstance(error, TableBusy | TransientCheckError) or is_transient(error)
+    return isinstance(error, TableBusy | SourceRestarted | TransientCheckError) or is_transient(
+        error
+    )
 
 
 # A failed table run is retried up to RETRIES times; the n-th wait is (2**n - 1) times

@@ -41,7 +41,7 @@ from mysqlsync_dagster.catalog import (
 )
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.db import connect, key_in
-from mysqlsync_dagster.errors import BinlogPurged, SchemaError, TableBusy
+from mysqlsync_dagster.errors import BinlogPurged, SchemaError, SourceRestarted, TableBusy
 from mysqlsync_dagster.pipeline import binlog
 from mysqlsync_dagster.pipeline.binlog import Batch, CaptureStats, Position
 from mysqlsync_dagster.pipeline.extract import (
@@ -503,6 +503,7 @@ class TableSync:
         started = time.perf_counter()
         total = self.source_rows_estimate if self.strategy == "swap" else None
         progress = ExtractionProgress(self.log.info, self.cfg.table, total)
+        uptime = self._source_uptime()
         extraction = Extraction(self.batches, parts, progress).start()
         try:
             for part in extraction.parts():
@@ -510,6 +511,8 @@ class TableSync:
                 parts.taken(part)
         finally:
             extraction.stop()
+        if self._source_uptime() < uptime:  # restarted: the read may have ended early, silently
+            raise SourceRestarted(f"{self.cfg.table}: the source server restarted during the read")
         loader.merge()
         self.target.commit(
             loader, self.cfg.target, self.cursor_after, record_state=self.window is None
@@ -528,6 +531,12 @@ class TableSync:
             self._add_capture(report, applied)
             report.seconds = time.perf_counter() - self._started
         return report
+
+    def _source_uptime(self) -> int:
+        """The source server's uptime in seconds (it starts again from 0 after a restart)."""
+        with self.source_engine.connect() as conn:
+            row = conn.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Uptime'").one()
+        return int(row[1])
 
     def _report(self, rows_extracted: int, rows_written: int) -> SyncReport:
         assert self.shape is not None
