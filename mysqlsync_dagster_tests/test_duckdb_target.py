@@ -84,6 +84,45 @@ def test_full_refresh_swap_keeps_views_and_the_checks_find_and_repair(duck_sync_
     assert sorted(env.target_rows("codes")) == sorted(env.source_rows("codes"))
 
 
+def free_blocks(env) -> int:
+    """Blocks of the DuckDB file that hold nothing (written, then left by a rewrite)."""
+    with env.target.connect() as conn:
+        return conn.exec_driver_sql("SELECT free_blocks FROM pragma_database_size()").scalar_one()
+
+
+def test_a_copy_fills_its_file_compactly_and_merges_scattered_changes(duck_sync_env):
+    """A full copy is written in DuckDB's whole row groups, by one thread, so the checkpoint
+    has nothing to rewrite and the file holds no free blocks (partial row groups, merged at
+    the checkpoint, left 44 of 164 blocks free in a 1M-row copy); an incremental run merges
+    rows scattered over every row group, and a row it re-reads unchanged keeps its load id."""
+    env = duck_sync_env
+    rows = 500_000
+    create_orders(env, rows)
+    cfg = {**ORDERS, "batch_size": 50_000, "verify_budget": 50_000}
+    first = env.sync([cfg])
+    assert materialization_metadata(first, "sync_orders")["strategy"] == "swap"
+    assert free_blocks(env) == 0
+
+    env.source_exec(  # every 100th row, and one past the cursor
+        "UPDATE orders SET status = 'paid', amount = amount + 1,"
+        " updated_at = updated_at + INTERVAL 1 YEAR WHERE id % 100 = 7",
+        "INSERT INTO orders VALUES (500001, 'new', NULL, 'late', '2030-01-01 00:00:00')",
+    )
+    second = env.sync([cfg])
+    meta = materialization_metadata(second, "sync_orders")
+    assert meta["strategy"] == "upsert"
+    assert meta["rows_written"] == rows // 100 + 2  # and the row at the old cursor, re-read
+    with env.target.connect() as conn:
+        loads = dict(
+            conn.exec_driver_sql(
+                "SELECT id % 100 = 7 OR id > 500000, count(DISTINCT _dlt_load_id)"
+                " FROM orders GROUP BY ALL"
+            ).fetchall()
+        )
+    assert loads == {True: 1, False: 1}
+    assert sorted(env.target_rows("orders")) == sorted(env.source_rows("orders"))
+
+
 # A CLI run into DuckDB, then pandas imported by the same interpreter: DuckDB sees its values.
 _SYNC_THEN_PANDAS = """
 import sys

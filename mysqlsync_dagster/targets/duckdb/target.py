@@ -5,13 +5,13 @@
   Secondary indexes are left out (DuckDB scans columns; an ART index only slows writes).
   Generated columns are copied as values. New source columns are added, changed ones altered
   (`ALTER COLUMN ... TYPE`), dropped ones kept and made nullable.
-- **Loading**: each batch of wire text is handed to DuckDB as an Arrow table and cast in SQL
-  (`types.duckdb_load_sql`): an incremental run inserts it straight into the live table with
-  `ON CONFLICT (key) DO UPDATE ... WHERE` the row differs; a full refresh fills a table built
-  aside without its key (in committed inserts of about 250,000 rows), adds the key once
-  filled, and replaces the live table in the commit's transaction (DuckDB's DDL is
-  transactional: readers see the old rows or the new ones; views are bound by name and keep
-  working).
+- **Loading**: each batch of wire text is handed to DuckDB as an Arrow stream and cast in SQL
+  (`types.duckdb_load_sql`): an incremental run merges it into the live table by key (its
+  rows that differ from the target's replace them by a delete and an insert; equal rows are
+  left alone); a full refresh fills a table built aside without its key, by one thread, in
+  committed inserts of whole row groups, adds the key once filled, and replaces the live
+  table in the commit's transaction (DuckDB's DDL is transactional: readers see the old rows
+  or the new ones; views are bound by name and keep working).
 - **State** `_mysqlsync_state` in the table's schema (`targets/postgres/state.py`: the same SQL),
   and a lock per table within this process. DuckDB lets one process at a time open a file for
   writing: a run of another process waits for it as for a lock (retried, see errors.py), so keep
@@ -56,8 +56,12 @@ _SPELLINGS = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "INT": "INTEGER"}
 # 64 MB of wire text), each committed: an insert that fills row groups is written to the file
 # as it goes (optimistic writes), so the commit is short and the process holds one insert's
 # rows. 50,000-row inserts went through DuckDB's log: a commit per insert cost 1.9 s of a 1M-row
-# load; a commit per 250,000 rows 1.0 s; one transaction held 130 MB more.
-BULK_INSERT_ROWS = 2 * 122_880
+# load; a commit per 250,000 rows 1.0 s; one transaction held 130 MB more. Each insert but the
+# last is whole row groups: an insert's partial last row group stays one, and the checkpoint
+# merges such row groups by rewriting them (1M rows in 250,000-row inserts: 0.44 s more at the
+# close and a file of 39 MB, not 28 MB).
+ROW_GROUP_ROWS = 122_880
+BULK_INSERT_ROWS = 2 * ROW_GROUP_ROWS
 BULK_INSERT_BYTES = 64 * 2**20
 _LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -127,6 +131,7 @@ class DuckDBLoader:
     _key: list[str] = field(default_factory=list, repr=False)
     _pending: list[pa.Table] = field(default_factory=list, repr=False)  # the aside table's next
     _inserted: int = 0  # rows inserted by this run (numbers each row's `_dlt_id`)
+    _threads: int | None = None  # DuckDB's threads, while the aside table loads on one
 
     @property
     def aside(self) -> str:
@@ -145,6 +150,11 @@ class DuckDBLoader:
                     for c in columns
                 )
                 conn.exec_driver_sql(f"CREATE TABLE {qualified(self.schema, self.aside)} ({body})")
+                self._threads = conn.exec_driver_sql("SELECT current_setting('threads')").scalar()
+                # One thread fills whole row groups in insertion order. Two threads each
+                # filled row groups of their own, which the checkpoint then rewrote: 1M
+                # `orders` rows took 0.56 s more at the close and 27 MB instead of 17 MB.
+                conn.exec_driver_sql("SET threads = 1")
 
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
         batches = (
@@ -169,19 +179,24 @@ class DuckDBLoader:
                     sum(t.num_rows for t in pending) >= BULK_INSERT_ROWS
                     or sum(t.nbytes for t in pending) >= BULK_INSERT_BYTES
                 ):
-                    self._flush(load_id)
+                    self._flush(load_id, whole_row_groups=True)
             else:
                 self._commit_insert(table, load_id)
             self.stats.csv_bytes += table.nbytes
             self.stats.rows += batch.num_rows
             self.stats.batches += 1
 
-    def _flush(self, load_id: str) -> None:
-        """Insert the aside table's pending batches at once (`BULK_INSERT_ROWS`)."""
-        if self._pending:
-            table = pa.concat_tables(self._pending)
-            self._pending = []
-            self._commit_insert(table, load_id)
+    def _flush(self, load_id: str, whole_row_groups: bool = False) -> None:
+        """Insert the aside table's pending batches (`BULK_INSERT_ROWS`); `whole_row_groups`:
+        as many rows as fill whole row groups, the rest kept for the next insert."""
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        rows = table.num_rows
+        if whole_row_groups and rows >= ROW_GROUP_ROWS:
+            rows -= rows % ROW_GROUP_ROWS
+        self._pending = [table.slice(rows)] if rows < table.num_rows else []
+        self._commit_insert(table.slice(0, rows), load_id)
 
     def _commit_insert(self, table: pa.Table, load_id: str) -> None:
         with self.engine.begin() as conn:
@@ -196,45 +211,82 @@ class DuckDBLoader:
         raw.register(view, table.__arrow_c_stream__())
         try:
             values = [duckdb_load_sql(w.column, f"c{i}") for i, w in enumerate(self.wire)]
-            columns = [w.column.name for w in self.wire] + list(DLT_COLUMNS)
-            into = self.target if self.strategy == "upsert" else self.aside
-            sql = (
-                f"INSERT INTO {qualified(self.schema, into)}"
-                f" ({', '.join(quote(c) for c in columns)})"
-                f" SELECT {', '.join(values)}, {literal(load_id)}, {literal(self.run_token)}"
+            names = [w.column.name for w in self.wire] + list(DLT_COLUMNS)
+            # `_dlt_id`: the run's token and the row's number (uuid() per row cost 40%); the
+            # run's own values as literals: with bound parameters DuckDB's ON CONFLICT took
+            # 0.35 s instead of 0.04 s for 10,000 rows into 1M
+            select = (
+                f"SELECT {', '.join(values)}, {literal(load_id)}, {literal(self.run_token)}"
                 f" || CAST({self._inserted} + row_number() OVER () AS VARCHAR) FROM {view}"
-            )  # `_dlt_id`: the run's token and the row's number (uuid() per row cost 40%)
+            )
             if self.strategy == "upsert":
-                sql += self._on_conflict()
-            # the run's own values as literals: with bound parameters DuckDB's ON CONFLICT
-            # took 0.35 s instead of 0.04 s for 10,000 rows into 1M
-            conn.exec_driver_sql(sql)
+                self._upsert(conn, select, names)
+            else:
+                columns = ", ".join(quote(c) for c in names)
+                conn.exec_driver_sql(
+                    f"INSERT INTO {qualified(self.schema, self.aside)} ({columns}) {select}"
+                )
         except sa.exc.DBAPIError as error:
             raise LoadError(f"{self.target}: DuckDB refused a batch: {error.orig}") from error
         finally:
             raw.unregister(view)
 
-    def _on_conflict(self) -> str:
+    def _upsert(self, conn: Connection, select: str, names: list[str]) -> None:
+        """Merge a batch by key: its rows that differ from the target's (or are new) replace
+        them, by a delete and an insert in the batch's transaction; rows equal to the target's
+        are left as they are, their `_dlt_load_id` and `_dlt_id` too.
+
+        Not `INSERT ... ON CONFLICT DO UPDATE`: DuckDB updates a row in place, and the commit
+        then checkpoints every row group the update touched, rewriting their columns. 10,000
+        rows scattered over 1M (the benchmark's 1%): 0.57 s by the update, its commit 0.41 s
+        of it; 0.17 s by the delete and insert, whose commit writes the new rows and the
+        deleted rows' marks. Over 30 such runs the file stayed smaller too (35-42 MB against
+        45-46 MB): DuckDB's checkpoint reclaims row groups' deleted rows as they accumulate."""
+        batch = "_mss_upsert"
+        target = qualified(self.schema, self.target)
+        columns = ", ".join(quote(c) for c in names)
+        key = " AND ".join(f"t.{quote(c)} = b.{quote(c)}" for c in self._key)
+        conn.exec_driver_sql(f"CREATE OR REPLACE TEMP TABLE {batch} ({columns}) AS {select}")
+        try:
+            unchanged = self._unchanged("t", "b")
+            conn.exec_driver_sql(
+                f"DELETE FROM temp.main.{batch} AS b WHERE EXISTS"
+                f" (SELECT 1 FROM {target} AS t WHERE {key} AND {unchanged})"
+            )
+            conn.exec_driver_sql(
+                f"DELETE FROM {target} AS t USING temp.main.{batch} AS b WHERE {key}"
+            )
+            conn.exec_driver_sql(
+                f"INSERT INTO {target} ({columns}) SELECT {columns} FROM temp.main.{batch}"
+            )
+        finally:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.main.{batch}")
+
+    def _unchanged(self, old: str, new: str) -> str:
+        """SQL: the row `new` holds the same source values as the row `old` (its key's)."""
         data = [w for w in self.wire if w.column.name not in self._key]
-        if not data:
-            return " ON CONFLICT DO NOTHING"
-        # not the key's own columns (equal, byte for byte): DuckDB turns an update of an
-        # indexed column into a delete and an insert (10,000 rows into 1M: 0.55 s, not 0.05 s)
-        names = [w.column.name for w in data] + list(DLT_COLUMNS)
-        assignments = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names)
 
-        def differs(wire: WireColumn) -> str:
+        def same(wire: WireColumn) -> str:
             name = quote(wire.column.name)
-            if duckdb_type(wire.column) == "JSON":
-                return f"CAST({name} AS VARCHAR) IS DISTINCT FROM CAST(EXCLUDED.{name} AS VARCHAR)"
-            return f"{name} IS DISTINCT FROM EXCLUDED.{name}"
+            if duckdb_type(wire.column) == "JSON":  # JSON has no equality of its own
+                return (
+                    f"CAST({old}.{name} AS VARCHAR)"
+                    f" IS NOT DISTINCT FROM CAST({new}.{name} AS VARCHAR)"
+                )
+            return f"{old}.{name} IS NOT DISTINCT FROM {new}.{name}"
 
-        key = ", ".join(quote(c) for c in self._key)
-        where = " OR ".join(differs(w) for w in data)
-        return f" ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {where}"
+        return " AND ".join(same(w) for w in data) or "TRUE"
+
+    def _all_threads(self) -> None:
+        """Give DuckDB its threads back (the aside table is loaded)."""
+        if self._threads is not None:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"SET threads = {int(self._threads)}")
+            self._threads = None
 
     def merge(self) -> int:
         self._flush(self.stats.load_id or "")
+        self._all_threads()
         if self.strategy == "swap" and self._key:
             with self.engine.begin() as conn:
                 conn.exec_driver_sql(
@@ -253,6 +305,7 @@ class DuckDBLoader:
 
     def discard(self) -> None:
         self._pending = []
+        self._all_threads()
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified(self.schema, self.aside)}")
 
