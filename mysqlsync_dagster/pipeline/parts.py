@@ -23,14 +23,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from mysqlsync_dagster.pipeline.report import SyncReport
 
-Part = pa.Table | Path  # a batch in memory, or a Parquet file of batches
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
+
+Part: TypeAlias = "pa.Table | Path"  # a batch in memory, or a Parquet file of batches
 PROGRESS_SECONDS = 10.0
 
 
@@ -82,6 +82,8 @@ class MemoryParts:
     def add(self, table: pa.Table, waiting: int) -> Part | None:
         if waiting == 0 or waiting + table.nbytes <= self.MAX_IN_MEMORY_BYTES:
             return table
+        import pyarrow.parquet as pq
+
         path = self.spill_dir / f"spill-{self.spilled:06d}.parquet"
         # lz4: the fastest codec here; the file lives for seconds
         pq.write_table(table, path, compression="lz4", use_dictionary=False)
@@ -133,6 +135,8 @@ class Extraction:
         return self
 
     def _run(self) -> None:
+        import pyarrow as pa
+
         started = time.perf_counter()
         try:
             items = iter(self._batches())

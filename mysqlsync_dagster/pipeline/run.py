@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import (
@@ -67,6 +66,9 @@ from mysqlsync_dagster.pipeline.windows import (
 from mysqlsync_dagster.pipeline.wire import WireColumn
 from mysqlsync_dagster.settings import BINLOG_SERVER_ID, DatabaseSettings
 from mysqlsync_dagster.targets.base import Loader, Lock, SchemaReport, Strategy, Target
+
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
 
 # Keys per SELECT (copying rows by key) and per DELETE: an IN list this long stays well
 # within max_allowed_packet and PostgreSQL's parameter limit.
@@ -704,6 +706,8 @@ class TableSync:
             merge_each_part=True,
         )
         loader.prepare()
+        import pyarrow as pa
+
         try:
             for start in range(0, len(keys), KEYS_PER_QUERY):
                 for item in self.read(self.query(keys[start : start + KEYS_PER_QUERY])):

@@ -30,14 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.pipeline.parts import Part
 from mysqlsync_dagster.pipeline.report import SyncReport
+
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 from mysqlsync_dagster.settings import COMPRESSIONS
 
 DEFAULT_STAGING_DIR = ".staging"
@@ -178,6 +180,8 @@ class DiskParts:
 
     def add(self, table: pa.Table, waiting: int = 0) -> Part | None:
         if self._writer is None:
+            import pyarrow.parquet as pq
+
             self._name = f"part-{len(self.manifest.files):05d}.parquet"
             self._writer = pq.ParquetWriter(
                 self.run_dir / self._name,
@@ -228,6 +232,8 @@ class DiskParts:
 
     def _publish(self) -> Path:
         """Close the part and list it in the manifest."""
+        import pyarrow.parquet as pq
+
         assert self._writer is not None
         self._writer.close()
         self._writer, self._batches = None, 0

@@ -85,7 +85,6 @@ class TableRun:
         target_db: Database,
         settings: Settings,
     ) -> TableRun:
-        use_jemalloc(settings.arrow_memory_pool)
         # before extraction; its exact count comes from the verification (no scan of its own)
         pre_sync = source_row_count(cfg, source_db.engine, count=False)
         return cls(scope, cfg, source_db, target_db, pre_sync, settings)
@@ -302,6 +301,7 @@ def run_synced(
         elif sync.unchanged:  # nothing to read: no staging run, no load id
             report = sync.run(MemoryParts(sync.work_dir), "")
         else:
+            use_jemalloc(settings.arrow_memory_pool)  # (and imports pyarrow: rows will move)
             load_id = new_load_id()
             half = run.source_half(sync)
             report = sync.run(parts_for(sync, staging, scope.run_id, load_id), load_id)

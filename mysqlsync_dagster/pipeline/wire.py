@@ -21,15 +21,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import BINARY_TYPES, DATE_TYPES, SPATIAL_TYPES, Column
 from mysqlsync_dagster.db import quote_identifier
 from mysqlsync_dagster.errors import LoadError
+
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
 
 WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date"]
 
@@ -125,6 +126,9 @@ def parquet_batches(
 
 def to_wire_text(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:
     """Cast one extracted column to text and apply the zero-date rule; returns (array, zeros)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     text = array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
     if wire.kind == "date":
         # "-00" can only be a zero month or day in 'YYYY-MM-DD[ hh:mm:ss]': a plain substring

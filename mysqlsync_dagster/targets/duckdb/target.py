@@ -26,9 +26,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -49,6 +48,9 @@ from mysqlsync_dagster.targets.postgres.ddl import (
     quote,
     short_name,
 )
+
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
 
 # DuckDB's spelling in information_schema of the types `duckdb_type` names
 _SPELLINGS = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE", "INT": "INTEGER"}
@@ -157,6 +159,8 @@ class DuckDBLoader:
                 conn.exec_driver_sql("SET threads = 1")
 
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
+        import pyarrow as pa
+
         batches = (
             part.to_batches(max_chunksize=self.batch_size)
             if isinstance(part, pa.Table)
@@ -191,6 +195,8 @@ class DuckDBLoader:
         as many rows as fill whole row groups, the rest kept for the next insert."""
         if not self._pending:
             return
+        import pyarrow as pa
+
         table = pa.concat_tables(self._pending)
         rows = table.num_rows
         if whole_row_groups and rows >= ROW_GROUP_ROWS:

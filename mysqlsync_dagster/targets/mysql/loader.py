@@ -29,12 +29,10 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
@@ -44,6 +42,10 @@ from mysqlsync_dagster.errors import LoadError
 from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
 from mysqlsync_dagster.targets.base import LoadsInFlight
 
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
 
 def use_jemalloc(explicit_pool: str | None) -> None:
     """Make jemalloc Arrow's allocator for this process, unless `ARROW_DEFAULT_MEMORY_POOL`
@@ -52,8 +54,10 @@ def use_jemalloc(explicit_pool: str | None) -> None:
     Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
     with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column
     benchmark table 562 -> 453 MB, 3M orders rows 462 -> 405 MB). Called when a table run
-    starts, not on import.
+    reads rows, not on import.
     """
+    import pyarrow as pa
+
     if explicit_pool or pa.default_memory_pool().backend_name == "jemalloc":
         return
     with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
@@ -62,9 +66,15 @@ def use_jemalloc(explicit_pool: str | None) -> None:
 
 
 Strategy = Literal["upsert", "swap"]
-_CSV_OPTIONS = pacsv.WriteOptions(
-    include_header=False, quoting_style="all_valid", null_string="NULL", batch_size=8192
-)
+
+
+@cache
+def _csv_options() -> pacsv.WriteOptions:
+    import pyarrow.csv as pacsv
+
+    return pacsv.WriteOptions(
+        include_header=False, quoting_style="all_valid", null_string="NULL", batch_size=8192
+    )
 
 
 def work_table_name(target: str, kind: str) -> str:
@@ -192,6 +202,8 @@ class TableLoader(LoadsInFlight):
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
         """Load one part (an Arrow table, or a Parquet file of wire columns), stamped
         `load_id`; its last batches may still be loading when this returns (`drain`)."""
+        import pyarrow as pa
+
         if isinstance(part, pa.Table):
             self._load_batches(part.to_batches(max_chunksize=self.batch_size), load_id)
         else:
@@ -203,6 +215,8 @@ class TableLoader(LoadsInFlight):
         self.stats.files += 1
 
     def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:
+        import pyarrow as pa
+
         self.stats.load_id = load_id
         for batch in batches:
             arrays: list[pa.Array] = []
@@ -218,16 +232,21 @@ class TableLoader(LoadsInFlight):
         """Row numbers, unique in this run: the server makes `_dlt_id` of this run's token and
         each (see `_load_data`). Built from the buffer: `pa.array` of Python values (and
         pyarrow's string kernels given a Python string) would import pandas, 0.25 s a run."""
+        import numpy as np
+        import pyarrow as pa
+
         first = self.stats.rows_numbered
         self.stats.rows_numbered += count
         ordinals = np.arange(first, first + count, dtype=np.int64)
         return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(ordinals)])
 
     def _write_csv(self, table: pa.Table) -> tuple[Path, int]:
+        import pyarrow.csv as pacsv
+
         with tempfile.NamedTemporaryFile(
             "wb", suffix=".csv", dir=self.work_dir, delete=False
         ) as handle:
-            pacsv.write_csv(table, handle, _CSV_OPTIONS)
+            pacsv.write_csv(table, handle, _csv_options())
             csv_path = Path(handle.name)
         return csv_path, table.num_rows
 

@@ -31,12 +31,10 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -47,9 +45,18 @@ from mysqlsync_dagster.targets.base import LoadsInFlight, Strategy
 from mysqlsync_dagster.targets.mysql.loader import LoadStats
 from mysqlsync_dagster.targets.postgres.ddl import literal, qualified, quote, short_name
 
-_CSV_OPTIONS = pacsv.WriteOptions(
-    include_header=False, quoting_style="all_valid", null_string="", batch_size=8192
-)
+if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+
+@cache
+def _csv_options() -> pacsv.WriteOptions:
+    import pyarrow.csv as pacsv
+
+    return pacsv.WriteOptions(
+        include_header=False, quoting_style="all_valid", null_string="", batch_size=8192
+    )
 
 
 def work_table_name(target: str, kind: str) -> str:
@@ -189,6 +196,8 @@ class PostgresLoader(LoadsInFlight):
     def load_part(self, part: pa.Table | Path, load_id: str) -> None:
         """Load one part (an Arrow table, or a Parquet file of wire columns), stamped
         `load_id`."""
+        import pyarrow as pa
+
         if isinstance(part, pa.Table):
             self._load_batches(part.to_batches(max_chunksize=self.batch_size), load_id)
             return
@@ -196,6 +205,9 @@ class PostgresLoader(LoadsInFlight):
         self.stats.files += 1
 
     def _load_batches(self, batches: Iterable[pa.RecordBatch], load_id: str) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         self.stats.load_id = load_id
         if self._load_id != load_id:
             with self.engine.begin() as conn:
@@ -214,7 +226,7 @@ class PostgresLoader(LoadsInFlight):
                 arrays.append(text)
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             sink = pa.BufferOutputStream()
-            pacsv.write_csv(table, sink, _CSV_OPTIONS)
+            pacsv.write_csv(table, sink, _csv_options())
             # the next batch is converted while up to `load_streams` COPYs run
             self._submit(self._load, sink.getvalue(), batch.num_rows)
 
@@ -233,6 +245,8 @@ class PostgresLoader(LoadsInFlight):
             self.stats.batches += 1
 
     def _refuse_nul(self, text: pa.Array, wire: WireColumn, batch: pa.RecordBatch) -> None:
+        import pyarrow.compute as pc
+
         found = pc.match_substring(text, "\x00")
         if not pc.any(found).as_py():
             return
