@@ -54,6 +54,7 @@ from mysqlsync_dagster.pipeline.parts import (
     ExtractionProgress,
     PartSink,
     new_load_id,
+    use_jemalloc,
 )
 from mysqlsync_dagster.pipeline.report import SyncReport
 from mysqlsync_dagster.pipeline.source_stream import SourceStream, give_back, take
@@ -116,6 +117,7 @@ class TableSync:
         resnapshot: bool = False,
         follow_seconds: float = 0.0,
         source_stream: SourceStream | None = None,
+        arrow_memory_pool: str | None = None,
     ) -> None:
         """`window`: a partition run; upsert only the rows whose modifier falls in it, never
         swap the table, never read or write the incremental cursor (stateless). `timezone`:
@@ -123,7 +125,8 @@ class TableSync:
         partition run) follows the binlog (`pipeline/binlog.py`): `binlog_server_id` is
         `BINLOG_SERVER_ID`, `resnapshot` `BINLOG_RESNAPSHOT`, `follow_seconds`
         `BINLOG_FOLLOW_SECONDS`. `source_stream`: the source reader, if the run started it
-        already (its start-up then overlaps the run's own); else one is started here."""
+        already (its start-up then overlaps the run's own); else one is started here.
+        `arrow_memory_pool`: `ARROW_DEFAULT_MEMORY_POOL` (see `use_jemalloc`)."""
         self.cfg = cfg
         self.timezone = timezone
         self.window = window
@@ -136,6 +139,7 @@ class TableSync:
         self.work_dir = Path(tempfile.mkdtemp(prefix=f"mysqlsync-{cfg.key}-", dir=work_root))
         self._lock: Lock | None = None
         self._source_stream = source_stream
+        self.arrow_memory_pool = arrow_memory_pool
         self._started = time.perf_counter()
         self.shape: TableShape | None = None
         self.wire: list[WireColumn] = []
@@ -507,6 +511,10 @@ class TableSync:
         progress = ExtractionProgress(self.log.info, self.cfg.table, total)
         uptime = self._source_uptime()
         extraction = Extraction(self.batches, parts, progress).start()
+        # what the load needs of Arrow, imported while the source runs the query (0.5 s)
+        use_jemalloc(self.arrow_memory_pool)
+        import pyarrow.compute  # noqa: F401
+
         try:
             for part in extraction.parts():
                 loader.load_part(part, load_id)

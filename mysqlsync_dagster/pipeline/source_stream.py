@@ -97,8 +97,6 @@ class SourceStream:
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of `query` on the source at `conn` (a connectorx URL), through
         the dlt resource `spec` describes (a default one when None)."""
-        import pyarrow as pa  # pyarrow reads the pipe with the GIL released while it waits
-
         request = {"conn": conn, "query": query, "batch_size": batch_size, "protocol": protocol}
         if spec is not None:
             request["resource"] = asdict(spec)
@@ -110,6 +108,10 @@ class SourceStream:
             with contextlib.suppress(OSError):  # a child that died: its error is reported below
                 self._process.stdin.write(json.dumps(request).encode() + b"\n")
                 self._process.stdin.flush()
+            # imported once the child has the query (0.3 s, while it runs); pyarrow reads the
+            # pipe with the GIL released while it waits
+            import pyarrow as pa
+
             try:
                 yield from pa.ipc.open_stream(self._process.stdout)
             except (pa.ArrowInvalid, OSError) as error:  # the stream broke off: say why

@@ -30,7 +30,6 @@ from mysqlsync_dagster.pipeline.staging import StagingSettings, stage
 from mysqlsync_dagster.pipeline.windows import ModifierWindow
 from mysqlsync_dagster.settings import Settings
 from mysqlsync_dagster.targets.base import SweepState
-from mysqlsync_dagster.targets.mysql.loader import use_jemalloc
 from mysqlsync_dagster.targets.mysql.state import STATE_TABLE
 from mysqlsync_dagster.verify import idle
 from mysqlsync_dagster.verify.compare import (
@@ -102,6 +101,7 @@ class TableRun:
             resnapshot=self.settings.binlog_resnapshot,
             follow_seconds=self.scope.follow_seconds,
             source_stream=reader,
+            arrow_memory_pool=self.settings.arrow_memory_pool,
         )
 
     def lock_wait_seconds(self) -> int:
@@ -301,7 +301,6 @@ def run_synced(
         elif sync.unchanged:  # nothing to read: no staging run, no load id
             report = sync.run(MemoryParts(sync.work_dir), "")
         else:
-            use_jemalloc(settings.arrow_memory_pool)  # (and imports pyarrow: rows will move)
             load_id = new_load_id()
             half = run.source_half(sync)
             report = sync.run(parts_for(sync, staging, scope.run_id, load_id), load_id)

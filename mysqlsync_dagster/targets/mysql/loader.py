@@ -19,7 +19,6 @@ beats maintaining them row by row); the stage never needs them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import secrets
@@ -45,24 +44,6 @@ from mysqlsync_dagster.targets.base import LoadsInFlight
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
     import pyarrow as pa
     import pyarrow.csv as pacsv
-
-
-def use_jemalloc(explicit_pool: str | None) -> None:
-    """Make jemalloc Arrow's allocator for this process, unless `ARROW_DEFAULT_MEMORY_POOL`
-    (`explicit_pool`) chose one.
-
-    Arrow's default allocator in these wheels (mimalloc) keeps freed pages in per-thread heaps;
-    with the loader's threads, jemalloc holds peak memory lower (measured: the 40-column
-    benchmark table 562 -> 453 MB, 3M orders rows 462 -> 405 MB). Called when a table run
-    reads rows, not on import.
-    """
-    import pyarrow as pa
-
-    if explicit_pool or pa.default_memory_pool().backend_name == "jemalloc":
-        return
-    with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(0)  # return freed pages at once, not after 1 s
 
 
 Strategy = Literal["upsert", "swap"]
