@@ -53,6 +53,7 @@ from mysqlsync_dagster.pipeline.parts import (
     Extraction,
     ExtractionProgress,
     PartSink,
+    as_table,
     new_load_id,
     use_jemalloc,
 )
@@ -714,15 +715,10 @@ class TableSync:
             merge_each_part=True,
         )
         loader.prepare()
-        import pyarrow as pa
-
         try:
             for start in range(0, len(keys), KEYS_PER_QUERY):
                 for item in self.read(self.query(keys[start : start + KEYS_PER_QUERY])):
-                    part = (
-                        pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
-                    )
-                    loader.load_part(part, self.load_id or new_load_id())
+                    loader.load_part(as_table(item), self.load_id or new_load_id())
             loader.merge()
             self.target.commit(
                 loader,

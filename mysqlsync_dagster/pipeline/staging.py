@@ -36,11 +36,11 @@ from mysqlsync_dagster.config import TableConfig
 from mysqlsync_dagster.errors import ConfigError
 from mysqlsync_dagster.pipeline.parts import Part
 from mysqlsync_dagster.pipeline.report import SyncReport
+from mysqlsync_dagster.settings import COMPRESSIONS
 
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
     import pyarrow as pa
     import pyarrow.parquet as pq
-from mysqlsync_dagster.settings import COMPRESSIONS
 
 DEFAULT_STAGING_DIR = ".staging"
 DEFAULT_COMPRESSION = "zstd"

@@ -102,18 +102,17 @@ class SourceHalf:
         """The source's digests of the slice `_sweep` would compare from the sweep's place
         and the count of its synced scope (unless `count` is off); `pair` scoped to the
         cursor the run will store. Never raises: what it could not take, the verification
-        takes itself. With one worker the ranges are sized by the source's pace alone, as
-        `_sweep` sizes them; with more (`source_workers`), the slice is cut into ranges of
-        equal rows, digested that many at a time."""
+        takes itself. With one worker the window, then each range, is digested in turn, the
+        ranges sized by the source's pace alone, as `_sweep` sizes them; with more
+        (`source_workers`), the slice is cut into ranges of equal rows, digested that many at
+        a time beside the window."""
         try:
             with ThreadPoolExecutor(self.workers, "mysqlsync-source-digest") as pool:
+                run: Callable[..., Any] = pool.submit if self.workers > 1 else _now
                 if self.window_since is not None:  # the verification compares it first
                     window = pair.narrowed_to(self.window_since)
-                    pool.submit(_fulfil, self.window, partial(window.digest, "source", KeyRange()))
-                if self.workers == 1:
-                    self._take_paced(pair)
-                else:
-                    self._take_parallel(pair, pool)
+                    run(_fulfil, self.window, partial(window.digest, "source", KeyRange()))
+                self._take_ranges(pair, run)
             if self.count:
                 self.source_rows = pair.count("source")
         except Exception:  # the verification takes the rest itself
@@ -123,38 +122,30 @@ class SourceHalf:
                 self.finished = True
                 self._changed.notify_all()
 
-    def _publish(self, key_range: KeyRange) -> Future[Digest]:
-        digest: Future[Digest] = Future()
-        with self._changed:
-            self.taken.append((key_range, digest))
-            self._changed.notify_all()
-        return digest
-
-    def _take_paced(self, pair: TablePair) -> None:
-        chunk_rows, lower, rows_seen = FIRST_CHUNK_ROWS, self.start, 0
-        while rows_seen < self.budget:
-            rows = max(1, min(chunk_rows, self.budget - rows_seen))
-            key_range = _slice_range(pair, lower, rows, last=rows == self.budget - rows_seen)
-            digest = self._publish(key_range)
-            began = time.perf_counter()
-            rows_seen += _fulfil(digest, partial(pair.digest, "source", key_range)).rows
-            if key_range.upper is None:
-                break
-            chunk_rows = next_chunk_rows(chunk_rows, time.perf_counter() - began)
-            lower = key_range.upper
-
-    def _take_parallel(self, pair: TablePair, pool: ThreadPoolExecutor) -> None:
-        each = max(MIN_CHUNK_ROWS, -(-self.budget // (PARALLEL_RANGES * self.workers)))
+    def _take_ranges(self, pair: TablePair, run: Callable[..., Any]) -> None:
+        """Plan the slice's ranges, publishing each, and have `run` digest it: at once
+        (`_now`, the next range sized by this one's pace) or in the pool (equal ranges)."""
+        paced = self.workers == 1
+        rows_each = (
+            FIRST_CHUNK_ROWS
+            if paced
+            else max(MIN_CHUNK_ROWS, -(-self.budget // (PARALLEL_RANGES * self.workers)))
+        )
         lower, planned = self.start, 0
         while planned < self.budget:
-            rows = min(each, self.budget - planned)
+            rows = max(1, min(rows_each, self.budget - planned))
             key_range = _slice_range(pair, lower, rows, last=rows == self.budget - planned)
-            pool.submit(
-                _fulfil, self._publish(key_range), partial(pair.digest, "source", key_range)
-            )
-            planned += rows
+            digest: Future[Digest] = Future()
+            with self._changed:
+                self.taken.append((key_range, digest))
+                self._changed.notify_all()
+            began = time.perf_counter()
+            taken = run(_fulfil, digest, partial(pair.digest, "source", key_range))
+            planned += taken.rows if paced else rows
             if key_range.upper is None:
                 break
+            if paced:
+                rows_each = next_chunk_rows(rows_each, time.perf_counter() - began)
             lower = key_range.upper
 
     def planned(self) -> Iterator[tuple[KeyRange, Future[Digest]]]:
@@ -189,6 +180,11 @@ def _fulfil(future: Future[T], compute: Callable[[], T]) -> T:
     return result
 
 
+def _now(compute: Callable[..., T], *args: Any) -> T:
+    """`compute(*args)`, here and now (a pool's `submit`, without the pool)."""
+    return compute(*args)
+
+
 def _taken_or(pending: Future[T], compute: Callable[[], T]) -> T:
     """What the source half took, or `compute()` where it could not take it."""
     try:
@@ -197,7 +193,7 @@ def _taken_or(pending: Future[T], compute: Callable[[], T]) -> T:
         return compute()
 
 
-def _counted(pair: TablePair, _: object = None) -> tuple[int, int]:
+def _counted(pair: TablePair) -> tuple[int, int]:
     """Both sides' counts of the synced scope, taken at once."""
     source, target, _ = pair.parallel(lambda side: pair.count(side))
     return source, target
@@ -211,9 +207,9 @@ def sweep_start(sweep: SweepState) -> Key | None:
 def source_workers(pair: TablePair) -> int:
     """How many of the source's digests to take at once. Across engines, two: the target's
     side (DuckDB in process, PostgreSQL) is the quick one, and MariaDB runs each query on one
-    core. A 250,000-row slice of `orders` took 1.0-1.1 s as one MariaDB query on this
-    project's 2-core machine, and 0.47-0.56 s as four ranges, two at a time. A MySQL target's digest is as
-    slow as the source's, and both already run at once."""
+    core. A 250,000-row slice of `orders` took 0.78-0.97 s as one MariaDB query on this
+    project's 2-core machine, and 0.47-0.56 s as four ranges, two at a time. A MySQL target's
+    digest is as slow as the source's, and both already run at once."""
     return 2 if pair.cross_engine else 1
 
 
@@ -308,7 +304,11 @@ def heal(
         # beside both halves (the target's digest ends first and leaves its core idle)
         counted: Future[tuple[int, int]] | None = None
         if known_rows is None:
-            counted = pool.submit(_counted if source is None else _early_counts, pair, source)
+            counted = (
+                pool.submit(_counted, pair)
+                if source is None
+                else pool.submit(_early_counts, pair, source)
+            )
         _verify(pair, resolver, healing, budget, now, window_since, known_rows, source, counted)
     if log is not None and repair is not None and healing.rows_repaired:
         log.info(
@@ -355,11 +355,11 @@ def _verify(
     _counts(pair, resolver, healing, early)
 
 
-def _early_counts(pair: TablePair, half: SourceHalf | None) -> tuple[int, int]:
+def _early_counts(pair: TablePair, half: SourceHalf) -> tuple[int, int]:
     """The target's count, and the source's as its half took it (counted here if it could
     not be)."""
     target = pair.count("target")
-    source = None if half is None else half.counted_rows()
+    source = half.counted_rows()
     return (pair.count("source") if source is None else source), target
 
 
