@@ -1,8 +1,9 @@
 """The DuckDB type mapping keeps every value exactly, and the cross-engine row digest agrees.
 
 Each type group of the fidelity suite (plus DuckDB-specific ones) is created in a real MariaDB,
-read by the DuckDB wire expressions as Arrow text (with the zero-date rule), loaded into a DuckDB
-file through the load expressions, then: typed values are checked, per-row digests and the
+read as the product reads it for DuckDB (the wire SELECT through connectorx, each column in its
+own type or as text, the zero-date rule applied), loaded into a DuckDB file through the load
+expressions, then: typed values are checked, per-row digests and the
 COUNT / BIT_XOR aggregates agree on both engines, and changing any one value in DuckDB (a unit
 in the last place, a microsecond, a trailing space or byte, NULL) changes that row's digest.
 """
@@ -23,15 +24,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import connectorx as cx
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.errors import SchemaError
+from mysqlsync_dagster.pipeline.wire import WireColumn, wire_values
 from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type, duckdb_wire_sql
 from mysqlsync_dagster.verify.canonical import mysql_canonical_sql, mysql_row_digest_sql
 from mysqlsync_dagster.verify.canonical_duckdb import (
@@ -41,8 +43,6 @@ from mysqlsync_dagster.verify.canonical_duckdb import (
 )
 from mysqlsync_dagster_tests.harness import ServerPair
 from mysqlsync_dagster_tests.test_fidelity import TYPE_GROUPS
-
-ZERO_DATE = r"^(0000-00-00|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
 
 
 def _f32(value: float) -> float:
@@ -129,10 +129,31 @@ GROUPS = {
             " ' x ', '', 'null')",
         ],
     ),
+    # NOT NULL dates travel in their own type (date32, timestamp[us]), not as text
+    "not_null_dates": (
+        """CREATE TABLE t (id INT PRIMARY KEY, d DATE NOT NULL, dt0 DATETIME NOT NULL,
+            dt3 DATETIME(3) NOT NULL, dt6 DATETIME(6) NOT NULL)""",
+        [
+            "INSERT INTO t VALUES (1, '0001-01-01', '0001-01-01 00:00:00',"
+            " '0001-01-01 00:00:00.001', '0001-01-01 00:00:00.000001'),"
+            " (2, '9999-12-31', '9999-12-31 23:59:59', '9999-12-31 23:59:59.999',"
+            " '9999-12-31 23:59:59.999999'),"
+            " (3, '1969-12-31', '1969-12-31 23:59:59', '1970-01-01 00:00:00.000',"
+            " '2024-02-29 12:00:00.5')",
+        ],
+    ),
 }
 
 # Typed values read back from DuckDB: (group, column, id, expected Python value).
 EXPECTED: list[tuple[str, str, int, Any]] = [
+    ("not_null_dates", "d", 1, dt.date(1, 1, 1)),
+    ("not_null_dates", "dt0", 1, dt.datetime(1, 1, 1)),
+    ("not_null_dates", "dt6", 1, dt.datetime(1, 1, 1, 0, 0, 0, 1)),
+    ("not_null_dates", "d", 2, dt.date(9999, 12, 31)),
+    ("not_null_dates", "dt3", 2, dt.datetime(9999, 12, 31, 23, 59, 59, 999000)),
+    ("not_null_dates", "dt6", 2, dt.datetime(9999, 12, 31, 23, 59, 59, 999999)),
+    ("not_null_dates", "dt0", 3, dt.datetime(1969, 12, 31, 23, 59, 59)),
+    ("not_null_dates", "dt6", 3, dt.datetime(2024, 2, 29, 12, 0, 0, 500000)),
     ("integers", "biu", 1, 18446744073709551615),
     ("integers", "bi", 1, -9223372036854775808),
     ("integers", "iu", 1, 4294967295),
@@ -260,17 +281,25 @@ class Copy:
 
 
 def read_wire_table(conn: sa.Connection, columns: list[Column]) -> tuple[pa.Table, int]:
-    """The source table as Arrow text by the DuckDB wire expressions, zero dates as NULL."""
-    select = ", ".join(duckdb_wire_sql(c, quote_identifier(c.name)) for c in columns)
-    rows = run_sql(conn, f"SELECT {select} FROM t ORDER BY id").all()
+    """The source table as the product reads it for DuckDB: its wire SELECT (each column in its
+    own type or as text) through connectorx's Arrow stream, then `wire_values` (zero dates NULL,
+    counted)."""
+    wire = [WireColumn.of(c, "duckdb") for c in columns]
+    select = ", ".join(w.select_sql(quote_identifier(w.column.name)) for w in wire)
+    url = conn.engine.url
+    auth = f"{url.username}:{url.password}" if url.password else url.username
+    reader = cx.read_sql(
+        f"mysql://{auth}@{url.host}:{url.port}/{url.database}?prefer_socket=false",
+        f"SELECT {select} FROM t ORDER BY id",
+        return_type="arrow_stream",
+        batch_size=1000,
+    )
+    table = reader.read_all()
     arrays, zeros = [], 0
-    for index, column in enumerate(columns):
-        text = pa.array([row[index] for row in rows], pa.string())
-        if column.data_type in ("date", "datetime", "timestamp"):
-            zero = pc.fill_null(pc.match_substring_regex(text, ZERO_DATE), False)
-            zeros += pc.sum(zero).as_py() or 0
-            text = pc.if_else(zero, pa.scalar(None, pa.string()), text)
-        arrays.append(text)
+    for position, column in enumerate(wire):
+        values, found = wire_values(table.column(position).combine_chunks(), column)
+        arrays.append(values)
+        zeros += found
     return pa.table(arrays, names=[c.name for c in columns]), zeros
 
 

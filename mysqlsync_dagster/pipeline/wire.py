@@ -14,6 +14,11 @@ value passes through a lossy Python or Arrow type on its way:
 Zero dates ('0000-00-00', a zero month or day, a zero TIMESTAMP) are the one conversion: they
 become NULL, because a target in strict mode cannot hold them, and each is counted. For a
 PostgreSQL target a date in the year 0 does too (its calendar has none).
+
+A DuckDB target, which takes Arrow's types as they are, reads some columns in their own type
+instead of as text (`targets/duckdb/types.py`, `duckdb_wire_kind`): connectorx builds integer,
+floating-point and date-time arrays from MySQL's binary protocol exactly, with less work on both
+sides than text (1M `orders` rows: 2.6-2.9 s as text, 1.6-1.7 s so).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from mysqlsync_dagster.errors import LoadError
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
     import pyarrow as pa
 
-WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date"]
+# "native": the value in its own type (an integer, a float, a YEAR); "native_date": a NOT NULL
+# DATE or DATETIME in its own type, its zero dates NULLed by the SELECT (so every NULL is one)
+WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date", "native", "native_date"]
 
 # A date/datetime whose year, month or day part is all zeros in a place a real date cannot be.
 _ZERO_DATE = r"^(0000-00-00|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
@@ -66,7 +73,11 @@ class WireColumn:
     @classmethod
     def of(cls, column: Column, target: str = "mysql") -> WireColumn:
         kind = wire_kind(column)
-        if target != "mysql":
+        if target == "duckdb":
+            from mysqlsync_dagster.targets.duckdb.types import duckdb_wire_kind
+
+            kind = duckdb_wire_kind(column)
+        elif target != "mysql":
             kind = "date" if kind in ("date", "timestamp") else "text"
         return cls(column, kind, target)
 
@@ -124,8 +135,13 @@ def parquet_batches(
     yield from parquet.iter_batches(batch_size=batch_size)
 
 
-def to_wire_text(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:
-    """Cast one extracted column to text and apply the zero-date rule; returns (array, zeros)."""
+def wire_values(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:
+    """One extracted column as its loader takes it, the zero-date rule applied: (array, zeros).
+    Text, or a native kind's own values (a string array too, if a backend delivered one)."""
+    if wire.kind == "native":
+        return array, 0
+    if wire.kind == "native_date":  # a NOT NULL column: each NULL is a zero date the SELECT hid
+        return array, array.null_count
     import pyarrow as pa
     import pyarrow.compute as pc
 

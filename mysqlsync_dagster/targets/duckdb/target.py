@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, Column, TableShape
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
+from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, wire_values
 from mysqlsync_dagster.settings import DatabaseSettings
 from mysqlsync_dagster.targets.base import Strategy, log_schema_changes
 from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type
@@ -172,7 +172,7 @@ class DuckDBLoader:
         for batch in batches:
             arrays = []
             for position, wire in enumerate(self.wire):
-                text, zeros = to_wire_text(batch.column(position), wire)
+                text, zeros = wire_values(batch.column(position), wire)
                 self.stats.zero_dates += zeros
                 arrays.append(text)
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])

@@ -29,17 +29,30 @@ silently: `'1.235'::DECIMAL(10,2)` is 1.24), and no wider exact numeric exists (
 39 digits at most, not 65). The text keeps every digit; a dbt model casts it to the
 `DECIMAL(38, s)` or DOUBLE it can live with, knowingly.
 
-How values travel: each column is selected on MySQL (session time zone '+00:00', utf8mb4) as
-text by `duckdb_wire_sql` and turned into the typed value in DuckDB by `duckdb_load_sql`:
+How values travel: each column is selected on MySQL (session time zone '+00:00', utf8mb4) by
+`duckdb_wire_sql`, in its own type where connectorx reads that type exactly (`duckdb_wire_kind`:
+"native") and as text otherwise, and turned into the typed value in DuckDB by `duckdb_load_sql`:
 
-| source type          | selected as                                  | loaded with             |
-|----------------------|----------------------------------------------|-------------------------|
-| binary and spatial   | HEX(col)                                     | unhex(x)                |
-| BIT(n)               | CAST(CAST(col AS UNSIGNED) AS CHAR)          | CAST(x AS UBIGINT)      |
-| FLOAT                | CAST(CAST(col AS DOUBLE) AS CHAR)            | CAST(x AS FLOAT)        |
-| TIMESTAMP            | its UTC text + '+00' (any session time zone) | CAST(x AS TIMESTAMPTZ)  |
-| character types      | CONVERT(col USING utf8mb4)                   | x (JSON: CAST(x AS JSON)) |
-| everything else      | CAST(col AS CHAR)                            | CAST(x AS <type>)       |
+| source type              | selected as                                  | loaded with             |
+|--------------------------|----------------------------------------------|-------------------------|
+| integers, YEAR           | col (int8 ... int64, uint8 ... uint64)       | CAST(x AS <type>)       |
+| FLOAT, DOUBLE            | col (IEEE float32, float64)                  | CAST(x AS <type>)       |
+| DATE, DATETIME NOT NULL  | IF(TO_DAYS(col) >= 366, col, NULL)           | CAST(x AS <type>)       |
+| DATE, DATETIME NULL      | CAST(col AS CHAR)                            | CAST(x AS <type>)       |
+| binary and spatial       | HEX(col)                                     | unhex(x)                |
+| BIT(n)                   | CAST(CAST(col AS UNSIGNED) AS CHAR)          | CAST(x AS UBIGINT)      |
+| TIMESTAMP                | its UTC text + '+00' (any session time zone) | CAST(x AS TIMESTAMPTZ)  |
+| character types          | CONVERT(col USING utf8mb4)                   | x (JSON: CAST(x AS JSON)) |
+| DECIMAL, TIME, the rest  | CAST(col AS CHAR)                            | CAST(x AS <type>)       |
+
+connectorx reads MySQL's binary protocol into Arrow: every integer width signed and unsigned
+(BIGINT UNSIGNED max included), floats bit for bit, DATE as date32 and DATETIME(0..6) as
+timestamp[us] from 0001-01-01 to 9999-12-31. It cannot represent a zero date (it panics), so
+the SELECT turns a date before 0001-01-01 (a zero date, a zero month or day, the year 0: for
+those TO_DAYS is NULL or below 366) into NULL; for a NOT NULL column each NULL is such a date,
+counted as the zero-date rule counts. A nullable DATE/DATETIME column travels as text, its zero
+dates found in the text (a NULL of its own is no zero date). DECIMAL travels as text: connectorx
+reads it through a 28-digit decimal type and fails on longer values.
 
 MariaDB prints a DOUBLE as its shortest round-trip decimal and DuckDB parses decimal text
 correctly rounded, so the text of a double is exact; a FLOAT goes through its (exact) DOUBLE
@@ -50,9 +63,13 @@ and '-00:00:00.000001' as exactly that many (negative) microseconds.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, TEXT_TYPES, Column
 from mysqlsync_dagster.errors import SchemaError
+
+if TYPE_CHECKING:
+    from mysqlsync_dagster.pipeline.wire import WireKind
 from mysqlsync_dagster.targets.postgres.types import utc_timestamp_sql
 
 # DuckDB's DECIMAL holds at most 38 digits.
@@ -130,12 +147,34 @@ def duckdb_type(column: Column) -> str:
     )
 
 
+# Read in their own type (connectorx's Arrow arrays are exact for these; see the module doc).
+NATIVE_TYPES = frozenset(_SIGNED_INTEGERS) | {"float", "double", "real", "year"}
+NATIVE_DATE_TYPES = frozenset({"date", "datetime"})
+
+
+def duckdb_wire_kind(column: Column) -> WireKind:
+    """How `column` travels to DuckDB (`pipeline/wire.py`'s kinds): "native" in its own type,
+    "native_date" a NOT NULL DATE/DATETIME in its own type, "date" a nullable one as text,
+    "text" everything else (TIMESTAMP too: its UTC text)."""
+    data_type = column.data_type.lower()
+    if data_type in NATIVE_TYPES:
+        return "native"
+    if data_type in NATIVE_DATE_TYPES:
+        return "date" if column.nullable else "native_date"
+    return "date" if data_type == "timestamp" else "text"
+
+
 def duckdb_wire_sql(column: Column, quoted: str) -> str:
-    """The MySQL SELECT expression reading `column` (identifier `quoted`) as the text that
-    `duckdb_load_sql` turns into exactly its value. Zero dates still need the wire's rule
-    (their text becomes NULL); any session time zone."""
+    """The MySQL SELECT expression reading `column` (identifier `quoted`) as what
+    `duckdb_load_sql` turns into exactly its value: its own type or text (`duckdb_wire_kind`).
+    Zero dates become NULL, counted (`wire.wire_values`); any session time zone."""
     target = duckdb_type(column)  # raises on an unknown type, before any data moves
     data_type = column.data_type.lower()
+    kind = duckdb_wire_kind(column)
+    if kind == "native":
+        return quoted
+    if kind == "native_date":
+        return f"IF(TO_DAYS({quoted}) >= 366, {quoted}, NULL)"
     if target == "BLOB":
         return f"HEX({quoted})"
     if data_type == "bit":
@@ -150,7 +189,8 @@ def duckdb_wire_sql(column: Column, quoted: str) -> str:
 
 
 def duckdb_load_sql(column: Column, quoted_text_expr: str) -> str:
-    """The DuckDB expression turning the wire text `quoted_text_expr` into the typed value."""
+    """The DuckDB expression turning the wire value `quoted_text_expr` (text, or the value in
+    its own type) into the typed value."""
     target = duckdb_type(column)
     if target == "BLOB":
         return f"unhex({quoted_text_expr})"

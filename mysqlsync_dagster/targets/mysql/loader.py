@@ -38,7 +38,7 @@ from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
+from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, wire_values
 from mysqlsync_dagster.targets.base import LoadsInFlight
 
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
@@ -202,7 +202,7 @@ class TableLoader(LoadsInFlight):
         for batch in batches:
             arrays: list[pa.Array] = []
             for position, wire in enumerate(self.wire):
-                text, zeros = to_wire_text(batch.column(position), wire)
+                text, zeros = wire_values(batch.column(position), wire)
                 self.stats.zero_dates += zeros
                 arrays.append(text)
             arrays.append(self._row_ids(batch.num_rows))

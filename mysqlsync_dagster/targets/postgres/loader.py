@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN, TEXT_TYPES
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, to_wire_text
+from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, wire_values
 from mysqlsync_dagster.targets.base import LoadsInFlight, Strategy
 from mysqlsync_dagster.targets.mysql.loader import LoadStats
 from mysqlsync_dagster.targets.postgres.ddl import literal, qualified, quote, short_name
@@ -219,7 +219,7 @@ class PostgresLoader(LoadsInFlight):
         for batch in batches:
             arrays = []
             for position, wire in enumerate(self.wire):
-                text, zeros = to_wire_text(batch.column(position), wire)
+                text, zeros = wire_values(batch.column(position), wire)
                 self.stats.zero_dates += zeros
                 if wire.column.data_type in TEXT_TYPES:
                     self._refuse_nul(text, wire, batch)
