@@ -50,6 +50,10 @@ NUMERIC_TYPES = INTEGER_TYPES | {"decimal", "year"}
 ORDERABLE_TYPES = NUMERIC_TYPES | {"date", "datetime", "timestamp"}
 # Types a partitioned table's modifier may have: time windows are laid over them.
 WINDOW_TYPES = frozenset({"date", "datetime", "timestamp"})
+# Types that can hold a zero date ('0000-00-00', a zero month or day), which the copy turns
+# into NULL (pipeline/wire.py). A NOT NULL one is made nullable in the target by the run that
+# copies its first zero date (the loaders' `allow_nulls`), and stays so (`keeps_nulls`).
+ZERO_DATE_TYPES = frozenset({"date", "datetime", "timestamp"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ class Column:
             self.collation,
             self.generated,
         )
+
+
+def keeps_nulls(source: Column, target_nullable: bool) -> bool:
+    """The target's column was made nullable for zero dates (`ZERO_DATE_TYPES`): the source's
+    NOT NULL is not put back (its NULLs stand for zero dates)."""
+    return target_nullable and not source.nullable and source.data_type in ZERO_DATE_TYPES
 
 
 @dataclass(frozen=True)

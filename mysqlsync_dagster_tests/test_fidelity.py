@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy as sa
 
-from mysqlsync_dagster_tests.harness import column_types
+from mysqlsync_dagster_tests.harness import column_types, materialization_metadata
 
 TYPE_GROUPS = {
     "integers": (
@@ -194,3 +194,64 @@ def test_zero_dates_become_null_and_are_counted(sync_env):
     assert [tuple(r[:3]) for r in rows[:2]] == [(1, None, None), (2, None, None)]
     assert rows[0][3] is None
     assert str(rows[2][1]) == "2024-01-02"
+
+
+def _not_null_columns(env, table: str) -> set[str]:
+    """The target table's NOT NULL columns, from its information_schema (all three engines)."""
+    schema = getattr(env, "schema", env.target_db)
+    with env.target.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = :s AND table_name = :t AND is_nullable = 'NO'"
+            ),
+            {"s": schema, "t": table},
+        ).all()
+    return {str(name) for (name,) in rows}
+
+
+@pytest.mark.parametrize("env_name", ["sync_env", "pg_sync_env", "duck_sync_env"])
+def test_a_zero_date_in_a_not_null_column_makes_the_target_column_nullable(request, env_name):
+    """Legacy schemas hold zero dates in NOT NULL columns (`DEFAULT '0000-00-00 00:00:00'`).
+    The copy keeps NOT NULL until the first zero date comes; then that column (only) becomes
+    nullable in the target, the zero dates are NULL and counted, the run says so, and later
+    runs neither warn again nor put the NOT NULL back."""
+    env = request.getfixturevalue(env_name)
+    with env.source.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.exec_driver_sql(
+            "CREATE TABLE t (id INT PRIMARY KEY, d DATE NOT NULL,"
+            " dt DATETIME(3) NOT NULL DEFAULT '0000-00-00 00:00:00',"
+            " ts TIMESTAMP NOT NULL DEFAULT '2024-01-01 00:00:00', u DATETIME NOT NULL, KEY (u))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO t VALUES (1, '2024-01-02', '2024-01-02 03:04:05.250',"
+            " '2024-01-02 03:04:05', '2024-01-01')"
+        )
+    table = {"table": "t", "primary_key": "id", "modifier": "u"}
+    assert env.sync([table]).success
+    assert _not_null_columns(env, "t") >= {"id", "d", "dt", "ts", "u"}
+
+    with env.source.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.exec_driver_sql(
+            "INSERT INTO t VALUES (2, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00',"
+            " '2024-01-02'), (3, '2024-00-10', '2024-05-00 10:00:00', '2024-01-03', '2024-01-02')"
+        )
+    result = env.sync([table])
+    assert result.success
+    metadata = materialization_metadata(result, "sync_t")
+    assert metadata["zero_dates_to_null"] == 5
+    for column in ("d", "dt", "ts"):
+        assert f"column {column!r} is NOT NULL in the source" in metadata["warnings"]
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert _not_null_columns(env, "t") & {"d", "dt", "ts", "u"} == {"u"}
+    rows = {row[0]: row for row in env.target_rows("t", "id")}
+    assert rows[2][1:4] == (None, None, None)
+    assert rows[3][1:3] == (None, None) and rows[3][3] is not None
+    assert rows[1][1] is not None
+
+    again = env.sync([table])  # a rerun: the mirror keeps the columns nullable, no new warning
+    assert again.success
+    assert "warnings" not in materialization_metadata(again, "sync_t")
+    assert _not_null_columns(env, "t") & {"d", "dt", "ts", "u"} == {"u"}

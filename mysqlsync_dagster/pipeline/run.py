@@ -532,6 +532,7 @@ class TableSync:
         report.load_id, report.batches = load_id, loader.stats.batches
         report.files, report.bytes_loaded = loader.stats.files, loader.stats.csv_bytes
         report.zero_dates_to_null = loader.stats.zero_dates
+        report.warnings += loader.stats.warnings
         if self.cfg.mode == "staging":
             report.merge_ranges = loader.stats.merge_ranges
         parts.loaded(report, extraction.seconds, time.perf_counter() - started)

@@ -13,7 +13,9 @@ value passes through a lossy Python or Arrow type on its way:
 
 Zero dates ('0000-00-00', a zero month or day, a zero TIMESTAMP) are the one conversion: they
 become NULL, because a target in strict mode cannot hold them, and each is counted. For a
-PostgreSQL target a date in the year 0 does too (its calendar has none).
+PostgreSQL target a date in the year 0 does too (its calendar has none). A NOT NULL column is
+made nullable in the target when its first zero date comes (`needs_nulls`, the loaders'
+`allow_nulls`; `catalog.keeps_nulls`).
 
 A DuckDB target, which takes Arrow's types as they are, reads some columns in their own type
 instead of as text (`targets/duckdb/types.py`, `duckdb_wire_kind`): connectorx builds integer,
@@ -44,7 +46,7 @@ WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date", "native",
 # A date/datetime whose year, month or day part is all zeros in a place a real date cannot be.
 _ZERO_DATE = r"^(0000-00-00|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
 # ... and, for an analytics target, the year 0 too: PostgreSQL's calendar has no year 0
-_NO_SUCH_DATE = r"^(0000-|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
+NO_SUCH_DATE = r"^(0000-|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
 
 
 def wire_kind(column: Column) -> WireKind:
@@ -135,6 +137,18 @@ def parquet_batches(
     yield from parquet.iter_batches(batch_size=batch_size)
 
 
+def needs_nulls(wire: WireColumn, zeros: int, allowed: set[str]) -> bool:
+    """A batch brings zero dates (now NULLs) to a NOT NULL column not yet made nullable."""
+    return zeros > 0 and not wire.column.nullable and wire.column.name not in allowed
+
+
+def zero_date_warning(table: str, column: str) -> str:
+    return (
+        f"{table}: column {column!r} is NOT NULL in the source and a zero date of it is copied"
+        " as NULL: the target's column is now nullable, and stays so"
+    )
+
+
 def wire_values(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:
     """One extracted column as its loader takes it, the zero-date rule applied: (array, zeros).
     Text, or a native kind's own values (a string array too, if a backend delivered one)."""
@@ -152,7 +166,7 @@ def wire_values(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa
         year_zero = wire.target != "mysql" and pc.any(pc.starts_with(text, "0000-")).as_py()
         if not year_zero and not pc.any(pc.match_substring(text, "-00")).as_py():
             return text, 0
-        pattern = _ZERO_DATE if wire.target == "mysql" else _NO_SUCH_DATE
+        pattern = _ZERO_DATE if wire.target == "mysql" else NO_SUCH_DATE
         zero = pc.fill_null(pc.match_substring_regex(text, pattern), False)
     elif wire.kind == "timestamp":
         zero = pc.fill_null(pc.match_substring_regex(text, r"^0(\.0*)?$"), False)

@@ -113,6 +113,7 @@ class LoadStats(Protocol):
     csv_bytes: int
     load_id: str | None
     merge_ranges: int
+    warnings: list[str]
 
 
 class Loader(Protocol):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mysqlsync_dagster.catalog import DLT_COLUMNS, TableShape, split_create_table
+from mysqlsync_dagster.catalog import DLT_COLUMNS, TableShape, keeps_nulls, split_create_table
 from mysqlsync_dagster.db import quote_identifier as quote
 
 _DLT_COLUMN_DDL = "varchar(64) CHARACTER SET ascii COLLATE ascii_bin DEFAULT NULL"
@@ -80,7 +80,10 @@ def diff_schema(source: TableShape, target: TableShape) -> SchemaChanges:
             position = f" AFTER {q(previous)}" if previous else " FIRST"
             clauses.append(f"ADD COLUMN {definition}{position}")
             added.append(col.name)
-        elif existing.signature != col.signature:
+        elif existing.signature != col.signature and not (
+            keeps_nulls(col, existing.nullable)
+            and existing.signature == replace(col, nullable=True).signature
+        ):
             clauses.append(f"MODIFY COLUMN {definition}")
             modified.append(col.name)
         previous = col.name

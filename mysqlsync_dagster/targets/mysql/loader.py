@@ -34,11 +34,22 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
-from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN
+from mysqlsync_dagster.catalog import (
+    DLT_COLUMNS,
+    DLT_ID_COLUMN,
+    LOAD_ID_COLUMN,
+    split_create_table,
+)
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import WireColumn, parquet_batches, wire_values
+from mysqlsync_dagster.pipeline.wire import (
+    WireColumn,
+    needs_nulls,
+    parquet_batches,
+    wire_values,
+    zero_date_warning,
+)
 from mysqlsync_dagster.targets.base import LoadsInFlight
 
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
@@ -74,6 +85,7 @@ class LoadStats:
     rows_numbered: int = 0
     load_id: str | None = None  # the load id stamped on the rows
     merge_ranges: int = 0
+    warnings: list[str] = field(default_factory=list)  # for the run's report
 
 
 @dataclass
@@ -100,6 +112,7 @@ class TableLoader(LoadsInFlight):
     _deferred_indexes: list[str] = field(default_factory=list, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: deque[Future[None]] = field(default_factory=deque, repr=False)
+    _nullable: set[str] = field(default_factory=set)  # NOT NULL columns made nullable
 
     @property
     def stage(self) -> str:
@@ -204,10 +217,31 @@ class TableLoader(LoadsInFlight):
             for position, wire in enumerate(self.wire):
                 text, zeros = wire_values(batch.column(position), wire)
                 self.stats.zero_dates += zeros
+                if needs_nulls(wire, zeros, self._nullable):
+                    self.allow_nulls(wire.column.name)
                 arrays.append(text)
             arrays.append(self._row_ids(batch.num_rows))
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             self._submit(self._load_csv, *self._write_csv(table), load_id)
+
+    def allow_nulls(self, column: str) -> None:
+        """Make `column` nullable in the work table, and in the live one that an upsert merges
+        into: a zero date of the NOT NULL source column is coming as NULL (`keeps_nulls`).
+        Loads in flight finish first (they hold the table's metadata lock)."""
+        self.drain()
+        self._nullable.add(column)
+        tables = [self._into] + ([self.target] if self.strategy == "upsert" else [])
+        altered = False
+        with self.engine.begin() as conn:
+            for table in tables:
+                ddl = run_sql(conn, f"SHOW CREATE TABLE {quote(table)}").one()[1]
+                definition = split_create_table(ddl)[0][column]
+                relaxed = re.sub(r" NOT NULL\b", " NULL", definition, count=1)
+                if relaxed != definition:  # else made nullable by an earlier run
+                    run_sql(conn, f"ALTER TABLE {quote(table)} MODIFY COLUMN {relaxed}")
+                    altered = True
+        if altered:
+            self.stats.warnings.append(zero_date_warning(self.target, column))
 
     def _row_ids(self, count: int) -> pa.Array:
         """Row numbers, unique in this run: the server makes `_dlt_id` of this run's token and

@@ -20,7 +20,15 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mysqlsync_dagster.catalog import DLT_COLUMNS, TEXT_TYPES, Column, TableShape
+from mysqlsync_dagster.catalog import (
+    DLT_COLUMNS,
+    TEXT_TYPES,
+    ZERO_DATE_TYPES,
+    Column,
+    TableShape,
+    keeps_nulls,
+)
+from mysqlsync_dagster.pipeline.wire import NO_SUCH_DATE
 from mysqlsync_dagster.targets.mysql.ddl import SchemaChanges
 from mysqlsync_dagster.targets.postgres.types import pg_type
 
@@ -73,6 +81,8 @@ def default_sql(column: Column) -> str | None:
         return "CURRENT_TIMESTAMP"
     if column.data_type in ("bit", "binary", "varbinary", "json") or "blob" in column.data_type:
         return None
+    if column.data_type in ZERO_DATE_TYPES and re.match(NO_SUCH_DATE, raw.strip("'")):
+        return None  # a zero date (legacy `DEFAULT '0000-00-00'`): no such date here
     if column.data_type in ("geometry", "point", "linestring", "polygon"):
         return None
     if _LITERAL.match(raw):
@@ -242,7 +252,7 @@ def diff_columns(
             continue
         changes = [retype(col, col.name in key, current.type)]
         nullable = col.nullable and col.name not in key
-        if current.nullable != nullable:
+        if current.nullable != nullable and not keeps_nulls(col, current.nullable):
             action = "DROP NOT NULL" if nullable else "SET NOT NULL"
             changes.append(f"ALTER COLUMN {quote(col.name)} {action}")
         if any(changes):
