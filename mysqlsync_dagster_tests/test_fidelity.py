@@ -199,15 +199,12 @@ def test_zero_dates_become_null_and_are_counted(sync_env):
 def _not_null_columns(env, table: str) -> set[str]:
     """The target table's NOT NULL columns, from its information_schema (all three engines)."""
     schema = getattr(env, "schema", env.target_db)
+    query = (
+        "SELECT column_name FROM information_schema.columns WHERE is_nullable = 'NO'"
+        f" AND table_schema = '{schema}' AND table_name = '{table}'"
+    )
     with env.target.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = :s AND table_name = :t AND is_nullable = 'NO'"
-            ),
-            {"s": schema, "t": table},
-        ).all()
-    return {str(name) for (name,) in rows}
+        return {str(name) for name in conn.exec_driver_sql(query).scalars()}
 
 
 @pytest.mark.parametrize("env_name", ["sync_env", "pg_sync_env", "duck_sync_env"])
