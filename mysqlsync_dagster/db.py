@@ -1,7 +1,11 @@
 """The one place that builds SQLAlchemy engines, opens connections and runs MySQL SQL text.
 
 Sessions opened here always run with `time_zone = '+00:00'` and utf8mb4, so TIMESTAMP values are
-read and written as the same instant on both sides whatever the servers' own time zones are.
+read and written as the same instant on both sides whatever the servers' own time zones are, and
+without `NO_ZERO_DATE`/`NO_ZERO_IN_DATE` in their `sql_mode` (MySQL 8 has both by default), so
+that a legacy `DEFAULT '0000-00-00 00:00:00'` is mirrored as the source has it instead of failing
+CREATE and ALTER TABLE ("Invalid default value"). Strict mode stays: the copy never writes a zero
+date (they become NULL, see `pipeline/wire.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from sqlalchemy.engine import Engine
 from mysqlsync_dagster.errors import ConnectionFailure, mysql_error_code, redact
 from mysqlsync_dagster.settings import DatabaseSettings
 
+# The server's sql_mode without the two zero-date modes (an empty item left is ignored)
+SESSION_SETTINGS = (
+    "SET time_zone = '+00:00', sql_mode ="
+    " REPLACE(REPLACE(@@sql_mode, 'NO_ZERO_IN_DATE', ''), 'NO_ZERO_DATE', '')"
+)
+
 
 def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> Engine:
     """A pooled engine whose connections are checked before use (a dead pool heals itself)."""
@@ -29,7 +39,7 @@ def create_engine(settings: DatabaseSettings, *, local_infile: bool = False) -> 
         return _duckdb_engine(settings)
     connect_args: dict[str, object] = {
         "charset": "utf8mb4",
-        "init_command": "SET time_zone = '+00:00'",
+        "init_command": SESSION_SETTINGS,
         "connect_timeout": settings.connect_timeout,
         "local_infile": local_infile,
         **settings.extra_connect_args,

@@ -252,3 +252,43 @@ def test_a_zero_date_in_a_not_null_column_makes_the_target_column_nullable(reque
     assert again.success
     assert "warnings" not in materialization_metadata(again, "sync_t")
     assert _not_null_columns(env, "t") & {"d", "dt", "ts", "u"} == {"u"}
+
+
+MYSQL_8_SQL_MODE = (
+    "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+)
+
+
+def test_a_zero_date_default_is_mirrored_into_a_target_in_mysql_8_mode(sync_env):
+    """MySQL 8's default sql_mode has NO_ZERO_DATE and NO_ZERO_IN_DATE, under which a legacy
+    `DEFAULT '0000-00-00 00:00:00'` fails CREATE TABLE ("Invalid default value"). The target's
+    sessions drop those two modes: the default is mirrored as the source has it."""
+    admin = sync_env.servers.target.engine()
+    with admin.begin() as conn:
+        before = conn.exec_driver_sql("SELECT @@GLOBAL.sql_mode").scalar()
+        conn.exec_driver_sql(f"SET GLOBAL sql_mode = '{MYSQL_8_SQL_MODE}'")
+    try:
+        with sync_env.source.begin() as conn:
+            conn.exec_driver_sql("SET SESSION sql_mode = ''")
+            conn.exec_driver_sql(
+                "CREATE TABLE y (id INT PRIMARY KEY,"
+                " d DATETIME NOT NULL DEFAULT '0000-00-00 00:00:00', u DATETIME NOT NULL)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO y VALUES (1, '0000-00-00', '2024-01-01'), (2, '2024-05-06', '2024-01-01')"
+            )
+        result = sync_env.sync([{"table": "y", "primary_key": "id", "modifier": "u"}])
+        assert result.success
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        with sync_env.target.connect() as conn:
+            ddl = conn.exec_driver_sql("SHOW CREATE TABLE y").one()[1]
+        assert "`d` datetime DEFAULT '0000-00-00 00:00:00'" in ddl  # made nullable, default kept
+        assert [row[:2] for row in sync_env.target_rows("y", "id")] == [
+            (1, None),
+            (2, sync_env.source_rows("y", "id")[1][1]),
+        ]
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"SET GLOBAL sql_mode = '{before}'")
+        admin.dispose()
