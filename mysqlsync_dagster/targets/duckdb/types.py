@@ -67,10 +67,10 @@ from typing import TYPE_CHECKING
 
 from mysqlsync_dagster.catalog import BINARY_TYPES, SPATIAL_TYPES, TEXT_TYPES, Column
 from mysqlsync_dagster.errors import SchemaError
+from mysqlsync_dagster.targets.postgres.types import utc_timestamp_sql
 
 if TYPE_CHECKING:
     from mysqlsync_dagster.pipeline.wire import WireKind
-from mysqlsync_dagster.targets.postgres.types import utc_timestamp_sql
 
 # DuckDB's DECIMAL holds at most 38 digits.
 MAX_DECIMAL_PRECISION = 38
