@@ -31,9 +31,12 @@ import pytest
 import sqlalchemy as sa
 
 from mysqlsync_dagster.catalog import Column, TableShape, read_table_shape
+from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.db import quote_identifier, run_sql
 from mysqlsync_dagster.errors import SchemaError
-from mysqlsync_dagster.pipeline.wire import WireColumn, wire_values
+from mysqlsync_dagster.pipeline.extract import table_resource
+from mysqlsync_dagster.pipeline.wire import NATIVE_KINDS, WireColumn, wire_values
+from mysqlsync_dagster.settings import DatabaseSettings
 from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type, duckdb_wire_sql
 from mysqlsync_dagster.verify.canonical import mysql_canonical_sql, mysql_row_digest_sql
 from mysqlsync_dagster.verify.canonical_duckdb import (
@@ -567,3 +570,34 @@ def test_mysql_json_keeps_its_text_verbatim_in_duckdb(tmp_path):
 )
 def test_decimal_mapping(column_type, expected):
     assert duckdb_type(_column("decimal", column_type)) == expected
+
+
+@pytest.mark.parametrize("group", GROUP_NAMES)
+def test_a_source_read_by_dlts_pyarrow_backend_gives_the_same_copy(
+    group, source_database, tmp_path
+):
+    """A source with a client certificate is read by dlt's pyarrow backend over PyMySQL, which
+    infers Arrow types from Python values (BIGINT UNSIGNED max overflows its int64): its columns
+    travel as text (`native=False`), and the DuckDB copy is the same as connectorx's."""
+    ddl, inserts = GROUPS[group]
+    native = copy_group(source_database, tmp_path, ddl, inserts)
+    engine = source_database[0]
+    wire = [WireColumn.of(c, "duckdb", native=False) for c in native.shape.copied_columns]
+    assert not any(w.kind in NATIVE_KINDS for w in wire)
+    query = sa.select(*[w.select_expression() for w in wire]).select_from(sa.table("t"))
+    cfg = parse_tables_config([{"table": "t", "primary_key": "id"}], "test")[0]
+    source = DatabaseSettings(url=engine.url)
+    tables = list(table_resource(cfg, wire, query.order_by(sa.text("1")), source, engine, 1000))
+    arrays = []
+    for position, column in enumerate(wire):
+        chunks = pa.concat_tables(tables).column(position).combine_chunks()
+        arrays.append(wire_values(chunks, column)[0])
+    duck = duckdb.connect(str(tmp_path / "text.duckdb"))
+    create_duckdb_table(duck, native.shape)
+    load_duckdb_table(
+        duck, native.shape.copied_columns, pa.table(arrays, names=[w.column.name for w in wire])
+    )
+    ordered = "SELECT * FROM t ORDER BY id"
+    assert duck.sql(ordered).fetchall() == native.duck.sql(ordered).fetchall()
+    duck.close()
+    native.duck.close()

@@ -196,6 +196,13 @@ class TableSync:
             return str(self.snapshot_at)
         return (self.cursor_snapshot or self.cursor_before) if self.cfg.incremental else None
 
+    def wire_of(self, shape: TableShape) -> list[WireColumn]:
+        """How the table's columns travel: in their own type only where connectorx reads them
+        (dlt's pyarrow backend infers Arrow types from Python values: BIGINT UNSIGNED max
+        overflows its int64), as text otherwise."""
+        columns = self.target.copied_columns(shape)
+        return self.target.wire(columns, native=backend_name(self.source_settings) == "connectorx")
+
     def prepare(self) -> None:
         cfg = self.cfg
         if backend_name(self.source_settings) == "connectorx":  # start-up overlaps preparing
@@ -217,7 +224,7 @@ class TableSync:
                     f"{cfg.batch_size:,}",
                 )
         self.shape = shape
-        self.wire = self.target.wire(self.target.copied_columns(shape))
+        self.wire = self.wire_of(shape)
         self._lock = self.target.lock(cfg.target, self.lock_wait_seconds)
         if self._lock is None:
             raise TableBusy(
@@ -668,7 +675,7 @@ class TableSync:
                 if not facts.exists:  # renamed away later in the binlog: that event says so
                     return
                 self.shape = shape_from_facts(conn, self.source_db, facts, cfg.table)
-            self.wire = self.target.wire(self.target.copied_columns(self.shape))
+            self.wire = self.wire_of(self.shape)
             self.target.mirror(self.shape, cfg.target, cfg.primary_key, self.log)
             self.refresh_keys([], set(), batch)
             return

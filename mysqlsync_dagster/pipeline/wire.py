@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # imported where rows move: a run that reads none never impor
 # "native": the value in its own type (an integer, a float, a YEAR); "native_date": a NOT NULL
 # DATE or DATETIME in its own type, its zero dates NULLed by the SELECT (so every NULL is one)
 WireKind = Literal["text", "hex", "bit", "float", "timestamp", "date", "native", "native_date"]
+NATIVE_KINDS = ("native", "native_date")
 
 # A date/datetime whose year, month or day part is all zeros in a place a real date cannot be.
 _ZERO_DATE = r"^(0000-00-00|\d{4}-00-\d{2}|\d{4}-\d{2}-00)"
@@ -73,9 +74,10 @@ class WireColumn:
     target: str = "mysql"
 
     @classmethod
-    def of(cls, column: Column, target: str = "mysql") -> WireColumn:
+    def of(cls, column: Column, target: str = "mysql", *, native: bool = True) -> WireColumn:
+        """`native`: a DuckDB target may read columns in their own type (connectorx)."""
         kind = wire_kind(column)
-        if target == "duckdb":
+        if target == "duckdb" and native:
             from mysqlsync_dagster.targets.duckdb.types import duckdb_wire_kind
 
             kind = duckdb_wire_kind(column)
@@ -92,7 +94,7 @@ class WireColumn:
         if self.target == "duckdb":
             from mysqlsync_dagster.targets.duckdb.types import duckdb_wire_sql
 
-            return duckdb_wire_sql(self.column, quoted)
+            return duckdb_wire_sql(self.column, quoted, native=self.kind in NATIVE_KINDS)
         return {
             "hex": f"HEX({quoted})",
             "bit": f"CAST({quoted} AS UNSIGNED)",

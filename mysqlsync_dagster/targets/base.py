@@ -158,8 +158,11 @@ class Target(Protocol):
     def copied_columns(self, shape: TableShape) -> list[Column]:
         """The source columns whose values are copied."""
 
-    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
-        """How each column is selected on the source for this target (`pipeline/wire.py`)."""
+    def wire(self, columns: Sequence[Column], *, native: bool = True) -> list[WireColumn]:
+        """How each column is selected on the source for this target (`pipeline/wire.py`).
+        `native`: the source is read by connectorx, whose Arrow arrays a target may take in
+        their own type; False for dlt's pyarrow backend over PyMySQL (a source with a client
+        certificate), whose arrays are inferred from Python values: text only."""
 
     def column_names(self, table: str) -> list[str] | None:
         """The target table's columns; None when it does not exist."""

@@ -365,8 +365,8 @@ class DuckDBTarget(state.StateInSchema):
         """Every source column: generated ones are copied as values."""
         return [c for c in shape.columns if c.name not in DLT_COLUMNS]
 
-    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
-        return [WireColumn.of(c, "duckdb") for c in columns]
+    def wire(self, columns: Sequence[Column], *, native: bool = True) -> list[WireColumn]:
+        return [WireColumn.of(c, "duckdb", native=native) for c in columns]
 
     def column_names(self, table: str) -> list[str] | None:
         with self.engine.connect() as conn:

@@ -164,13 +164,14 @@ def duckdb_wire_kind(column: Column) -> WireKind:
     return "date" if data_type == "timestamp" else "text"
 
 
-def duckdb_wire_sql(column: Column, quoted: str) -> str:
+def duckdb_wire_sql(column: Column, quoted: str, *, native: bool = True) -> str:
     """The MySQL SELECT expression reading `column` (identifier `quoted`) as what
-    `duckdb_load_sql` turns into exactly its value: its own type or text (`duckdb_wire_kind`).
-    Zero dates become NULL, counted (`wire.wire_values`); any session time zone."""
+    `duckdb_load_sql` turns into exactly its value: its own type or text (`duckdb_wire_kind`;
+    text only unless `native`). Zero dates become NULL, counted (`wire.wire_values`); any
+    session time zone."""
     target = duckdb_type(column)  # raises on an unknown type, before any data moves
     data_type = column.data_type.lower()
-    kind = duckdb_wire_kind(column)
+    kind = duckdb_wire_kind(column) if native else "text"
     if kind == "native":
         return quoted
     if kind == "native_date":

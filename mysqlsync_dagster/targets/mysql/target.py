@@ -71,7 +71,7 @@ class MySQLTarget:
         """The columns whose values are copied: generated columns the target computes."""
         return shape.copied_columns
 
-    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
+    def wire(self, columns: Sequence[Column], *, native: bool = True) -> list[WireColumn]:
         return wire_columns(list(columns))
 
     def column_names(self, table: str) -> list[str] | None:

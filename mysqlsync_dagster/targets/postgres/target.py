@@ -75,7 +75,7 @@ class PostgresTarget(state.StateInSchema):
         evaluate MySQL's expressions)."""
         return [c for c in shape.columns if c.name not in ("_dlt_load_id", "_dlt_id")]
 
-    def wire(self, columns: Sequence[Column]) -> list[WireColumn]:
+    def wire(self, columns: Sequence[Column], *, native: bool = True) -> list[WireColumn]:
         return [WireColumn.of(c, "postgresql") for c in columns]
 
     def column_names(self, table: str) -> list[str] | None:
