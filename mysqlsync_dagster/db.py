@@ -24,10 +24,12 @@ from sqlalchemy.engine import Engine
 from mysqlsync_dagster.errors import ConnectionFailure, mysql_error_code, redact
 from mysqlsync_dagster.settings import DatabaseSettings
 
-# The server's sql_mode without the two zero-date modes (an empty item left is ignored)
+# The server's sql_mode without the two zero-date modes, nor TRADITIONAL, which would bring
+# them back (its other modes are listed on their own); no empty item is left in the list
 SESSION_SETTINGS = (
-    "SET time_zone = '+00:00', sql_mode ="
-    " REPLACE(REPLACE(@@sql_mode, 'NO_ZERO_IN_DATE', ''), 'NO_ZERO_DATE', '')"
+    "SET time_zone = '+00:00', sql_mode = TRIM(BOTH ',' FROM"
+    " REPLACE(REPLACE(REPLACE(CONCAT(',', @@sql_mode, ','), ',NO_ZERO_IN_DATE,', ','),"
+    " ',NO_ZERO_DATE,', ','), ',TRADITIONAL,', ','))"
 )
 
 

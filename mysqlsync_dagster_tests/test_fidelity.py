@@ -260,14 +260,16 @@ MYSQL_8_SQL_MODE = (
 )
 
 
-def test_a_zero_date_default_is_mirrored_into_a_target_in_mysql_8_mode(sync_env):
+@pytest.mark.parametrize("sql_mode", [MYSQL_8_SQL_MODE, "TRADITIONAL"])
+def test_a_zero_date_default_is_mirrored_into_a_target_in_mysql_8_mode(sync_env, sql_mode):
     """MySQL 8's default sql_mode has NO_ZERO_DATE and NO_ZERO_IN_DATE, under which a legacy
     `DEFAULT '0000-00-00 00:00:00'` fails CREATE TABLE ("Invalid default value"). The target's
-    sessions drop those two modes: the default is mirrored as the source has it."""
+    sessions drop those two modes (and TRADITIONAL, which implies them): the default is
+    mirrored as the source has it."""
     admin = sync_env.servers.target.engine()
     with admin.begin() as conn:
         before = conn.exec_driver_sql("SELECT @@GLOBAL.sql_mode").scalar()
-        conn.exec_driver_sql(f"SET GLOBAL sql_mode = '{MYSQL_8_SQL_MODE}'")
+        conn.exec_driver_sql(f"SET GLOBAL sql_mode = '{sql_mode}'")
     try:
         with sync_env.source.begin() as conn:
             conn.exec_driver_sql("SET SESSION sql_mode = ''")
