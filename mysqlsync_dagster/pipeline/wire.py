@@ -14,7 +14,7 @@ value passes through a lossy Python or Arrow type on its way:
 Zero dates ('0000-00-00', a zero month or day, a zero TIMESTAMP) are the one conversion: they
 become NULL, because a target in strict mode cannot hold them, and each is counted. For a
 PostgreSQL target a date in the year 0 does too (its calendar has none). A NOT NULL column is
-made nullable in the target when its first zero date comes (`needs_nulls`, the loaders'
+made nullable in the target when its first zero date comes (`batch_values`, the loaders'
 `allow_nulls`; `catalog.keeps_nulls`).
 
 A DuckDB target, which takes Arrow's types as they are, reads some columns in their own type
@@ -25,7 +25,7 @@ sides than text (1M `orders` rows: 2.6-2.9 s as text, 1.6-1.7 s so).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,6 +38,8 @@ from mysqlsync_dagster.errors import LoadError
 
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
     import pyarrow as pa
+
+    from mysqlsync_dagster.targets.base import LoadStats
 
 # "native": the value in its own type (an integer, a float, a YEAR); "native_date": a NOT NULL
 # DATE or DATETIME in its own type, its zero dates NULLed by the SELECT (so every NULL is one)
@@ -139,16 +141,31 @@ def parquet_batches(
     yield from parquet.iter_batches(batch_size=batch_size)
 
 
-def needs_nulls(wire: WireColumn, zeros: int, allowed: set[str]) -> bool:
-    """A batch brings zero dates (now NULLs) to a NOT NULL column not yet made nullable."""
-    return zeros > 0 and not wire.column.nullable and wire.column.name not in allowed
-
-
-def zero_date_warning(table: str, column: str) -> str:
-    return (
-        f"{table}: column {column!r} is NOT NULL in the source and a zero date of it is copied"
-        " as NULL: the target's column is now nullable, and stays so"
-    )
+def batch_values(
+    batch: pa.RecordBatch,
+    wire: list[WireColumn],
+    stats: LoadStats,
+    table: str,
+    allow_nulls: Callable[[str], bool],
+) -> list[pa.Array]:
+    """The batch's columns as a loader takes them (`wire_values`), zero dates counted in
+    `stats`. The first zero date of a NOT NULL column in this run (now a NULL) has
+    `allow_nulls(column)` make the column nullable where the run writes, before the batch is
+    written; when it was NOT NULL there (True), the run's warnings say so."""
+    arrays = []
+    for position, column in enumerate(wire):
+        values, zeros = wire_values(batch.column(position), column)
+        stats.zero_dates += zeros
+        name = column.column.name
+        if zeros and not column.column.nullable and name not in stats.nullable:
+            stats.nullable.add(name)
+            if allow_nulls(name):
+                stats.warnings.append(
+                    f"{table}: column {name!r} is NOT NULL in the source and a zero date of it"
+                    " is copied as NULL: the target's column is now nullable, and stays so"
+                )
+        arrays.append(values)
+    return arrays
 
 
 def wire_values(array: pa.Array | pa.ChunkedArray, wire: WireColumn) -> tuple[pa.Array, int]:

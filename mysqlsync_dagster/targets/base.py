@@ -114,6 +114,7 @@ class LoadStats(Protocol):
     load_id: str | None
     merge_ranges: int
     warnings: list[str]
+    nullable: set[str]
 
 
 class Loader(Protocol):

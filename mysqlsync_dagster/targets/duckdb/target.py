@@ -33,13 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, Column, TableShape
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import (
-    WireColumn,
-    needs_nulls,
-    parquet_batches,
-    wire_values,
-    zero_date_warning,
-)
+from mysqlsync_dagster.pipeline.wire import WireColumn, batch_values, parquet_batches
 from mysqlsync_dagster.settings import DatabaseSettings
 from mysqlsync_dagster.targets.base import Strategy, log_schema_changes
 from mysqlsync_dagster.targets.duckdb.types import duckdb_load_sql, duckdb_type
@@ -140,7 +134,6 @@ class DuckDBLoader:
     _pending: list[pa.Table] = field(default_factory=list, repr=False)  # the aside table's next
     _inserted: int = 0  # rows inserted by this run (numbers each row's `_dlt_id`)
     _threads: int | None = None  # DuckDB's threads, while the aside table loads on one
-    _nullable: set[str] = field(default_factory=set)  # NOT NULL columns made nullable
 
     @property
     def aside(self) -> str:
@@ -177,13 +170,7 @@ class DuckDBLoader:
             self.stats.files += 1
         self.stats.load_id = load_id
         for batch in batches:
-            arrays = []
-            for position, wire in enumerate(self.wire):
-                text, zeros = wire_values(batch.column(position), wire)
-                self.stats.zero_dates += zeros
-                if needs_nulls(wire, zeros, self._nullable):
-                    self.allow_nulls(wire.column.name)
-                arrays.append(text)
+            arrays = batch_values(batch, self.wire, self.stats, self.target, self.allow_nulls)
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             if self.strategy == "swap":
                 self._pending.append(table)
@@ -199,20 +186,20 @@ class DuckDBLoader:
             self.stats.rows += batch.num_rows
             self.stats.batches += 1
 
-    def allow_nulls(self, column: str) -> None:
+    def allow_nulls(self, column: str) -> bool:
         """Make `column` nullable where this run writes (the aside table, or the live one): a
-        zero date of the NOT NULL source column is coming as NULL (`catalog.keeps_nulls`)."""
+        zero date of the NOT NULL source column is coming as NULL (`catalog.keeps_nulls`).
+        False: it was nullable already (made so by an earlier run)."""
         table = self.aside if self.strategy == "swap" else self.target
-        self._nullable.add(column)
         with self.engine.begin() as conn:
             columns = {c.name: c for c in read_columns(conn, self.schema, table) or []}
             if column not in columns or columns[column].nullable:
-                return  # made nullable by an earlier run
+                return False
             conn.exec_driver_sql(
                 f"ALTER TABLE {qualified(self.schema, table)} ALTER COLUMN {quote(column)}"
                 " DROP NOT NULL"
             )
-        self.stats.warnings.append(zero_date_warning(self.target, column))
+        return True
 
     def _flush(self, load_id: str, whole_row_groups: bool = False) -> None:
         """Insert the aside table's pending batches (`BULK_INSERT_ROWS`); `whole_row_groups`:

@@ -43,13 +43,7 @@ from mysqlsync_dagster.catalog import (
 from mysqlsync_dagster.db import quote_identifier as quote
 from mysqlsync_dagster.db import run_sql
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import (
-    WireColumn,
-    needs_nulls,
-    parquet_batches,
-    wire_values,
-    zero_date_warning,
-)
+from mysqlsync_dagster.pipeline.wire import WireColumn, batch_values, parquet_batches
 from mysqlsync_dagster.targets.base import LoadsInFlight
 
 if TYPE_CHECKING:  # imported where rows move: a run that reads none never imports pyarrow
@@ -86,6 +80,7 @@ class LoadStats:
     load_id: str | None = None  # the load id stamped on the rows
     merge_ranges: int = 0
     warnings: list[str] = field(default_factory=list)  # for the run's report
+    nullable: set[str] = field(default_factory=set)  # NOT NULL columns given a zero date
 
 
 @dataclass
@@ -112,7 +107,6 @@ class TableLoader(LoadsInFlight):
     _deferred_indexes: list[str] = field(default_factory=list, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: deque[Future[None]] = field(default_factory=deque, repr=False)
-    _nullable: set[str] = field(default_factory=set)  # NOT NULL columns made nullable
 
     @property
     def stage(self) -> str:
@@ -213,23 +207,17 @@ class TableLoader(LoadsInFlight):
 
         self.stats.load_id = load_id
         for batch in batches:
-            arrays: list[pa.Array] = []
-            for position, wire in enumerate(self.wire):
-                text, zeros = wire_values(batch.column(position), wire)
-                self.stats.zero_dates += zeros
-                if needs_nulls(wire, zeros, self._nullable):
-                    self.allow_nulls(wire.column.name)
-                arrays.append(text)
+            arrays = batch_values(batch, self.wire, self.stats, self.target, self.allow_nulls)
             arrays.append(self._row_ids(batch.num_rows))
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             self._submit(self._load_csv, *self._write_csv(table), load_id)
 
-    def allow_nulls(self, column: str) -> None:
+    def allow_nulls(self, column: str) -> bool:
         """Make `column` nullable in the work table, and in the live one that an upsert merges
         into: a zero date of the NOT NULL source column is coming as NULL (`keeps_nulls`).
-        Loads in flight finish first (they hold the table's metadata lock)."""
+        Loads in flight finish first (they hold the table's metadata lock). False: it was
+        nullable already (made so by an earlier run)."""
         self.drain()
-        self._nullable.add(column)
         tables = [self._into] + ([self.target] if self.strategy == "upsert" else [])
         altered = False
         with self.engine.begin() as conn:
@@ -237,11 +225,10 @@ class TableLoader(LoadsInFlight):
                 ddl = run_sql(conn, f"SHOW CREATE TABLE {quote(table)}").one()[1]
                 definition = split_create_table(ddl)[0][column]
                 relaxed = re.sub(r" NOT NULL\b", " NULL", definition, count=1)
-                if relaxed != definition:  # else made nullable by an earlier run
+                if relaxed != definition:
                     run_sql(conn, f"ALTER TABLE {quote(table)} MODIFY COLUMN {relaxed}")
                     altered = True
-        if altered:
-            self.stats.warnings.append(zero_date_warning(self.target, column))
+        return altered
 
     def _row_ids(self, count: int) -> pa.Array:
         """Row numbers, unique in this run: the server makes `_dlt_id` of this run's token and

@@ -40,13 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mysqlsync_dagster.catalog import DLT_COLUMNS, DLT_ID_COLUMN, LOAD_ID_COLUMN, TEXT_TYPES
 from mysqlsync_dagster.errors import LoadError
-from mysqlsync_dagster.pipeline.wire import (
-    WireColumn,
-    needs_nulls,
-    parquet_batches,
-    wire_values,
-    zero_date_warning,
-)
+from mysqlsync_dagster.pipeline.wire import WireColumn, batch_values, parquet_batches
 from mysqlsync_dagster.targets.base import LoadsInFlight, Strategy
 from mysqlsync_dagster.targets.mysql.loader import LoadStats
 from mysqlsync_dagster.targets.postgres.ddl import literal, qualified, quote, short_name
@@ -90,7 +84,6 @@ class PostgresLoader(LoadsInFlight):
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: deque[Future[None]] = field(default_factory=deque, repr=False)
     _stats_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _nullable: set[str] = field(default_factory=set)  # NOT NULL columns made nullable
 
     @property
     def stage(self) -> str:
@@ -224,27 +217,22 @@ class PostgresLoader(LoadsInFlight):
                 )
             self._load_id = load_id
         for batch in batches:
-            arrays = []
-            for position, wire in enumerate(self.wire):
-                text, zeros = wire_values(batch.column(position), wire)
-                self.stats.zero_dates += zeros
-                if needs_nulls(wire, zeros, self._nullable):
-                    self.allow_nulls(wire.column.name)
+            arrays = batch_values(batch, self.wire, self.stats, self.target, self.allow_nulls)
+            for wire, text in zip(self.wire, arrays, strict=True):
                 if wire.column.data_type in TEXT_TYPES:
                     self._refuse_nul(text, wire, batch)
-                arrays.append(text)
             table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
             sink = pa.BufferOutputStream()
             pacsv.write_csv(table, sink, _csv_options())
             # the next batch is converted while up to `load_streams` COPYs run
             self._submit(self._load, sink.getvalue(), batch.num_rows)
 
-    def allow_nulls(self, column: str) -> None:
+    def allow_nulls(self, column: str) -> bool:
         """Make `column` nullable in the work table, and in the live one that an upsert merges
         into: a zero date of the NOT NULL source column is coming as NULL (`keeps_nulls`).
-        Loads in flight finish first (they hold locks on the tables)."""
+        Loads in flight finish first (they hold locks on the tables). False: it was nullable
+        already (made so by an earlier run; the work table is like the live one)."""
         self.drain()
-        self._nullable.add(column)
         tables = [self._into] + ([self.target] if self.strategy == "upsert" else [])
         with self.engine.begin() as conn:
             not_null = conn.execute(
@@ -255,12 +243,12 @@ class PostgresLoader(LoadsInFlight):
                 {"s": self.schema, "t": self._into, "c": column},
             ).first()
             if not_null is None:
-                return  # made nullable by an earlier run (the work table is like the live one)
+                return False
             for table in tables:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {self._q(table)} ALTER COLUMN {quote(column)} DROP NOT NULL"
                 )
-        self.stats.warnings.append(zero_date_warning(self.target, column))
+        return True
 
     def _load(self, data: pa.Buffer, rows: int) -> None:
         """COPY one batch (and, merging each batch, merge it), in its own transaction."""
