@@ -309,3 +309,46 @@ def test_the_source_half_taken_during_the_load_finds_the_same_drift(sync_env, mo
     assert fetch_comparable(sync_env.target, "orders", skip_dlt=True) == fetch_comparable(
         sync_env.source, "orders"
     )
+
+
+@pytest.mark.parametrize("env_name", ["pg_sync_env", "duck_sync_env"])
+def test_a_full_refresh_takes_the_source_half_once_its_read_ends(request, env_name, monkeypatch):
+    """Into PostgreSQL and DuckDB, a full refresh takes the source's half of its slice while
+    the load's tail, the key and the swap run (the source is idle then), not before its read
+    ends. A row the source changed after the read, while the copy was still loading, is
+    found by that half and repaired in the same run: the run ends with an exact copy."""
+    from mysqlsync_dagster.pipeline import parts, sync_run
+
+    env = request.getfixturevalue(env_name)
+    create_orders(env, rows=3000)
+    table = {"table": "orders", "primary_key": "id"}  # no modifier: every run a full refresh
+    events: list[str] = []
+    real_init = parts.Extraction.__init__
+
+    def init(self, batches, sink, progress=None, read_done=None):
+        def done():
+            events.append("read done")
+            # the source changes after the read: the copy being loaded has the old row
+            env.source_exec("UPDATE orders SET status = 'late' WHERE id = 2500")
+            if read_done is not None:
+                read_done()
+
+        real_init(self, batches, sink, progress, done)
+
+    real_half = sync_run.source_half
+
+    def half(*args, **kwargs):
+        events.append("half")
+        return real_half(*args, **kwargs)
+
+    monkeypatch.setattr(parts.Extraction, "__init__", init)
+    monkeypatch.setattr(sync_run, "source_half", half)
+    result = env.sync([table])
+    assert result.success
+    meta = materialization_metadata(result)
+    assert meta["strategy"] == "swap" and meta["rows_written"] == 3000
+    assert events == ["read done", "half"]  # the half was taken once the read had ended
+    assert meta["rows_repaired"] == 1
+    verdicts = checks(result)
+    assert verdicts["row_count_match"].passed and verdicts["checksum_match"].passed
+    assert sorted(env.target_rows("orders")) == sorted(env.source_rows("orders"))

@@ -141,12 +141,14 @@ class Extraction:
         batches: Callable[[], Iterable[pa.Table | pa.RecordBatch]],
         sink: PartSink,
         progress: Callable[[int], None] | None = None,
+        read_done: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
         self.rows = 0
         self.seconds = 0.0
         self._batches = batches
         self._progress = progress
+        self._read_done = read_done  # called in the thread once the source's rows are all read
         self._ready: deque[Part] = deque()
         self._changed = threading.Condition()
         self._finished = False
@@ -173,6 +175,8 @@ class Extraction:
                 with self._changed:
                     waiting = sum(p.nbytes for p in self._ready if not isinstance(p, Path))
                 self._hand_over(self.sink.add(table, waiting))
+            if self._read_done is not None:
+                self._read_done()
             self._hand_over(self.sink.flush())
             self.seconds = time.perf_counter() - started
         except BaseException as error:  # re-raised by `parts()` in the loading thread

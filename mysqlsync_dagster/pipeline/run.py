@@ -501,10 +501,13 @@ class TableSync:
         return self._source_stream
 
     # -- the run ---------------------------------------------------------------------
-    def run(self, parts: PartSink, load_id: str) -> SyncReport:
+    def run(
+        self, parts: PartSink, load_id: str, read_done: Callable[[], None] | None = None
+    ) -> SyncReport:
         """Extract into `parts` while the loader loads them; merge, commit, report. A binlog
         table applies the events after its stored position instead (`parts` unused), or after
-        the snapshot this run copied."""
+        the snapshot this run copied. `read_done` is called (in the extraction's thread) once
+        the source's rows are all read."""
         self.load_id = load_id
         if self.applies_events:
             assert self.position_before is not None
@@ -518,7 +521,7 @@ class TableSync:
         total = self.source_rows_estimate if self.strategy == "swap" else None
         progress = ExtractionProgress(self.log.info, self.cfg.table, total)
         uptime = self._source_uptime()
-        extraction = Extraction(self.batches, parts, progress).start()
+        extraction = Extraction(self.batches, parts, progress, read_done).start()
         # what the load needs of Arrow, imported while the source runs the query (0.5 s)
         use_jemalloc(self.arrow_memory_pool)
         import pyarrow.compute  # noqa: F401
