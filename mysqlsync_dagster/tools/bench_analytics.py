@@ -174,7 +174,8 @@ def format_report(
     ref = report[reference]
     lines = [
         f"orders {report['rows']:,} rows, MariaDB to {target}; batch_size"
-        f" {report['batch_size']:,}; staging codec {report['compression']}; {report['cpus']}"
+        f" {report['batch_size']:,}; staging codec {report['compression']}; source buffer pool"
+        f" {report['buffer_pool']}; {report['cpus']}"
         f" CPUs, load average {report['load_average_before']} before,"
         f" {report['load_average_after']} after",
         "",

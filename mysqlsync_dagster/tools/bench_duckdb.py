@@ -27,7 +27,14 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from mysqlsync_dagster.tools.bench import MODES, fill_source, new_report, run_measured
+from mysqlsync_dagster.tools.bench import (
+    BUFFER_POOL,
+    MODES,
+    fill_source,
+    new_report,
+    pool_args,
+    run_measured,
+)
 from mysqlsync_dagster.tools.bench_analytics import (
     compare_copies,
     copy_figures,
@@ -112,8 +119,8 @@ def run_duckdb_benchmark(
     keep: bool = False,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-bench-duckdb-"))
-    source = MariaDBServer(base / "source").start()
-    report = new_report(rows, batch_size, compression)
+    source = MariaDBServer(base / "source", extra_args=pool_args()).start()
+    report = new_report(rows, batch_size, compression) | {"buffer_pool": BUFFER_POOL}
     copies = base / "copies"
     copies.mkdir()
     try:
