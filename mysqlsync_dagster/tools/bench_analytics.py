@@ -29,11 +29,14 @@ import pymysql.cursors
 import sqlalchemy as sa
 
 from mysqlsync_dagster.tools.bench import (
+    BUFFER_POOL,
     KIND_LABEL,
     LAG_SECONDS,
     MODES,
     STEP_RULE,
     change_one_percent,
+    new_report,
+    pool_args,
     step_cells,
     step_header,
     sync_in_subprocess,
@@ -60,6 +63,15 @@ COPY_AGGREGATES = (  # PostgreSQL and DuckDB alike
     " MIN(updated_at), MAX(updated_at), COUNT(note), MD5(STRING_AGG(note, '|' ORDER BY id))"
     " FROM {}"
 )
+
+
+def start_source(base: Path) -> MariaDBServer:
+    """The benchmark's source server, with the MySQL benchmark's buffer pool (`pool_args`)."""
+    return MariaDBServer(base / "source", extra_args=pool_args()).start()
+
+
+def analytics_report(rows: int, batch_size: int, compression: str) -> dict[str, Any]:
+    return new_report(rows, batch_size, compression) | {"buffer_pool": BUFFER_POOL}
 
 
 def canonical(value: Any) -> str:

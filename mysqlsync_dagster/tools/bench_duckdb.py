@@ -27,21 +27,16 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from mysqlsync_dagster.tools.bench import (
-    BUFFER_POOL,
-    MODES,
-    fill_source,
-    new_report,
-    pool_args,
-    run_measured,
-)
+from mysqlsync_dagster.tools.bench import MODES, fill_source, run_measured
 from mysqlsync_dagster.tools.bench_analytics import (
+    analytics_report,
     compare_copies,
     copy_figures,
     finish,
     format_report,
     matches,
     source_figures,
+    start_source,
     sync_steps,
 )
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer
@@ -119,8 +114,8 @@ def run_duckdb_benchmark(
     keep: bool = False,
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-bench-duckdb-"))
-    source = MariaDBServer(base / "source", extra_args=pool_args()).start()
-    report = new_report(rows, batch_size, compression) | {"buffer_pool": BUFFER_POOL}
+    source = start_source(base)
+    report = analytics_report(rows, batch_size, compression)
     copies = base / "copies"
     copies.mkdir()
     try:

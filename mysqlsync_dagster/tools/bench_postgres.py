@@ -30,21 +30,16 @@ from typing import Any
 import psycopg2
 import sqlalchemy as sa
 
-from mysqlsync_dagster.tools.bench import (
-    BUFFER_POOL,
-    MODES,
-    fill_source,
-    new_report,
-    pool_args,
-    run_measured,
-)
+from mysqlsync_dagster.tools.bench import MODES, fill_source, run_measured
 from mysqlsync_dagster.tools.bench_analytics import (
+    analytics_report,
     compare_copies,
     copy_figures,
     finish,
     format_report,
     matches,
     source_figures,
+    start_source,
     sync_steps,
 )
 from mysqlsync_dagster.tools.mariadb_server import MariaDBServer
@@ -102,9 +97,9 @@ def run_postgres_benchmark(
     # under /tmp, readable by the `postgres` user the server runs as when we are root
     base = Path(tempfile.mkdtemp(prefix="mysqlsync-bench-pg-", dir="/tmp"))
     base.chmod(0o755)
-    source = MariaDBServer(base / "source", extra_args=pool_args()).start()
+    source = start_source(base)
     target = PostgresServer(base / "postgres").start()
-    report = new_report(rows, batch_size, compression) | {"buffer_pool": BUFFER_POOL}
+    report = analytics_report(rows, batch_size, compression)
     try:
         engine = sa.create_engine(source.url())
         fill_source(engine, rows)
