@@ -145,7 +145,7 @@ class TableRun:
             future.set_result(half)
             half.take(pair)
 
-        return EarlyHalf(future, take)
+        return EarlyHalf(future, take, before_read=incremental)
 
     def verify(
         self,
@@ -242,11 +242,18 @@ class TableRun:
 @dataclass
 class EarlyHalf:
     """A run's source half (`TableRun.source_half`), taken in a thread of its own once
-    `start` is called; the verification uses it only if it was."""
+    `start` is called: before the run reads (`before_read`) or once its read has ended
+    (`after_read`); the verification uses it only if it was started."""
 
     future: Future[SourceHalf]
     _take: Callable[[], None]
+    before_read: bool  # an incremental run's half; a full refresh's waits for the read's end
     started: bool = False
+
+    @property
+    def after_read(self) -> Callable[[], None] | None:
+        """What the extraction calls once its read has ended (`parts.Extraction`)."""
+        return None if self.before_read else self.start
 
     def start(self) -> None:
         if not self.started:
@@ -326,10 +333,10 @@ def run_synced(
         else:
             load_id = new_load_id()
             half = run.source_half(sync)
-            if half is not None and sync.strategy == "upsert":
+            if half is not None and half.before_read:
                 half.start()
             parts = parts_for(sync, staging, scope.run_id, load_id)
-            report = sync.run(parts, load_id, half.start if half is not None else None)
+            report = sync.run(parts, load_id, half.after_read if half is not None else None)
         outcomes = run.verify(sync, report, probed.standing, half)
         if all(o.passed for o in outcomes):
             run.record_idle_proof(probed)
