@@ -1,6 +1,7 @@
 """A PostgreSQL target: every MySQL/MariaDB type copied exactly (the README's mapping), in
 both modes and both strategies, checked by an independent comparison of the rows."""
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -14,7 +15,10 @@ import sqlalchemy as sa
 from mysqlsync_dagster.config import parse_tables_config
 from mysqlsync_dagster.orchestration.factory import build_definitions, table_assets
 from mysqlsync_dagster.settings import Settings
+from mysqlsync_dagster.targets.postgres.state import SOURCE_PROOF_COLUMNS
+from mysqlsync_dagster.verify.compare import TablePair
 from mysqlsync_dagster.verify.heal import run_all_checks
+from mysqlsync_dagster.verify.idle import read_clock
 from mysqlsync_dagster_tests.harness import failure_message, materialization_metadata
 from mysqlsync_dagster_tests.test_fidelity import TYPE_GROUPS
 from mysqlsync_dagster_tests.test_retries import fast_retries, retry_events  # noqa: F401
@@ -506,3 +510,71 @@ def test_connections_killed_mid_copy_are_retried_and_the_copy_converges(pg_sync_
             .all()
         )
     assert leftovers == []
+
+
+@pytest.mark.parametrize("target", ["pg_sync_env", "duck_sync_env"])
+def test_an_unwritten_source_is_not_counted_again_and_the_copy_still_heals(request, target):
+    """A source proof (verify/idle.py): after a run that counted the source and passed, a run
+    takes the source's rows from that count while the source is not written, and still counts
+    the target: a row removed from the copy, outside the run's slice, is found by the counts
+    and put back. A write to the source makes the next run count it again."""
+    env = request.getfixturevalue(target)
+    create_orders(env, rows=300)
+    cfg = {**ORDERS, "lag_seconds": 0, "detect_deletes": True, "verify_budget": 10}
+
+    def sync() -> tuple[dict, dict]:
+        time.sleep(1.1)  # the source's UPDATE_TIME has whole seconds
+        result = env.sync([cfg])
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert all(e.passed for e in checks.values()), [e.description for e in checks.values()]
+        counted = {k: v.value for k, v in checks["row_count_match"].metadata.items()}
+        return materialization_metadata(result, "sync_orders"), counted
+
+    _, counted = sync()  # counts the source, stores the proof
+    assert counted["source_rows"] == 300 and "source_rows_counted_by" not in counted
+    _, counted = sync()
+    assert counted["source_rows_counted_by"] == "an earlier run (the source not written since)"
+    assert counted["source_rows"] == counted["target_rows"] == 300
+
+    env.target_exec("DELETE FROM orders WHERE id = 242")  # beyond the slices of these runs
+    meta, counted = sync()
+    assert "source_rows_counted_by" in counted and counted["target_rows"] == 300
+    assert meta["rows_repaired"] == 1
+    assert env.target_rows("orders") == env.source_rows("orders")
+
+    env.source_exec("DELETE FROM orders WHERE id = 7")
+    meta, counted = sync()
+    assert "source_rows_counted_by" not in counted  # written since: counted again
+    assert counted["source_rows"] == counted["target_rows"] == 299 and meta["rows_deleted"] == 1
+    assert env.target_rows("orders") == env.source_rows("orders")
+    _, counted = sync()
+    assert "source_rows_counted_by" in counted and counted["source_rows"] == 299
+
+    # a state table made before the proof's columns gets them from the next run that counts
+    env.target_exec(
+        *(f"ALTER TABLE _mysqlsync_state DROP COLUMN {c}" for c in SOURCE_PROOF_COLUMNS)
+    )
+    _, counted = sync()
+    assert "source_rows_counted_by" not in counted
+    _, counted = sync()
+    assert "source_rows_counted_by" in counted and counted["source_rows"] == 299
+
+
+def test_a_source_written_during_the_run_is_counted_after_all(duck_sync_env):
+    """The proven rows serve a count only while the source's write time is the one proven
+    (checked after the count of the rows after the cursor): a row inserted during the run
+    makes the count a real one, not the proven rows less the new row."""
+    env = duck_sync_env
+    create_orders(env, rows=50)
+    cfg = {**ORDERS, "lag_seconds": 0}
+    assert env.sync([cfg]).success
+    pair = TablePair.open(parse(cfg), env.source, env.target)
+    with env.source.connect() as conn:
+        written = read_clock(conn, "orders").written
+    proven = dataclasses.replace(pair, source_total=1000, source_written=written)
+    assert proven.count("source") == 1000  # all 50 rows are in the synced scope
+    time.sleep(1.1)  # the write time has whole seconds
+    env.source_exec("INSERT INTO orders (id, updated_at) VALUES (51, NOW())")
+    assert proven.count("source") == 50  # counted: the new row is after the cursor
+    assert proven.count("target") == 50

@@ -121,10 +121,11 @@ def probe_idle(
     it properly)."""
     if scope.window not in (None, ALL_PARTITIONS):  # a run of some partitions
         return idle.Probe()
-    if target_db.settings().dialect != "mysql":  # the proof reads InnoDB's write times
-        return idle.Probe()
     if cfg.binlog:  # its run reads the binlog from its position: as cheap when idle
         return idle.Probe()
+    if target_db.settings().dialect != "mysql":  # no write times there: the source's proof
+        # (never idle: a look before the run, `clear` False, has nothing to find)
+        return probe_source(scope, cfg, source_db, target_db) if clear else idle.Probe()
     try:
         probed = idle.probe(cfg, source_db.engine, target_db.engine, STATE_TABLE)
         if probed.idle is None and clear:
@@ -133,6 +134,30 @@ def probe_idle(
     except Exception as error:
         scope.log.info("%s: not proven idle (%s): a full run", cfg.table, type(error).__name__)
         return idle.Probe()
+    return probed
+
+
+def probe_source(
+    scope: RunScope, cfg: TableConfig, source_db: Database, target_db: Database
+) -> idle.Probe:
+    """A PostgreSQL or DuckDB target's probe (`idle.probe_source`): the source's rows, if
+    its proof stands. An error here only means the run counts them."""
+    from mysqlsync_dagster.targets.postgres.state import StateInSchema
+
+    try:
+        target = target_db.target(cfg.target_schema)
+        stored = target.read_source_proof(cfg.target) if isinstance(target, StateInSchema) else None
+        probed = idle.probe_source(cfg, source_db.engine, stored)
+    except Exception as error:
+        scope.log.info("%s: no source proof (%s): the run counts", cfg.table, type(error).__name__)
+        return idle.Probe()
+    if probed.source_rows is not None:
+        scope.log.info(
+            "%s: the source has not been written since its rows were counted (%s): not counted"
+            " again",
+            cfg.table,
+            f"{probed.source_rows:,}",
+        )
     return probed
 
 

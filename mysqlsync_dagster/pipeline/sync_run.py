@@ -10,7 +10,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mysqlsync_dagster.config import TableConfig
@@ -66,6 +66,8 @@ class TableRun:
     settings: Settings
     target_rows: int | None = None  # the target table's rows after the run, when counted
     swept: int = 0  # rows the rolling slice compared
+    proven: idle.Probe = field(default_factory=idle.Probe)  # the source's rows, if proven
+    counted: tuple[TablePair, int] | None = None  # the verification's pair, its source count
 
     @property
     def window(self) -> ModifierWindow | None:
@@ -135,7 +137,8 @@ class TableRun:
         def take() -> None:  # the half is handed over at once, then taken range by range
             try:
                 pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine)
-                pair = dataclasses.replace(pair, cursor=sync.cursor_after)  # the scope it stores
+                # the scope the run stores
+                pair = dataclasses.replace(self.proven_pair(pair), cursor=sync.cursor_after)
                 sweep = sync.target.read_sweep(cfg.target)
                 since = sync.read_from if incremental else None
                 half = source_half(pair, sweep, cfg.verify_budget, since)
@@ -161,6 +164,7 @@ class TableRun:
         names = [ROW_COUNT_MATCH] + ([CHECKSUM_MATCH] if cfg.checksum else [])
         try:
             pair = TablePair.open(cfg, self.source_db.engine, self.target_db.engine, self.window)
+            pair = self.proven_pair(pair)
             if not cfg.checksum:  # counts only; deletes by a key comparison of their own
                 if cfg.detect_deletes and report.strategy == "upsert":
                     report.rows_deleted = delete_missing_rows(pair, log=self.scope.log).rows_deleted
@@ -192,6 +196,8 @@ class TableRun:
         if cfg.detect_deletes:  # beside those a binlog table's events deleted
             report.rows_deleted = (report.rows_deleted or 0) + healing.repaired["deleted_in_source"]
         self.swept = healing.sweep_rows
+        if healing.source_rows is not None and self.window is None:
+            self.counted = (pair, healing.source_rows)
         counted = count_outcome(pair, healing)
         self.count_target(pair, counted)
         return [counted, verify_outcome(pair, healing, repaired=True)]
@@ -207,8 +213,12 @@ class TableRun:
     def record_idle_proof(self, probed: idle.Probe) -> None:
         """All checks passed: store the proof that lets later runs count nothing, and do
         nothing once the slices have covered the table, while neither side is written
-        (`verify/idle.py`). Best effort."""
+        (`verify/idle.py`), or, for a PostgreSQL or DuckDB target, the source's proof of its
+        rows. Best effort."""
         if probed.source is None:
+            return
+        if self.target_db.settings().dialect != "mysql":
+            self.record_source_proof(probed.source)
             return
         try:
             with self.target_db.engine.begin() as conn:
@@ -224,6 +234,33 @@ class TableRun:
                 )
         except Exception as error:
             self.scope.log.info("%s: idle proof not stored (%s)", self.cfg.table, error)
+
+    def proven_pair(self, pair: TablePair) -> TablePair:
+        """`pair` with the source's rows of a source proof that stood when the run began
+        (`verify/idle.py`): its source counts then take only the rows after the cursor."""
+        probed = self.proven
+        if probed.source_rows is None or probed.source is None:
+            return pair
+        return dataclasses.replace(
+            pair, source_total=probed.source_rows, source_written=probed.source.written
+        )
+
+    def record_source_proof(self, source: idle.TableClock) -> None:
+        """Keep the source table's rows as this run counted them (the synced scope's count
+        and the rows after the cursor), proven while the source is not written from `source`'s
+        clock on (`idle.SourceProof`). Best effort."""
+        from mysqlsync_dagster.targets.postgres.state import StateInSchema
+
+        target = self.target_db.target(self.cfg.target_schema)
+        if self.counted is None or not isinstance(target, StateInSchema):
+            return
+        pair, scoped = self.counted
+        try:
+            rows = scoped + pair.count_after_cursor("source")
+            token = idle.source_token(self.cfg, source)
+            target.write_source_proof(self.cfg.target, idle.SourceProof(source.now, token, rows))
+        except Exception as error:
+            self.scope.log.info("%s: source proof not stored (%s)", self.cfg.table, error)
 
     def post_sync_outcomes(self, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
         """The pre-sync check (unless already reported), completed with the rows the
@@ -322,6 +359,7 @@ def run_synced(
     if it failed), the sync (or, when the proof stands, only the slice), the verification and
     repair, the idle proof, and the `Finished` run."""
     run = TableRun.start(scope, cfg, source_db, target_db, settings)
+    run.proven = probed
     if not run.pre_sync.passed:
         yield run.pre_sync
     half = None

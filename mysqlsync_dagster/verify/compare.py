@@ -54,6 +54,7 @@ from mysqlsync_dagster.targets.base import Target
 from mysqlsync_dagster.targets.postgres.ddl import quote as pg_quote
 from mysqlsync_dagster.verify import canonical
 from mysqlsync_dagster.verify.canonical import unsigned64
+from mysqlsync_dagster.verify.idle import read_clock
 from mysqlsync_dagster.verify.outcome import (  # noqa: F401 (the checks' names, from here too)
     BLOCKING_CHECKS,
     CHECKSUM_MATCH,
@@ -271,6 +272,11 @@ class TablePair:
     since: str | None = None
     # the target (MySQL, PostgreSQL or DuckDB): None means a MySQL target of `target_engine`
     target: Target | None = None
+    # The source table's rows, proven unchanged since a run counted them (`verify/idle.py`,
+    # a source proof), and its write time then: while that stays, the source's counts need
+    # no scan, only its rows after the cursor.
+    source_total: int | None = None
+    source_written: float | None = None
 
     @classmethod
     def open(
@@ -459,8 +465,23 @@ class TablePair:
     # -- queries ---------------------------------------------------------------------
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
+        if side == "source" and self.source_total is not None and self._whole_scope:
+            with self.source_engine.connect() as conn:
+                after = (
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(self._after_cursor(table, strict=strict))
+                    ).scalar_one()
+                    if self.scoped
+                    else 0
+                )
+                clock = read_clock(conn, self.cfg.table)  # after the count: no write since
+            if clock is not None and clock.written == self.source_written:
+                return self.source_total - int(after)
+            # written during the run: counted below
         mysql = side == "source" or not self.cross_engine
-        if self.scoped and self.window is None and self.since is None and mysql:
+        if self.scoped and self._whole_scope and mysql:
             # the synced scope is every row but those after the cursor: MySQL counts all rows
             # on its smallest index and those after the cursor on the modifier's, in one
             # snapshot, in half the time it takes to test the modifier of every row
@@ -470,6 +491,11 @@ class TablePair:
                 total = int(conn.execute(everything).scalar_one())
                 return total - int(conn.execute(after).scalar_one())
         return self._count(side, table, *self.where(table, KeyRange(), strict=strict, side=side))
+
+    @property
+    def _whole_scope(self) -> bool:
+        """The pair compares the whole synced scope (not a partition's or a read's window)."""
+        return self.window is None and self.since is None
 
     def _after_cursor(self, table: sa.TableClause, *, strict: bool = False) -> Any:
         """Rows whose modifier is after the cursor (`strict`: at it, too): outside the

@@ -556,6 +556,9 @@ def count_outcome(pair: TablePair, healing: Healing) -> CheckOutcome:
         metadata["cursor"] = pair.cursor
     if healing.counts_known:
         text += " (as last counted: neither side written since)"
+    elif pair.source_total is not None:
+        metadata["source_rows_counted_by"] = "an earlier run (the source not written since)"
+        text += " (the source's as an earlier run counted them: not written since)"
     if source == target:
         return CheckOutcome(ROW_COUNT_MATCH, True, text, metadata)
     if healing.rows_at_cursor:

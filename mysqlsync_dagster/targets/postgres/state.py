@@ -21,23 +21,26 @@ from mysqlsync_dagster.targets.mysql.state import (
     sweep_parameters,
 )
 from mysqlsync_dagster.targets.postgres.ddl import qualified
+from mysqlsync_dagster.verify.idle import SourceProof
+
+# The source proof's columns (`verify/idle.py`), added to state tables made before them
+SOURCE_PROOF_COLUMNS = {"source_read_at": "float8", "source_token": "text", "source_rows": "bigint"}
+SOURCE_PROOF_DDL = ", ".join(f"{name} {kind}" for name, kind in SOURCE_PROOF_COLUMNS.items())
 
 
 def _table(schema: str) -> str:
     return qualified(schema, STATE_TABLE)
 
 
-def _exists(conn: Connection, schema: str) -> bool:
-    return (
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM information_schema.tables"
-                " WHERE table_schema = :s AND table_name = :t"
-            ),
-            {"s": schema, "t": STATE_TABLE},
-        ).scalar_one()
-        > 0
-    )
+def _exists(conn: Connection, schema: str, column: str | None = None) -> bool:
+    """The state table exists (with `column`, if given)."""
+    where = "table_schema = :s AND table_name = :t" + (" AND column_name = :c" if column else "")
+    catalog = "columns" if column else "tables"
+    found = conn.execute(
+        sa.text(f"SELECT count(*) FROM information_schema.{catalog} WHERE {where}"),
+        {"s": schema, "t": STATE_TABLE, "c": column},
+    ).scalar_one()
+    return found > 0
 
 
 def ensure_state_table(conn: Connection, schema: str) -> None:
@@ -56,7 +59,8 @@ def ensure_state_table(conn: Connection, schema: str) -> None:
         " sweep_runs integer,"
         " last_sweep_started_at timestamp(6),"
         " last_sweep_runs integer,"
-        " kept_deleted bigint)"
+        " kept_deleted bigint,"
+        f" {SOURCE_PROOF_DDL})"
     )
 
 
@@ -117,6 +121,43 @@ def write_sweep(conn: Connection, schema: str, target_table: str, sweep: SweepSt
     )
 
 
+def read_source_proof(conn: Connection, schema: str, target_table: str) -> SourceProof | None:
+    """The table's source proof (None: none stored, or a state table without its columns)."""
+    if not _has_source_proof(conn, schema):  # no state table, or one made before the proof
+        return None
+    row = conn.execute(
+        sa.text(
+            "SELECT source_read_at, source_token, source_rows"
+            f" FROM {_table(schema)} WHERE target_table = :t"
+        ),
+        {"t": target_table},
+    ).one_or_none()
+    if row is None or None in tuple(row):
+        return None
+    return SourceProof(float(row[0]), str(row[1]), int(row[2]))
+
+
+def write_source_proof(
+    conn: Connection, schema: str, target_table: str, proof: SourceProof
+) -> None:
+    if not _has_source_proof(conn, schema):
+        for name, kind in SOURCE_PROOF_COLUMNS.items():
+            conn.exec_driver_sql(
+                f"ALTER TABLE {_table(schema)} ADD COLUMN IF NOT EXISTS {name} {kind}"
+            )
+    conn.execute(
+        sa.text(
+            f"UPDATE {_table(schema)} SET source_read_at = :r, source_token = :k,"
+            " source_rows = :n WHERE target_table = :t"
+        ),
+        {"t": target_table, "r": proof.read_at, "k": proof.token, "n": proof.rows},
+    )
+
+
+def _has_source_proof(conn: Connection, schema: str) -> bool:
+    return _exists(conn, schema, "source_rows")
+
+
 class StateInSchema:
     """The `Target` methods around the state table, for a target whose tables live in a
     schema and whose SQL is PostgreSQL's (PostgreSQL and DuckDB targets)."""
@@ -134,6 +175,14 @@ class StateInSchema:
         with self.engine.begin() as conn:
             ensure_state_table(conn, self.schema)
             return read_state(conn, self.schema, table)
+
+    def read_source_proof(self, table: str) -> SourceProof | None:
+        with self.engine.connect() as conn:
+            return read_source_proof(conn, self.schema, table)
+
+    def write_source_proof(self, table: str, proof: SourceProof) -> None:
+        with self.engine.begin() as conn:
+            write_source_proof(conn, self.schema, table, proof)
 
     def stored_state(self, table: str) -> SyncState | None:
         """The table's sync state, read only (None: no state table, or no row)."""
