@@ -466,19 +466,11 @@ class TablePair:
     def count(self, side: Side, *, strict: bool = False) -> int:
         table = self.table(side)
         if side == "source" and self.source_total is not None and self._whole_scope:
+            after = self.count_after_cursor(side, strict=strict)
             with self.source_engine.connect() as conn:
-                after = (
-                    conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(table)
-                        .where(self._after_cursor(table, strict=strict))
-                    ).scalar_one()
-                    if self.scoped
-                    else 0
-                )
                 clock = read_clock(conn, self.cfg.table)  # after the count: no write since
             if clock is not None and clock.written == self.source_written:
-                return self.source_total - int(after)
+                return self.source_total - after
             # written during the run: counted below
         mysql = side == "source" or not self.cross_engine
         if self.scoped and self._whole_scope and mysql:
@@ -504,13 +496,13 @@ class TablePair:
         modifier = table.c[self.cfg.modifier]
         return modifier >= bound if strict else modifier > bound
 
-    def count_after_cursor(self, side: Side) -> int:
-        """Rows whose modifier is after the cursor (changed since the run read the source):
-        outside the synced scope, found through the modifier's index."""
+    def count_after_cursor(self, side: Side, *, strict: bool = False) -> int:
+        """Rows whose modifier is after the cursor (changed since the run read the source;
+        `strict`: at it, too): outside the synced scope, found through the modifier's index."""
         if not self.scoped:
             return 0
         table = self.table(side)
-        return self._count(side, table, self._after_cursor(table))
+        return self._count(side, table, self._after_cursor(table, strict=strict))
 
     def _count(self, side: Side, table: sa.TableClause, *clauses: sa.ColumnElement[bool]) -> int:
         query = sa.select(sa.func.count()).select_from(table).where(*clauses)
